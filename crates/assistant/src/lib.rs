@@ -1,0 +1,159 @@
+//! The assistant side of Parley: the [`Assistant`] trait every adapter implements, the
+//! [`Chunk`]s a run produces, and [`AssistantError`], whose
+//! [`AssistantError::StaleSession`] drives Parley's session recovery.
+//!
+//! This crate knows nothing of PostgreSQL: an adapter turns one [`RunRequest`] into a
+//! stream of chunks and reports the assistant session ID it ran in.
+
+#![forbid(unsafe_code)]
+
+pub mod demo;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+pub use demo::{Demo, DemoConfig};
+
+/// One run of an assistant: answer `prompt`, optionally resuming a stored session.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The full prompt: the new message, preceded by rebuilt history when the session
+    /// is fresh. Adapters send it on stdin or in a request body, never in argv.
+    pub prompt: String,
+    /// The new user message alone (a suffix of `prompt`).
+    pub message: String,
+    /// How many earlier messages `prompt` carries (0 when resuming).
+    pub history_messages: usize,
+    /// The assistant session ID to resume, when the conversation has one.
+    pub resume: Option<String>,
+    /// The working directory for CLI assistants.
+    pub cwd: Option<PathBuf>,
+    /// Fired when the turn is cancelled; the adapter stops and releases its resources.
+    pub cancel: CancellationToken,
+}
+
+/// Token usage reported by an assistant for one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input (prompt) tokens.
+    pub input_tokens: u64,
+    /// Output (generated) tokens.
+    pub output_tokens: u64,
+}
+
+/// A piece of an assistant's run, in the order produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Chunk {
+    /// The assistant reports which session it runs in (Claude `system/init`, Codex
+    /// `thread.started`, an OpenAI response id). Comes before any text when it comes.
+    SessionStarted {
+        /// The assistant session ID.
+        id: String,
+    },
+    /// A piece of reply text, to be appended to what came before.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A piece of the assistant's visible reasoning.
+    Thinking {
+        /// The text.
+        text: String,
+    },
+    /// The assistant calls a tool.
+    ToolUse {
+        /// The tool call's id, matching a later [`Chunk::ToolResult`].
+        id: String,
+        /// The tool's name.
+        name: String,
+        /// The tool's input, as the assistant gave it.
+        input: serde_json::Value,
+    },
+    /// A tool call's result.
+    ToolResult {
+        /// The tool call's id.
+        id: String,
+        /// True when the tool failed.
+        is_error: bool,
+        /// The output, possibly truncated by the adapter.
+        output: String,
+    },
+    /// The run ended successfully. Always the last chunk of a successful run.
+    Completed {
+        /// The session the run ended in, when the assistant reports it there.
+        session_id: Option<String>,
+        /// Tokens used.
+        usage: Option<Usage>,
+        /// Cost in US dollars, when reported.
+        cost_usd: Option<f64>,
+        /// Wall-clock time the assistant reports, in milliseconds.
+        duration_ms: Option<u64>,
+    },
+}
+
+/// Why a run failed. The orchestrator branches on the variant.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum AssistantError {
+    /// The assistant cannot resume the session it was asked to resume (a transcript,
+    /// rollout or stored response is gone). Parley recovers by starting a fresh session
+    /// with the conversation's history.
+    #[error("assistant session {session_id} cannot be resumed: {detail}")]
+    StaleSession {
+        /// The assistant session ID that was asked for.
+        session_id: String,
+        /// What the assistant said.
+        detail: String,
+    },
+    /// The model API failed (overloaded, rate-limited, bad request, not logged in…).
+    #[error("assistant API error: {message}")]
+    Api {
+        /// A readable message for the user.
+        message: String,
+        /// The HTTP status, when known.
+        status: Option<u16>,
+    },
+    /// The run exceeded a time limit.
+    #[error("assistant timed out: {0}")]
+    Timeout(String),
+    /// The assistant process exited without a usable result.
+    #[error("assistant exited with {code:?}: {stderr}")]
+    Exited {
+        /// The exit code, `None` when killed by a signal.
+        code: Option<i32>,
+        /// The tail of its standard error.
+        stderr: String,
+    },
+    /// The assistant's output could not be understood.
+    #[error("assistant protocol error: {0}")]
+    Protocol(String),
+    /// The run ended because it was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The run stopped for a reason of its own (maximum turns, budget…).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// An AI assistant that can answer a prompt, streaming [`Chunk`]s.
+///
+/// Implementations must be cheap to share (`Arc<dyn Assistant>`), must honour
+/// [`RunRequest::cancel`], and must end a successful run with [`Chunk::Completed`].
+pub trait Assistant: Send + Sync + 'static {
+    /// The assistant's name as stored in `conversation.assistant` (`demo`, `claude`, …).
+    fn name(&self) -> &str;
+
+    /// Starts a run. The stream yields chunks until `Completed`, or one error and ends.
+    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>>;
+}
+
+/// A short human form of a duration, e.g. `1.5s`, used in error messages.
+#[must_use]
+pub fn human_duration(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}

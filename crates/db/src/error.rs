@@ -1,0 +1,93 @@
+//! [`DbError`]: the one error type of the store.
+
+use thiserror::Error;
+
+/// An error from the store.
+///
+/// Which variant to branch on:
+/// - [`DbError::NotFound`]: the row asked for does not exist (map to HTTP 404).
+/// - [`DbError::Conflict`]: a named constraint refused the write (unique, foreign key,
+///   check); `constraint` is the constraint's name from the migrations, e.g.
+///   `turn_one_running_per_conversation`.
+/// - [`DbError::Unavailable`]: the database could not be reached or the pool timed out;
+///   retry later (map to HTTP 503).
+/// - [`DbError::Other`]: anything else; a bug or an unexpected server error.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// The row does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `"conversation"`.
+        what: &'static str,
+    },
+    /// A constraint refused the write.
+    #[error("conflict on constraint {constraint}")]
+    Conflict {
+        /// The constraint's name as declared in the migrations.
+        constraint: String,
+    },
+    /// The database could not be reached.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl DbError {
+    /// Shorthand for [`DbError::NotFound`].
+    #[must_use]
+    pub fn not_found(what: &'static str) -> Self {
+        Self::NotFound { what }
+    }
+
+    /// True when this is a conflict on the named constraint.
+    #[must_use]
+    pub fn is_conflict_on(&self, name: &str) -> bool {
+        matches!(self, Self::Conflict { constraint } if constraint == name)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        if let Some(db) = err.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::UNIQUE_VIOLATION
+                || *code == SqlState::FOREIGN_KEY_VIOLATION
+                || *code == SqlState::CHECK_VIOLATION
+                || *code == SqlState::EXCLUSION_VIOLATION
+            {
+                return Self::Conflict { constraint: db.constraint().unwrap_or("unknown").to_owned() };
+            }
+            if *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+            {
+                return Self::Unavailable(db.message().to_owned());
+            }
+            return Self::Other(format!("{}: {}", db.code().code(), db.message()));
+        }
+        if err.is_closed() || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()) {
+            return Self::Unavailable(err.to_string());
+        }
+        Self::Other(err.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => {
+                let mapped = Self::from(e);
+                match mapped {
+                    // Failing to open a connection is an outage, whatever the cause.
+                    Self::Other(msg) => Self::Unavailable(msg),
+                    other => other,
+                }
+            }
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The `event` table: the stream log of a conversation that SSE clients replay.
+//!
+//! Events are numbered per conversation by `seq`, allocated by the one worker running
+//! the conversation's turn, and written in batches (several events per insert).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{DbError, DbResult};
+
+/// An event row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// Position in the conversation's stream, starting at 1.
+    pub seq: i64,
+    /// The turn that produced it.
+    pub turn_id: Option<Uuid>,
+    /// `turn_started`, `text`, `thinking`, `tool_use`, `tool_result`, `session_reset`,
+    /// `turn_completed`, `turn_failed`, `turn_cancelled`, …
+    pub kind: String,
+    /// The payload; its shape depends on `kind`.
+    pub data: serde_json::Value,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<&Row> for Event {
+    type Error = DbError;
+
+    fn try_from(row: &Row) -> DbResult<Self> {
+        Ok(Self {
+            conversation_id: row.try_get("conversation_id")?,
+            seq: row.try_get("seq")?,
+            turn_id: row.try_get("turn_id")?,
+            kind: row.try_get("kind")?,
+            data: row.try_get("data")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+/// Inserts a batch of events in one statement. An empty batch does nothing.
+///
+/// # Errors
+/// [`DbError::Conflict`] on `event_pkey` when a `seq` is already used.
+pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let conversation_ids: Vec<Uuid> = events.iter().map(|e| e.conversation_id).collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let turn_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.turn_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
+    let created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
+    let stmt = client
+        .prepare_cached(
+            "insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
+             select * from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::timestamptz[])",
+        )
+        .await?;
+    client.execute(&stmt, &[&conversation_ids, &seqs, &turn_ids, &kinds, &data, &created]).await?;
+    Ok(())
+}
+
+/// Up to `limit` events with `seq > after`, in order.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn list_after(
+    client: &impl GenericClient,
+    conversation_id: Uuid,
+    after: i64,
+    limit: i64,
+) -> DbResult<Vec<Event>> {
+    let stmt = client
+        .prepare_cached(
+            "select conversation_id, seq, turn_id, kind, data, created_at from event \
+             where conversation_id = $1 and seq > $2 order by seq limit $3",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&conversation_id, &after, &limit]).await?;
+    rows.iter().map(Event::try_from).collect()
+}
+
+/// The highest stored `seq` of a conversation, 0 when it has none.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn max_seq(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<i64> {
+    let stmt = client.prepare_cached("select coalesce(max(seq), 0) from event where conversation_id = $1").await?;
+    Ok(client.query_one(&stmt, &[&conversation_id]).await?.try_get(0)?)
+}

@@ -1,0 +1,168 @@
+//! The `message` table: everything said in a conversation, in order.
+//!
+//! Order is `message_id`, an identity column: monotonic, never a timestamp. Messages
+//! are the source from which a lost assistant session is rebuilt.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{DbError, DbResult};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The person.
+    User,
+    /// The assistant.
+    Assistant,
+    /// Parley itself (command replies, notices).
+    System,
+}
+
+impl Role {
+    /// The stored text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::System => "system",
+        }
+    }
+}
+
+/// A message row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    /// Monotonic id: the conversation's order.
+    pub message_id: i64,
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The turn that the message started or answered, if any.
+    pub turn_id: Option<Uuid>,
+    /// `user`, `assistant` or `system`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// Extra data: `command` for chat commands, `usage` and `cost_usd` from the
+    /// assistant, `incomplete: true` for a cancelled or interrupted partial reply,
+    /// `tool_calls` for the tools the assistant used.
+    pub metadata: serde_json::Value,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<&Row> for Message {
+    type Error = DbError;
+
+    fn try_from(row: &Row) -> DbResult<Self> {
+        Ok(Self {
+            message_id: row.try_get("message_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            turn_id: row.try_get("turn_id")?,
+            role: row.try_get("role")?,
+            content: row.try_get("content")?,
+            metadata: row.try_get("metadata")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "message_id, conversation_id, turn_id, role, content, metadata, created_at";
+
+/// Inserts a message.
+///
+/// # Errors
+/// [`DbError::Conflict`] on `message_conversation_id_fkey` when the conversation is gone.
+pub async fn insert(
+    client: &impl GenericClient,
+    conversation_id: Uuid,
+    turn_id: Option<Uuid>,
+    role: Role,
+    content: &str,
+    metadata: &serde_json::Value,
+) -> DbResult<Message> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "insert into message (conversation_id, turn_id, role, content, metadata) \
+             values ($1, $2, $3, $4, $5) returning {COLUMNS}"
+        ))
+        .await?;
+    let row = client.query_one(&stmt, &[&conversation_id, &turn_id, &role.as_str(), &content, metadata]).await?;
+    Message::try_from(&row)
+}
+
+/// Sets the turn a message belongs to.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn set_turn(client: &impl GenericClient, message_id: i64, turn_id: Uuid) -> DbResult<()> {
+    let stmt = client.prepare_cached("update message set turn_id = $2 where message_id = $1").await?;
+    client.execute(&stmt, &[&message_id, &turn_id]).await?;
+    Ok(())
+}
+
+/// A page of a conversation's messages, oldest first, with `message_id > after`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn list(
+    client: &impl GenericClient,
+    conversation_id: Uuid,
+    after: i64,
+    limit: i64,
+) -> DbResult<Vec<Message>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "select {COLUMNS} from message where conversation_id = $1 and message_id > $2 \
+             order by message_id limit $3"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&conversation_id, &after, &limit]).await?;
+    rows.iter().map(Message::try_from).collect()
+}
+
+/// Fetches one message.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id.
+pub async fn get(client: &impl GenericClient, message_id: i64) -> DbResult<Message> {
+    let stmt = client.prepare_cached(&format!("select {COLUMNS} from message where message_id = $1")).await?;
+    let row = client.query_opt(&stmt, &[&message_id]).await?.ok_or(DbError::not_found("message"))?;
+    Message::try_from(&row)
+}
+
+/// The conversation in `[from_message_id, before_message_id)` that a rebuilt prompt
+/// carries: the newest user and assistant messages (not chat commands) whose contents
+/// add up to at most `budget_chars` characters, at most `max_messages` of them, oldest
+/// first.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn history_before(
+    client: &impl GenericClient,
+    conversation_id: Uuid,
+    from_message_id: i64,
+    before_message_id: i64,
+    budget_chars: i64,
+    max_messages: i64,
+) -> DbResult<Vec<Message>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "select {COLUMNS} from ( \
+               select {COLUMNS}, sum(char_length(content)) over (order by message_id desc) as running \
+               from (select {COLUMNS} from message where conversation_id = $1 and message_id < $2 and message_id >= $5 \
+                     and role in ('user', 'assistant') and not (metadata ? 'command') \
+                     order by message_id desc limit $4) newest \
+             ) sized where running <= $3 order by message_id"
+        ))
+        .await?;
+    let rows = client
+        .query(&stmt, &[&conversation_id, &before_message_id, &budget_chars, &max_messages, &from_message_id])
+        .await?;
+    rows.iter().map(Message::try_from).collect()
+}

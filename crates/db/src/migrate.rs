@@ -1,0 +1,45 @@
+//! Embedded SQL migrations from the top-level `migrations/` folder, applied with
+//! refinery under a PostgreSQL advisory lock so replicas starting together do not race.
+
+use tokio_postgres::NoTls;
+
+use crate::{DbConfig, DbError, DbResult};
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// The advisory-lock key that serialises migration runs (`pg_advisory_lock(bigint)`).
+/// Arbitrary but fixed: the bytes of "parley" read as an integer.
+pub const MIGRATION_LOCK_KEY: i64 = 0x7061_726c_6579;
+
+/// What a migration run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Names of the migrations applied by this run, e.g. `["V1__initial"]`; empty when
+    /// the schema was already current.
+    pub applied: Vec<String>,
+}
+
+/// Applies every pending migration to the database in `config` (which must exist; see
+/// [`crate::ensure_database`]).
+///
+/// Takes a session-level advisory lock on a dedicated connection for the whole run, so
+/// concurrent `parley migrate` or `parley serve` starts apply each migration once.
+///
+/// # Errors
+/// [`DbError::Unavailable`] when the server cannot be reached; [`DbError::Other`] when a
+/// migration fails (its transaction is rolled back).
+pub async fn run(config: &DbConfig) -> DbResult<MigrationReport> {
+    let (mut client, conn) =
+        config.pg_config()?.connect(NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    let result = embedded::migrations::runner().set_abort_divergent(true).run_async(&mut client).await;
+    // Unlock even when the run failed; closing the connection would release it too.
+    let _ = client.execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    drop(client);
+    let _ = conn.await;
+    let report = result.map_err(|e| DbError::Other(format!("migration failed: {e}")))?;
+    Ok(MigrationReport { applied: report.applied_migrations().iter().map(ToString::to_string).collect() })
+}

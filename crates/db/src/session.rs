@@ -1,0 +1,361 @@
+//! The `session` table: a conversation's chain of assistant sessions.
+//!
+//! A conversation has at most one active session (partial unique index
+//! `session_one_active_per_conversation`). Each session may hold the
+//! assistant session ID (a Claude session UUID, a Codex thread id, an OpenAI response
+//! id) that the assistant reported; Parley clears it with compare-and-set when the
+//! assistant can no longer resume it.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{DbError, DbResult};
+
+/// Why a session started (`session.transition_reason`) or ended (`session.ended_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transition {
+    /// The conversation's first session.
+    FirstMessage,
+    /// The user asked for a new session (`/reset`).
+    ResetRequested,
+    /// The assistant could not resume the stored assistant session ID.
+    StaleSession,
+    /// The conversation moved to another assistant.
+    AssistantChanged,
+    /// The conversation moved to another working directory.
+    CwdChanged,
+}
+
+impl Transition {
+    /// Parses a stored reason.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::FirstMessage, Self::ResetRequested, Self::StaleSession, Self::AssistantChanged, Self::CwdChanged]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
+    /// The stored text, e.g. `stale-session`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FirstMessage => "first-message",
+            Self::ResetRequested => "reset-requested",
+            Self::StaleSession => "stale-session",
+            Self::AssistantChanged => "assistant-changed",
+            Self::CwdChanged => "cwd-changed",
+        }
+    }
+}
+
+/// A session row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    /// Primary key.
+    pub session_id: Uuid,
+    /// The conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// The assistant that runs it.
+    pub assistant: String,
+    /// The assistant's own session ID, once reported; `None` for a fresh session or
+    /// after it was found stale.
+    pub assistant_session_id: Option<String>,
+    /// True for the conversation's current session.
+    pub active: bool,
+    /// The session this one replaced.
+    pub parent_session_id: Option<Uuid>,
+    /// Why it started (see [`Transition`]).
+    pub transition_reason: String,
+    /// Why it ended, once it has.
+    pub ended_reason: Option<String>,
+    /// The error of its last failed turn; cleared by the next successful one.
+    pub last_error: Option<String>,
+    /// A rebuilt prompt carries only messages with this id or later (0 = all; set by
+    /// `/reset` so a reset conversation starts without its old history).
+    pub history_from_message_id: i64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<&Row> for Session {
+    type Error = DbError;
+
+    fn try_from(row: &Row) -> DbResult<Self> {
+        Ok(Self {
+            session_id: row.try_get("session_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            assistant: row.try_get("assistant")?,
+            assistant_session_id: row.try_get("assistant_session_id")?,
+            active: row.try_get("active")?,
+            parent_session_id: row.try_get("parent_session_id")?,
+            transition_reason: row.try_get("transition_reason")?,
+            ended_reason: row.try_get("ended_reason")?,
+            last_error: row.try_get("last_error")?,
+            history_from_message_id: row.try_get("history_from_message_id")?,
+            started_at: row.try_get("started_at")?,
+            ended_at: row.try_get("ended_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "session_id, conversation_id, assistant, assistant_session_id, active, \
+                       parent_session_id, transition_reason, ended_reason, last_error, history_from_message_id, \
+                       started_at, ended_at";
+
+/// The conversation's active session, if any.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn active(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Option<Session>> {
+    let stmt =
+        client.prepare_cached(&format!("select {COLUMNS} from session where conversation_id = $1 and active")).await?;
+    client.query_opt(&stmt, &[&conversation_id]).await?.as_ref().map(Session::try_from).transpose()
+}
+
+/// What a new session starts from.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The assistant that will run it.
+    pub assistant: &'a str,
+    /// The session it replaces.
+    pub parent_session_id: Option<Uuid>,
+    /// Why it starts.
+    pub reason: Transition,
+    /// See [`Session::history_from_message_id`].
+    pub history_from_message_id: i64,
+}
+
+/// Starts a new active session. The conversation must have none active.
+///
+/// # Errors
+/// [`DbError::Conflict`] on `session_one_active_per_conversation` when it has one.
+pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResult<Session> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "insert into session (session_id, conversation_id, assistant, parent_session_id, transition_reason, \
+             history_from_message_id) values ($1, $2, $3, $4, $5, $6) returning {COLUMNS}"
+        ))
+        .await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &Uuid::new_v4(),
+                &new.conversation_id,
+                &new.assistant,
+                &new.parent_session_id,
+                &new.reason.as_str(),
+                &new.history_from_message_id,
+            ],
+        )
+        .await?;
+    Session::try_from(&row)
+}
+
+/// Ends an active session with a reason, keeping `last_error` when one is given.
+/// Returns false when it was not active.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn end(
+    client: &impl GenericClient,
+    session_id: Uuid,
+    reason: Transition,
+    last_error: Option<&str>,
+) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update session set active = false, ended_at = now(), ended_reason = $2, \
+             last_error = coalesce($3, last_error) where session_id = $1 and active",
+            &[&session_id, &reason.as_str(), &last_error],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The most recently ended session of a conversation: its `ended_reason` becomes the
+/// next session's `transition_reason`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn last_ended(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Option<Session>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "select {COLUMNS} from session where conversation_id = $1 and not active \
+             order by ended_at desc limit 1"
+        ))
+        .await?;
+    client.query_opt(&stmt, &[&conversation_id]).await?.as_ref().map(Session::try_from).transpose()
+}
+
+/// Stores the assistant session ID the assistant reported.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn set_assistant_session_id(client: &impl GenericClient, session_id: Uuid, id: &str) -> DbResult<()> {
+    let stmt = client.prepare_cached("update session set assistant_session_id = $2 where session_id = $1").await?;
+    client.execute(&stmt, &[&session_id, &id]).await?;
+    Ok(())
+}
+
+/// Compare-and-set: writes NULL over the assistant session ID only when it still is
+/// `expected`. Returns true when this call cleared it.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn clear_assistant_session_id(
+    client: &impl GenericClient,
+    session_id: Uuid,
+    expected: &str,
+) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update session set assistant_session_id = null \
+             where session_id = $1 and assistant_session_id = $2",
+            &[&session_id, &expected],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Sets or clears `last_error`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn set_last_error(client: &impl GenericClient, session_id: Uuid, error: Option<&str>) -> DbResult<()> {
+    let stmt = client
+        .prepare_cached("update session set last_error = $2 where session_id = $1 and last_error is distinct from $2")
+        .await?;
+    client.execute(&stmt, &[&session_id, &error]).await?;
+    Ok(())
+}
+
+/// Fetches one session.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id.
+pub async fn get(client: &impl GenericClient, session_id: Uuid) -> DbResult<Session> {
+    let row = client
+        .query_opt(&format!("select {COLUMNS} from session where session_id = $1"), &[&session_id])
+        .await?
+        .ok_or(DbError::not_found("session"))?;
+    Session::try_from(&row)
+}
+
+/// Which sessions [`list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    /// All sessions.
+    #[default]
+    All,
+    /// Only active ones.
+    Active,
+    /// Only ended ones.
+    Ended,
+    /// Only those whose last turn failed (`last_error` set), active or ended.
+    Failed,
+}
+
+impl StatusFilter {
+    /// Parses `active`, `ended` or `failed`.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "ended" => Some(Self::Ended),
+            "failed" => Some(Self::Failed),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+}
+
+/// Lists sessions, oldest first within a conversation, newest conversations' last.
+/// `owner = None` lists everyone's.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn list(
+    client: &impl GenericClient,
+    status: StatusFilter,
+    conversation_id: Option<Uuid>,
+    owner: Option<&str>,
+    limit: i64,
+) -> DbResult<Vec<Session>> {
+    let condition = match status {
+        StatusFilter::All => "true",
+        StatusFilter::Active => "s.active",
+        StatusFilter::Ended => "not s.active",
+        StatusFilter::Failed => "s.last_error is not null",
+    };
+    let columns = COLUMNS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+    let rows = client
+        .query(
+            &format!(
+                "select {columns} from session s join conversation c using (conversation_id) \
+                 where {condition} and ($1::uuid is null or s.conversation_id = $1) \
+                 and ($2::text is null or c.owner = $2) \
+                 order by s.started_at, s.session_id limit $3"
+            ),
+            &[&conversation_id, &owner, &limit],
+        )
+        .await?;
+    rows.iter().map(Session::try_from).collect()
+}
+
+/// Deletes an ended session. Its turns keep their messages; their `session_id` becomes
+/// NULL, and children lose their parent link.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none; [`DbError::Conflict`] with constraint
+/// `session_active` when it is the conversation's active session (reset it first).
+pub async fn delete(client: &impl GenericClient, session_id: Uuid) -> DbResult<()> {
+    let row = client
+        .query_opt("select active from session where session_id = $1 for update", &[&session_id])
+        .await?
+        .ok_or(DbError::not_found("session"))?;
+    if row.try_get::<_, bool>(0)? {
+        return Err(DbError::Conflict { constraint: "session_active".to_owned() });
+    }
+    client.execute("delete from session where session_id = $1", &[&session_id]).await?;
+    Ok(())
+}
+
+/// Token and cost totals of a session, summed over its assistant messages' metadata
+/// (`usage.input_tokens`, `usage.output_tokens`, `cost_usd`), as the assistant reported
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageTotals {
+    /// Sum of input tokens.
+    pub input_tokens: i64,
+    /// Sum of output tokens.
+    pub output_tokens: i64,
+    /// Sum of reported cost, in US dollars.
+    pub cost_usd: f64,
+}
+
+/// Sums the usage of a session's assistant messages.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn usage_totals(client: &impl GenericClient, session_id: Uuid) -> DbResult<UsageTotals> {
+    let row = client
+        .query_one(
+            "select coalesce(sum((m.metadata->'usage'->>'input_tokens')::bigint), 0)::bigint, \
+                    coalesce(sum((m.metadata->'usage'->>'output_tokens')::bigint), 0)::bigint, \
+                    coalesce(sum((m.metadata->>'cost_usd')::float8), 0)::float8 \
+             from message m join turn t on t.turn_id = m.turn_id \
+             where t.session_id = $1 and m.role = 'assistant'",
+            &[&session_id],
+        )
+        .await?;
+    Ok(UsageTotals { input_tokens: row.try_get(0)?, output_tokens: row.try_get(1)?, cost_usd: row.try_get(2)? })
+}

@@ -1,0 +1,372 @@
+//! The `turn` table: one assistant turn answering one user message.
+//!
+//! Life cycle: `queued` → `running` (claimed by a worker holding a lease) → one of
+//! `completed`, `failed`, `cancelled`, `interrupted`; a queued or failed turn may be
+//! `skipped`. At most one turn per conversation is `running` (partial unique index
+//! `turn_one_running_per_conversation`), so any number of workers and replicas may
+//! claim concurrently.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{DbError, DbResult};
+
+/// A turn's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// Answered.
+    Completed,
+    /// The assistant failed; `error` says why.
+    Failed,
+    /// Stopped by `/cancel`.
+    Cancelled,
+    /// Stopped by a shutdown or crash and not re-run.
+    Interrupted,
+    /// Dropped by `/skip`.
+    Skipped,
+}
+
+impl TurnStatus {
+    /// The stored text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// A turn row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    /// Primary key.
+    pub turn_id: Uuid,
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The session it ran in, once claimed.
+    pub session_id: Option<Uuid>,
+    /// The user message it answers.
+    pub user_message_id: i64,
+    /// See [`TurnStatus`].
+    pub status: String,
+    /// How many times a worker has claimed it (1 on the first run).
+    pub attempt: i32,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The worker that runs or ran it.
+    pub worker_id: Option<String>,
+    /// Until when the running worker's lease holds.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Set when a cancel was requested while it ran.
+    pub cancel_requested: bool,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it was last claimed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<&Row> for Turn {
+    type Error = DbError;
+
+    fn try_from(row: &Row) -> DbResult<Self> {
+        Ok(Self {
+            turn_id: row.try_get("turn_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            session_id: row.try_get("session_id")?,
+            user_message_id: row.try_get("user_message_id")?,
+            status: row.try_get("status")?,
+            attempt: row.try_get("attempt")?,
+            error: row.try_get("error")?,
+            worker_id: row.try_get("worker_id")?,
+            lease_until: row.try_get("lease_until")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "turn_id, conversation_id, session_id, user_message_id, status, attempt, error, \
+                       worker_id, lease_until, cancel_requested, created_at, started_at, finished_at";
+
+fn interval_secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Queues a turn with a chosen id for a stored user message (the message may already
+/// name the turn: `message.turn_id` is checked at commit).
+///
+/// # Errors
+/// [`DbError::Conflict`] on a foreign key when the conversation or message is gone.
+pub async fn insert_queued_with_id(
+    client: &impl GenericClient,
+    turn_id: Uuid,
+    conversation_id: Uuid,
+    user_message_id: i64,
+) -> DbResult<()> {
+    let stmt = client
+        .prepare_cached("insert into turn (turn_id, conversation_id, user_message_id) values ($1, $2, $3)")
+        .await?;
+    client.execute(&stmt, &[&turn_id, &conversation_id, &user_message_id]).await?;
+    Ok(())
+}
+
+/// Claims the oldest queued turn of a conversation that has no running turn and is not
+/// paused, marks it `running` for `worker_id` with a lease of `lease`, and increments
+/// `attempt`. Returns `None` when there is nothing to claim.
+///
+/// Uses `for update skip locked`; the running-turn unique index turns a lost race into
+/// `None` rather than a double claim.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Turn>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
+                 lease_until = now() + make_interval(secs => $2), started_at = now(), cancel_requested = false \
+             where turn_id = ( \
+                 select t.turn_id from turn t join conversation c using (conversation_id) \
+                 where t.status = 'queued' and not c.paused \
+                   and not exists (select 1 from turn r where r.conversation_id = t.conversation_id and r.status = 'running') \
+                   and not exists (select 1 from turn e where e.conversation_id = t.conversation_id \
+                                   and e.status = 'queued' and e.user_message_id < t.user_message_id) \
+                 order by t.user_message_id \
+                 limit 1 \
+                 for update of t skip locked) \
+             returning {COLUMNS}"
+        ))
+        .await?;
+    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease)]).await {
+        Ok(row) => row.as_ref().map(Turn::try_from).transpose(),
+        Err(e) => {
+            let err = DbError::from(e);
+            if err.is_conflict_on("turn_one_running_per_conversation") { Ok(None) } else { Err(err) }
+        }
+    }
+}
+
+/// What [`extend_lease`] learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The lease was extended.
+    Held,
+    /// The lease was extended and a cancel has been requested.
+    CancelRequested,
+    /// The turn is no longer running for this worker (the sweeper took it back).
+    Lost,
+}
+
+/// Extends a running turn's lease to `now() + lease`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn extend_lease(
+    client: &impl GenericClient,
+    turn_id: Uuid,
+    worker_id: &str,
+    lease: Duration,
+) -> DbResult<LeaseState> {
+    let stmt = client
+        .prepare_cached(
+            "update turn set lease_until = now() + make_interval(secs => $3) \
+             where turn_id = $1 and worker_id = $2 and status = 'running' returning cancel_requested",
+        )
+        .await?;
+    Ok(match client.query_opt(&stmt, &[&turn_id, &worker_id, &interval_secs(lease)]).await? {
+        None => LeaseState::Lost,
+        Some(row) if row.try_get::<_, bool>(0)? => LeaseState::CancelRequested,
+        Some(_) => LeaseState::Held,
+    })
+}
+
+/// Records the session a running turn uses.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn set_session(client: &impl GenericClient, turn_id: Uuid, session_id: Uuid) -> DbResult<()> {
+    let stmt = client.prepare_cached("update turn set session_id = $2 where turn_id = $1").await?;
+    client.execute(&stmt, &[&turn_id, &session_id]).await?;
+    Ok(())
+}
+
+/// Moves a running turn to a final status. Returns false when it was not running
+/// (for example because the sweeper already took it back).
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn finish(
+    client: &impl GenericClient,
+    turn_id: Uuid,
+    status: TurnStatus,
+    error: Option<&str>,
+) -> DbResult<bool> {
+    let stmt = client
+        .prepare_cached(
+            "update turn set status = $2, error = $3, finished_at = now(), lease_until = null \
+             where turn_id = $1 and status = 'running'",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&turn_id, &status.as_str(), &error]).await? == 1)
+}
+
+/// Puts a running turn back in the queue (a shutdown before it could finish).
+/// Returns false when it was not running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update turn set status = 'queued', worker_id = null, lease_until = null \
+             where turn_id = $1 and status = 'running'",
+            &[&turn_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Fetches one turn.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id.
+pub async fn get(client: &impl GenericClient, turn_id: Uuid) -> DbResult<Turn> {
+    let row = client
+        .query_opt(&format!("select {COLUMNS} from turn where turn_id = $1"), &[&turn_id])
+        .await?
+        .ok_or(DbError::not_found("turn"))?;
+    Turn::try_from(&row)
+}
+
+/// The conversation's running turn, if any.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn running(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Option<Turn>> {
+    let row = client
+        .query_opt(
+            &format!("select {COLUMNS} from turn where conversation_id = $1 and status = 'running'"),
+            &[&conversation_id],
+        )
+        .await?;
+    row.as_ref().map(Turn::try_from).transpose()
+}
+
+/// The conversation's queued turns, oldest first.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn queued(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Vec<Turn>> {
+    let rows = client
+        .query(
+            &format!(
+                "select {COLUMNS} from turn where conversation_id = $1 and status = 'queued' order by user_message_id"
+            ),
+            &[&conversation_id],
+        )
+        .await?;
+    rows.iter().map(Turn::try_from).collect()
+}
+
+/// The conversation's most recent turn that has finished (not queued or running).
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn last_finished(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Option<Turn>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select {COLUMNS} from turn where conversation_id = $1 \
+                 and status not in ('queued', 'running') order by finished_at desc nulls last, user_message_id desc limit 1"
+            ),
+            &[&conversation_id],
+        )
+        .await?;
+    row.as_ref().map(Turn::try_from).transpose()
+}
+
+/// Flags the running turn for cancellation; the worker sees it on its next lease
+/// extension. Returns the turn when one was running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn request_cancel(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Option<Turn>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "update turn set cancel_requested = true where conversation_id = $1 and status = 'running' \
+                 returning {COLUMNS}"
+            ),
+            &[&conversation_id],
+        )
+        .await?;
+    row.as_ref().map(Turn::try_from).transpose()
+}
+
+/// Changes a turn's status from `from` to `to` (used by `/retry` and `/skip`).
+/// Returns false when its status was not `from`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn transition(
+    client: &impl GenericClient,
+    turn_id: Uuid,
+    from: TurnStatus,
+    to: TurnStatus,
+) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update turn set status = $3, \
+                 finished_at = case when $3 in ('queued', 'running') then null else coalesce(finished_at, now()) end, \
+                 error = case when $3 = 'queued' then null else error end \
+             where turn_id = $1 and status = $2",
+            &[&turn_id, &from.as_str(), &to.as_str()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The turns that ran in a session, oldest first.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> DbResult<Vec<Turn>> {
+    let rows = client
+        .query(&format!("select {COLUMNS} from turn where session_id = $1 order by user_message_id"), &[&session_id])
+        .await?;
+    rows.iter().map(Turn::try_from).collect()
+}
+
+/// Re-queues every turn still marked `running` for `worker_id`: used at start-up, when
+/// this worker cannot be running anything. Returns how many were re-queued.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<u64> {
+    Ok(client
+        .execute(
+            "update turn set status = 'queued', worker_id = null, lease_until = null \
+             where status = 'running' and worker_id = $1",
+            &[&worker_id],
+        )
+        .await?)
+}

@@ -1,0 +1,73 @@
+//! Following a conversation's event stream: replay from the database after a given
+//! `seq`, then live events, with no gap and no duplicate (see [`crate::hub`]).
+
+use std::sync::Arc;
+
+use futures::Stream;
+use parley_db::event::{self, Event};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Orchestrator, OrchestratorError};
+
+/// Events read from the database per query while catching up.
+const PAGE: i64 = 500;
+
+impl Orchestrator {
+    /// The conversation's events with `seq > after`, oldest first: first those already
+    /// stored or pending, then live ones as they are produced. Ends when `stop` fires.
+    /// A follower that falls behind the live channel catches up from the database.
+    ///
+    /// # Errors
+    /// The stream yields [`OrchestratorError::Db`] and ends when the store fails.
+    pub fn follow(
+        &self,
+        conversation_id: Uuid,
+        after: i64,
+        stop: CancellationToken,
+    ) -> impl Stream<Item = Result<Arc<Event>, OrchestratorError>> + Send + 'static + use<> {
+        let orch = self.clone();
+        async_stream::try_stream! {
+            let mut subscription = orch.hub().subscribe(conversation_id);
+            let mut last = after;
+            'catch_up: loop {
+                let pending = subscription.pending();
+                loop {
+                    let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+                    let page = event::list_after(&client, conversation_id, last, PAGE).await?;
+                    drop(client);
+                    let full = page.len() as i64 == PAGE;
+                    for e in page {
+                        last = e.seq;
+                        yield Arc::new(e);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                for e in pending {
+                    if e.seq > last {
+                        last = e.seq;
+                        yield e;
+                    }
+                }
+                loop {
+                    let received = tokio::select! {
+                        () = stop.cancelled() => break 'catch_up,
+                        r = subscription.receiver.recv() => r,
+                    };
+                    match received {
+                        Ok(e) if e.seq > last => {
+                            last = e.seq;
+                            yield e;
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => continue 'catch_up,
+                        Err(RecvError::Closed) => break 'catch_up,
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Ingest: one transaction that stores a user message and queues its turn (or runs a
+//! chat command), deduplicated by an idempotency or delivery key. Nothing a user sent
+//! is acknowledged before it is committed.
+
+use parley_db::message::{self, Role};
+use parley_db::{conversation, inbound_delivery, turn};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::command::{self, Command, CommandReply, Parsed};
+use crate::{Orchestrator, OrchestratorError};
+
+/// The longest message accepted, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 100_000;
+
+/// A message to post to a conversation.
+#[derive(Debug, Clone)]
+pub struct PostMessage {
+    /// The conversation; it must exist.
+    pub conversation_id: Uuid,
+    /// The text: not empty, at most [`MAX_MESSAGE_CHARS`] characters, no NUL.
+    pub text: String,
+    /// A dedupe key `(namespace, key)`: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
+    /// webhooks use `(platform, delivery id)`. A repeat returns the first result.
+    pub dedupe: Option<(String, String)>,
+    /// Extra data stored on the user message (platform sender, message ids…).
+    pub metadata: serde_json::Value,
+}
+
+/// What ingest did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ingested {
+    /// The message was stored and a turn queued to answer it.
+    Turn {
+        /// The queued turn.
+        turn_id: Uuid,
+        /// The stored user message.
+        message_id: i64,
+        /// True when this is a repeat of an earlier delivery: nothing new was stored.
+        #[serde(default)]
+        duplicate: bool,
+    },
+    /// The message was a chat command; it ran and was answered.
+    Command {
+        /// The stored command message.
+        message_id: i64,
+        /// The command, when known.
+        command: Option<Command>,
+        /// False when the conversation's state did not allow it.
+        ok: bool,
+        /// The reply.
+        reply: String,
+        /// True when this is a repeat of an earlier delivery.
+        #[serde(default)]
+        duplicate: bool,
+    },
+}
+
+impl Ingested {
+    fn mark_duplicate(mut self) -> Self {
+        match &mut self {
+            Self::Turn { duplicate, .. } | Self::Command { duplicate, .. } => *duplicate = true,
+        }
+        self
+    }
+}
+
+/// Checks a message's text.
+///
+/// # Errors
+/// [`OrchestratorError::InvalidInput`] when it is empty, too long, or contains NUL
+/// (PostgreSQL `text` cannot hold U+0000; rejecting it is clearer than altering it).
+pub fn validate_text(text: &str) -> Result<(), OrchestratorError> {
+    if text.trim().is_empty() {
+        return Err(OrchestratorError::InvalidInput("text must not be empty".into()));
+    }
+    if text.contains('\0') {
+        return Err(OrchestratorError::InvalidInput(
+            "text contains a NUL character (U+0000), which cannot be stored; remove it and send again".into(),
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_MESSAGE_CHARS {
+        return Err(OrchestratorError::InvalidInput(format!(
+            "text is {chars} characters long; the limit is {MAX_MESSAGE_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+impl Orchestrator {
+    /// Stores a user message and queues a turn for it, or runs it as a chat command.
+    ///
+    /// One transaction: dedupe record, conversation row lock (so messages of one
+    /// conversation commit in id order), user message, queued turn or command reply.
+    /// Workers are woken after the commit.
+    ///
+    /// # Errors
+    /// [`OrchestratorError::InvalidInput`] for bad text (nothing stored),
+    /// [`OrchestratorError::NotFound`] for an unknown conversation,
+    /// [`OrchestratorError::Db`] when the store fails (nothing stored).
+    pub async fn post_message(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
+        validate_text(&post.text)?;
+        let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
+        let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
+        if let Some((namespace, key)) = &post.dedupe {
+            if !inbound_delivery::record(&tx, namespace, key, Some(post.conversation_id)).await? {
+                let stored = inbound_delivery::response(&tx, namespace, key).await?;
+                tx.rollback().await.map_err(parley_db::DbError::from)?;
+                return stored
+                    .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
+                    .map(Ingested::mark_duplicate)
+                    .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()));
+            }
+        }
+        let conv = conversation::lock(&tx, post.conversation_id).await?;
+        let result = match command::parse(&post.text) {
+            Parsed::Message => {
+                let turn_id = Uuid::new_v4();
+                let msg =
+                    message::insert(&tx, conv.conversation_id, Some(turn_id), Role::User, &post.text, &post.metadata)
+                        .await?;
+                turn::insert_queued_with_id(&tx, turn_id, conv.conversation_id, msg.message_id).await?;
+                (Ingested::Turn { turn_id, message_id: msg.message_id, duplicate: false }, None)
+            }
+            parsed => {
+                let name = match &parsed {
+                    Parsed::Command(c) => c.name().to_owned(),
+                    Parsed::Unknown(n) => n.clone(),
+                    Parsed::Message => unreachable!("handled above"),
+                };
+                let mut metadata = post.metadata.clone();
+                if let Some(obj) = metadata.as_object_mut() {
+                    obj.insert("command".into(), json!(name));
+                } else {
+                    metadata = json!({ "command": name });
+                }
+                let msg = message::insert(&tx, conv.conversation_id, None, Role::User, &post.text, &metadata).await?;
+                let reply = match parsed {
+                    Parsed::Command(c) => Some(command::execute(&tx, &conv, c, Some(msg.message_id)).await?),
+                    _ => None,
+                };
+                let (command, ok, text) = match &reply {
+                    Some(r) => (Some(r.command), r.ok, r.text.clone()),
+                    None => (None, false, format!("Unknown command /{name}. {}", command::help_text())),
+                };
+                message::insert(
+                    &tx,
+                    conv.conversation_id,
+                    None,
+                    Role::System,
+                    &text,
+                    &json!({ "command": name, "ok": ok }),
+                )
+                .await?;
+                (Ingested::Command { message_id: msg.message_id, command, ok, reply: text, duplicate: false }, reply)
+            }
+        };
+        if let Some((namespace, key)) = &post.dedupe {
+            let value = serde_json::to_value(&result.0).map_err(|e| OrchestratorError::InvalidInput(e.to_string()))?;
+            inbound_delivery::set_response(&tx, namespace, key, &value).await?;
+        }
+        tx.commit().await.map_err(parley_db::DbError::from)?;
+        match result.1 {
+            Some(reply) => self.after_command(&reply),
+            None => self.wake(),
+        }
+        Ok(result.0)
+    }
+
+    /// Runs a command on a conversation without storing a message (the web API's
+    /// `/cancel`, `/reset`, `/pause`, `/resume` endpoints).
+    ///
+    /// # Errors
+    /// [`OrchestratorError::NotFound`] for an unknown conversation,
+    /// [`OrchestratorError::Db`] when the store fails. A command the state does not
+    /// allow is a reply with `ok: false`, not an error.
+    pub async fn run_command(
+        &self,
+        conversation_id: Uuid,
+        command: Command,
+    ) -> Result<CommandReply, OrchestratorError> {
+        let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
+        let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
+        let conv = conversation::lock(&tx, conversation_id).await?;
+        let reply = command::execute(&tx, &conv, command, None).await?;
+        tx.commit().await.map_err(parley_db::DbError::from)?;
+        self.after_command(&reply);
+        Ok(reply)
+    }
+
+    fn after_command(&self, reply: &CommandReply) {
+        if let Some(turn_id) = reply.cancel_turn {
+            self.cancel_local(turn_id);
+        }
+        if reply.wake {
+            self.wake();
+        }
+    }
+}

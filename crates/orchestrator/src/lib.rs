@@ -1,0 +1,211 @@
+//! Parley's turn pipeline (DESIGN §4): ingest, workers, session resolution, prompt
+//! building, stream and batch delivery, commands, and stale-session recovery.
+//!
+//! ```text
+//! ingest ──tx──▶ conversation locked + message(user) + turn(queued) ──wake──▶ workers
+//! worker: claim (queued → running, lease) ─▶ resolve session ─▶ run assistant ─▶ finish tx
+//! ```
+//!
+//! [`Orchestrator`] is the handle every surface uses: the web API, webhooks and the
+//! CLI call [`Orchestrator::post_message`] and [`Orchestrator::run_command`], follow
+//! turns with [`Orchestrator::follow`], and the binary runs [`Orchestrator::run_workers`].
+
+#![forbid(unsafe_code)]
+
+pub mod command;
+mod error;
+mod follow;
+pub mod hub;
+mod ingest;
+pub mod prompt;
+pub mod sink;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use parley_assistant::Assistant;
+use parley_db::Pool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub use error::OrchestratorError;
+pub use ingest::{Ingested, PostMessage};
+pub use sink::{ReplySink, ReplyStatus, ReplyUpdate};
+
+/// Settings of the turn pipeline.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This replica's worker id, stored on the turns it claims (e.g. `hostname-1`).
+    pub worker_id: String,
+    /// How many turns this replica runs at once (each in a different conversation).
+    pub workers: usize,
+    /// How long a claimed turn's lease lasts; extended every third of it while the turn
+    /// runs.
+    pub lease: Duration,
+    /// Character budget of the history a rebuilt prompt carries.
+    pub history_budget_chars: usize,
+    /// Maximum number of messages a rebuilt prompt carries.
+    pub history_max_messages: usize,
+    /// How often a running turn's events are written to the database (a batch per
+    /// interval, never a commit per chunk).
+    pub event_flush_interval: Duration,
+    /// How long an idle worker waits before polling for turns queued by another replica.
+    pub idle_poll: Duration,
+    /// On shutdown, how long running turns may go on before they are cancelled and
+    /// re-queued.
+    pub shutdown_grace: Duration,
+    /// The assistant of new conversations.
+    pub default_assistant: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_id: "parley".into(),
+            workers: 8,
+            lease: Duration::from_secs(30),
+            history_budget_chars: 48_000,
+            history_max_messages: 200,
+            event_flush_interval: Duration::from_millis(100),
+            idle_poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            default_assistant: "demo".into(),
+        }
+    }
+}
+
+/// A turn running on this replica.
+#[derive(Debug, Clone)]
+struct RunningTurn {
+    turn_id: Uuid,
+    control: worker::TurnControl,
+}
+
+pub(crate) struct Inner {
+    pool: Pool,
+    config: Config,
+    assistants: HashMap<String, Arc<dyn Assistant>>,
+    sinks: HashMap<String, Arc<dyn ReplySink>>,
+    hub: Arc<hub::EventHub>,
+    wake: Notify,
+    running: Mutex<HashMap<Uuid, RunningTurn>>,
+}
+
+/// The pipeline handle; cheap to clone.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("config", &self.inner.config)
+            .field("assistants", &self.inner.assistants.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Orchestrator`].
+pub struct Builder {
+    pool: Pool,
+    config: Config,
+    assistants: HashMap<String, Arc<dyn Assistant>>,
+    sinks: HashMap<String, Arc<dyn ReplySink>>,
+}
+
+impl Builder {
+    /// Registers an assistant under its [`Assistant::name`].
+    #[must_use]
+    pub fn assistant(mut self, assistant: Arc<dyn Assistant>) -> Self {
+        self.assistants.insert(assistant.name().to_owned(), assistant);
+        self
+    }
+
+    /// Registers the reply sink of a platform (`telegram`, `slack`, …).
+    #[must_use]
+    pub fn sink(mut self, platform: &str, sink: Arc<dyn ReplySink>) -> Self {
+        self.sinks.insert(platform.to_owned(), sink);
+        self
+    }
+
+    /// Finishes the orchestrator.
+    ///
+    /// # Errors
+    /// [`OrchestratorError::InvalidInput`] when the default assistant is not registered.
+    pub fn build(self) -> Result<Orchestrator, OrchestratorError> {
+        if !self.assistants.contains_key(&self.config.default_assistant) {
+            return Err(OrchestratorError::InvalidInput(format!(
+                "the default assistant {:?} is not configured",
+                self.config.default_assistant
+            )));
+        }
+        Ok(Orchestrator {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                config: self.config,
+                assistants: self.assistants,
+                sinks: self.sinks,
+                hub: Arc::new(hub::EventHub::default()),
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl Orchestrator {
+    /// Starts building an orchestrator over a migrated database.
+    #[must_use]
+    pub fn builder(pool: Pool, config: Config) -> Builder {
+        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new() }
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The pipeline settings.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The names of the configured assistants.
+    #[must_use]
+    pub fn assistant_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.assistants.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The live event hub.
+    #[must_use]
+    pub fn hub(&self) -> &Arc<hub::EventHub> {
+        &self.inner.hub
+    }
+
+    /// Wakes idle workers: a turn may be claimable.
+    pub fn wake(&self) {
+        self.inner.wake.notify_waiters();
+    }
+
+    /// Cancels a turn running on this replica. Returns false when it does not run here.
+    pub fn cancel_local(&self, turn_id: Uuid) -> bool {
+        let running = self.inner.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.values().find(|r| r.turn_id == turn_id).is_some_and(|r| {
+            r.control.cancel();
+            true
+        })
+    }
+
+    /// How many turns run on this replica now.
+    #[must_use]
+    pub fn running_count(&self) -> usize {
+        self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}

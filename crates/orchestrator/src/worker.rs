@@ -1,0 +1,776 @@
+//! Workers: claim queued turns, resolve the session, run the assistant, publish and
+//! persist events, deliver replies, finish — and recover from stale assistant sessions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest, Usage};
+use parley_db::conversation::{Conversation, Delivery};
+use parley_db::event::{self, Event};
+use parley_db::message::{self, Message, Role};
+use parley_db::session::{self, NewSession, Session, Transition};
+use parley_db::turn::{self, LeaseState, Turn, TurnStatus};
+use parley_db::{DbError, DbResult, GenericClient, conversation};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
+use crate::{Orchestrator, RunningTurn, prompt};
+
+/// How far a re-run turn moves its event numbering past what was stored: a crashed
+/// worker may have published (never persisted) up to one flush interval of events live.
+const RERUN_SEQ_MARGIN: i64 = 10_000;
+/// Longest tool output kept in an event, in characters.
+const TOOL_OUTPUT_CHARS: usize = 4_000;
+/// How long a finished turn waits for its platform reply to be delivered.
+const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a running turn is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum StopReason {
+    None = 0,
+    /// `/cancel`.
+    Cancelled = 1,
+    /// Shutdown after the grace period.
+    Interrupted = 2,
+    /// The lease was lost: another worker may run it now.
+    LeaseLost = 3,
+}
+
+/// A running turn's stop switch: a token plus why it fired.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TurnControl {
+    pub(crate) token: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+impl TurnControl {
+    fn stop(&self, reason: StopReason) {
+        // The first reason wins.
+        let _ = self.reason.compare_exchange(StopReason::None as u8, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.stop(StopReason::Cancelled);
+    }
+
+    fn reason(&self) -> StopReason {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => StopReason::Cancelled,
+            2 => StopReason::Interrupted,
+            3 => StopReason::LeaseLost,
+            _ => StopReason::None,
+        }
+    }
+}
+
+/// Allocates event numbers for one turn, publishes events live at once and writes them
+/// to the database in batches.
+struct Emitter {
+    conversation_id: Uuid,
+    turn_id: Uuid,
+    next_seq: i64,
+    unflushed: Vec<Event>,
+    last_flush: Instant,
+}
+
+impl Emitter {
+    fn event(&mut self, kind: &str, mut data: Value) -> Event {
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("turn_id".into(), json!(self.turn_id));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Event {
+            conversation_id: self.conversation_id,
+            seq,
+            turn_id: Some(self.turn_id),
+            kind: kind.into(),
+            data,
+            created_at: Utc::now(),
+        }
+    }
+}
+
+/// What the assistant produced so far in this turn.
+#[derive(Debug, Default)]
+struct Reply {
+    text: String,
+    tools: Vec<String>,
+    tool_calls: Vec<Value>,
+    usage: Option<Usage>,
+    cost_usd: Option<f64>,
+    duration_ms: Option<u64>,
+    completed_session_id: Option<String>,
+}
+
+impl Reply {
+    fn update(&self, turn_id: Uuid, status: ReplyStatus) -> ReplyUpdate {
+        ReplyUpdate { turn_id: Some(turn_id), text: self.text.clone(), tools: self.tools.clone(), status }
+    }
+
+    fn metadata(&self) -> Value {
+        let mut meta = json!({});
+        if let Some(u) = self.usage {
+            meta["usage"] = json!(u);
+        }
+        if let Some(c) = self.cost_usd {
+            meta["cost_usd"] = json!(c);
+        }
+        if let Some(d) = self.duration_ms {
+            meta["duration_ms"] = json!(d);
+        }
+        if !self.tool_calls.is_empty() {
+            meta["tool_calls"] = Value::Array(self.tool_calls.clone());
+        }
+        meta
+    }
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Completed,
+    Failed(AssistantError),
+    Stopped(StopReason),
+}
+
+/// A compact one-line view of a tool call, e.g. `Bash: ls -la`.
+fn tool_line(name: &str, input: &Value) -> String {
+    let detail = ["command", "file_path", "path", "pattern", "url", "query", "description"]
+        .iter()
+        .find_map(|k| input.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let s = input.to_string();
+            if s == "{}" || s == "null" { String::new() } else { s }
+        });
+    let detail: String = detail.chars().take(80).collect();
+    if detail.is_empty() { name.to_owned() } else { format!("{name}: {detail}") }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}… [{} more characters]", &s[..i], s[i..].chars().count()),
+        None => s.to_owned(),
+    }
+}
+
+/// Delivers a turn's reply to a platform sink through a latest-wins channel.
+struct SinkHandle {
+    tx: watch::Sender<Option<ReplyUpdate>>,
+    stream: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SinkHandle {
+    fn start(sink: Arc<dyn ReplySink>, conversation: Conversation) -> Self {
+        let (tx, mut rx) = watch::channel::<Option<ReplyUpdate>>(None);
+        let stream = conversation.delivery == Delivery::Stream;
+        let task = tokio::spawn(
+            async move {
+                while rx.changed().await.is_ok() {
+                    let update = rx.borrow_and_update().clone();
+                    let Some(update) = update else { continue };
+                    let last = update.is_final();
+                    if let Err(e) = sink.deliver(&conversation, update).await {
+                        warn!(error = %e, "reply delivery failed");
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Self { tx, stream, task }
+    }
+
+    fn progress(&self, update: ReplyUpdate) {
+        if self.stream {
+            let _ = self.tx.send(Some(update));
+        }
+    }
+
+    async fn finish(self, update: ReplyUpdate) {
+        let _ = self.tx.send(Some(update));
+        if tokio::time::timeout(SINK_FINAL_TIMEOUT, self.task).await.is_err() {
+            warn!("reply delivery did not finish in time; it goes on in the background");
+        }
+    }
+}
+
+/// One turn being run by a worker.
+struct TurnRun<'a> {
+    orch: &'a Orchestrator,
+    conversation: Conversation,
+    turn: Turn,
+    user_message: Message,
+    control: TurnControl,
+    emitter: Emitter,
+    reply: Reply,
+    sink: Option<SinkHandle>,
+}
+
+impl Orchestrator {
+    /// Runs this replica's workers until `shutdown` fires, then drains: running turns
+    /// get [`crate::Config::shutdown_grace`] to finish, after which they are stopped and
+    /// re-queued for the next start (or another replica).
+    pub async fn run_workers(&self, shutdown: CancellationToken) {
+        let config = self.config().clone();
+        match self.pool().get().await {
+            Ok(client) => match turn::requeue_owned(&client, &config.worker_id).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(turns = n, worker_id = %config.worker_id, "re-queued turns this worker owned before it restarted")
+                }
+                Err(e) => warn!(error = %e, "could not re-queue this worker's old turns"),
+            },
+            Err(e) => warn!(error = %e, "database unavailable at worker start"),
+        }
+        let mut workers = JoinSet::new();
+        for n in 0..config.workers.max(1) {
+            let orch = self.clone();
+            let stop = shutdown.clone();
+            workers.spawn(async move { orch.worker_loop(n, stop).await });
+        }
+        shutdown.cancelled().await;
+        info!(running = self.running_count(), grace = ?config.shutdown_grace, "draining workers");
+        let drained =
+            tokio::time::timeout(config.shutdown_grace, async { while workers.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            let running: Vec<RunningTurn> = self
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            warn!(turns = running.len(), "grace period over; interrupting running turns");
+            for r in running {
+                r.control.stop(StopReason::Interrupted);
+            }
+            while workers.join_next().await.is_some() {}
+        }
+        info!("workers stopped");
+    }
+
+    async fn worker_loop(&self, n: usize, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let notified = self.inner.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed = match self.pool().get().await {
+                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease).await,
+                Err(e) => Err(DbError::from(e)),
+            };
+            match claimed {
+                Ok(Some(t)) => {
+                    backoff = Duration::from_millis(100);
+                    self.run_turn(t).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep(self.config().idle_poll) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    warn!(worker = n, error = %e, "claiming a turn failed; backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn run_turn(&self, t: Turn) {
+        let span = info_span!("turn", conversation_id = %t.conversation_id, turn_id = %t.turn_id, attempt = t.attempt);
+        async {
+            let control = TurnControl::default();
+            self.inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(t.conversation_id, RunningTurn { turn_id: t.turn_id, control: control.clone() });
+            let lease = tokio::spawn(self.clone().keep_lease(t.turn_id, control.clone()).in_current_span());
+            let started = Instant::now();
+            let result = self.drive(t.clone(), control).await;
+            lease.abort();
+            self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
+            match result {
+                Ok(status) => info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished"),
+                Err(e) => {
+                    error!(error = %e, "turn could not be finished; re-queueing it");
+                    if let Ok(client) = self.pool().get().await {
+                        let _ = turn::requeue(&client, t.turn_id).await;
+                    }
+                }
+            }
+            // The conversation's next queued turn is claimable now.
+            self.wake();
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Extends the lease every third of its length; stops the turn when a cancel was
+    /// requested through the database or the lease was lost.
+    async fn keep_lease(self, turn_id: Uuid, control: TurnControl) {
+        let lease = self.config().lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let state = match self.pool().get().await {
+                Ok(client) => turn::extend_lease(&client, turn_id, &self.config().worker_id, lease).await,
+                Err(e) => Err(DbError::from(e)),
+            };
+            match state {
+                Ok(LeaseState::Held) => {}
+                Ok(LeaseState::CancelRequested) => control.stop(StopReason::Cancelled),
+                Ok(LeaseState::Lost) => {
+                    warn!("lease lost; stopping the turn");
+                    control.stop(StopReason::LeaseLost);
+                    return;
+                }
+                Err(e) => warn!(error = %e, "extending the lease failed"),
+            }
+        }
+    }
+
+    /// Runs a claimed turn to its end. Returns the final status.
+    async fn drive(&self, t: Turn, control: TurnControl) -> DbResult<&'static str> {
+        let client = self.pool().get().await?;
+        let conversation = conversation::get(&client, t.conversation_id).await?;
+        let user_message = message::get(&client, t.user_message_id).await?;
+        let mut next_seq = event::max_seq(&client, t.conversation_id).await? + 1;
+        if t.attempt > 1 {
+            next_seq += RERUN_SEQ_MARGIN;
+        }
+        drop(client);
+        let sink = self
+            .inner
+            .sinks
+            .get(&conversation.platform)
+            .map(|s| SinkHandle::start(Arc::clone(s), conversation.clone()));
+        let mut run = TurnRun {
+            orch: self,
+            emitter: Emitter {
+                conversation_id: conversation.conversation_id,
+                turn_id: t.turn_id,
+                next_seq,
+                unflushed: Vec::new(),
+                last_flush: Instant::now(),
+            },
+            conversation,
+            turn: t,
+            user_message,
+            control,
+            reply: Reply::default(),
+            sink,
+        };
+        run.execute().await
+    }
+
+    fn assistant_named(&self, name: &str) -> Option<Arc<dyn Assistant>> {
+        self.inner.assistants.get(name).cloned()
+    }
+}
+
+impl TurnRun<'_> {
+    async fn execute(&mut self) -> DbResult<&'static str> {
+        let Some(assistant) = self.orch.assistant_named(&self.conversation.assistant) else {
+            let err = AssistantError::Refused(format!(
+                "the assistant {:?} is not configured on this server (configured: {})",
+                self.conversation.assistant,
+                self.orch.assistant_names().join(", ")
+            ));
+            let session = self.resolve_session("unknown").await?;
+            return self.finish(&session, Outcome::Failed(err)).await;
+        };
+        let mut session = self.resolve_session(assistant.name()).await?;
+        let started = self.emitter.event(
+            "turn_started",
+            json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id }),
+        );
+        self.publish(started).await;
+
+        let (prompt, history) = self.prompt_for(&session).await?;
+        let mut outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
+
+        if let Outcome::Failed(AssistantError::StaleSession { session_id: stale, detail }) = &outcome {
+            if session.assistant_session_id.as_deref() == Some(stale.as_str()) {
+                let (stale, detail) = (stale.clone(), detail.clone());
+                warn!(assistant_session_id = %stale, %detail, "assistant session is stale; continuing in a fresh session with history");
+                let previous = session.session_id;
+                session = self.recover_stale(&session, &stale).await?;
+                let (prompt, history) = self.prompt_for(&session).await?;
+                let reset = self.emitter.event(
+                    "session_reset",
+                    json!({
+                        "reason": "stale-session",
+                        "old_assistant_session_id": stale,
+                        "previous_session_id": previous,
+                        "session_id": session.session_id,
+                        "history_messages": history,
+                        "detail": detail,
+                    }),
+                );
+                self.publish(reset).await;
+                outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
+            }
+        }
+        self.finish(&session, outcome).await
+    }
+
+    /// The conversation's active session for `assistant`, started when there is none
+    /// (or when the conversation moved to another assistant).
+    async fn resolve_session(&self, assistant: &str) -> DbResult<Session> {
+        let mut client = self.orch.pool().get().await?;
+        let conversation_id = self.conversation.conversation_id;
+        for _ in 0..3 {
+            let tx = client.transaction().await?;
+            let active = session::active(&tx, conversation_id).await?;
+            let resolved = match active {
+                Some(s) if s.assistant == assistant => Ok(s),
+                Some(s) => {
+                    session::end(&tx, s.session_id, Transition::AssistantChanged, None).await?;
+                    session::start(
+                        &tx,
+                        &NewSession {
+                            conversation_id,
+                            assistant,
+                            parent_session_id: Some(s.session_id),
+                            reason: Transition::AssistantChanged,
+                            history_from_message_id: s.history_from_message_id,
+                        },
+                    )
+                    .await
+                }
+                None => {
+                    let last = session::last_ended(&tx, conversation_id).await?;
+                    let reason = last
+                        .as_ref()
+                        .and_then(|s| s.ended_reason.as_deref())
+                        .and_then(Transition::parse)
+                        .unwrap_or(Transition::FirstMessage);
+                    session::start(
+                        &tx,
+                        &NewSession {
+                            conversation_id,
+                            assistant,
+                            parent_session_id: last.as_ref().map(|s| s.session_id),
+                            reason,
+                            history_from_message_id: last.map_or(0, |s| s.history_from_message_id),
+                        },
+                    )
+                    .await
+                }
+            };
+            match resolved {
+                Ok(s) => {
+                    turn::set_session(&tx, self.turn.turn_id, s.session_id).await?;
+                    tx.commit().await?;
+                    return Ok(s);
+                }
+                // Someone else started one first: read it again.
+                Err(e) if e.is_conflict_on("session_one_active_per_conversation") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DbError::Other("could not resolve the conversation's session".into()))
+    }
+
+    /// The prompt and how many history messages it carries: the message alone when the
+    /// session will be resumed, else rebuilt from history.
+    async fn prompt_for(&self, session: &Session) -> DbResult<(String, usize)> {
+        if session.assistant_session_id.is_some() {
+            return Ok((self.user_message.content.clone(), 0));
+        }
+        let config = self.orch.config();
+        let client = self.orch.pool().get().await?;
+        let history = message::history_before(
+            &client,
+            self.conversation.conversation_id,
+            session.history_from_message_id,
+            self.user_message.message_id,
+            i64::try_from(config.history_budget_chars).unwrap_or(i64::MAX),
+            i64::try_from(config.history_max_messages).unwrap_or(i64::MAX),
+        )
+        .await?;
+        Ok((prompt::with_history(&history, &self.user_message.content), history.len()))
+    }
+
+    /// Writes NULL over the stale assistant session ID (compare-and-set), ends the
+    /// session as `stale-session` and starts its child.
+    async fn recover_stale(&self, stale_session: &Session, stale_id: &str) -> DbResult<Session> {
+        let mut client = self.orch.pool().get().await?;
+        let tx = client.transaction().await?;
+        let cleared = session::clear_assistant_session_id(&tx, stale_session.session_id, stale_id).await?;
+        debug!(cleared, "cleared the stale assistant session ID");
+        let ended = session::end(&tx, stale_session.session_id, Transition::StaleSession, None).await?;
+        let fresh = match session::active(&tx, self.conversation.conversation_id).await? {
+            // A /reset started a new session meanwhile: use it.
+            Some(active) if !ended || active.session_id != stale_session.session_id => active,
+            _ => {
+                session::start(
+                    &tx,
+                    &NewSession {
+                        conversation_id: self.conversation.conversation_id,
+                        assistant: &stale_session.assistant,
+                        parent_session_id: Some(stale_session.session_id),
+                        reason: Transition::StaleSession,
+                        history_from_message_id: stale_session.history_from_message_id,
+                    },
+                )
+                .await?
+            }
+        };
+        turn::set_session(&tx, self.turn.turn_id, fresh.session_id).await?;
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Runs the assistant once, streaming its chunks into events and the reply.
+    async fn attempt(
+        &mut self,
+        assistant: &Arc<dyn Assistant>,
+        session: &mut Session,
+        prompt: String,
+        history: usize,
+    ) -> DbResult<Outcome> {
+        let request = RunRequest {
+            prompt,
+            message: self.user_message.content.clone(),
+            history_messages: history,
+            resume: session.assistant_session_id.clone(),
+            cwd: self.conversation.cwd.as_ref().map(Into::into),
+            cancel: self.control.token.child_token(),
+        };
+        let mut stream = assistant.run(request);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.control.token.cancelled() => return Ok(Outcome::Stopped(self.control.reason())),
+                next = stream.next() => next,
+            };
+            let chunk = match next {
+                None => {
+                    return Ok(Outcome::Failed(AssistantError::Protocol("the assistant ended without a result".into())));
+                }
+                Some(Err(AssistantError::Cancelled)) if self.control.token.is_cancelled() => {
+                    return Ok(Outcome::Stopped(self.control.reason()));
+                }
+                Some(Err(e)) => return Ok(Outcome::Failed(e)),
+                Some(Ok(chunk)) => chunk,
+            };
+            match chunk {
+                Chunk::SessionStarted { id } => {
+                    if session.assistant_session_id.as_deref() != Some(id.as_str()) {
+                        // Stored at once, so a crash mid-turn still knows what to resume.
+                        let client = self.orch.pool().get().await?;
+                        session::set_assistant_session_id(&client, session.session_id, &id).await?;
+                        session.assistant_session_id = Some(id);
+                    }
+                }
+                Chunk::Text { text } => {
+                    self.reply.text.push_str(&text);
+                    let e = self.emitter.event("text", json!({ "text": text }));
+                    self.publish(e).await;
+                    self.progress();
+                }
+                Chunk::Thinking { text } => {
+                    let e = self.emitter.event("thinking", json!({ "text": text }));
+                    self.publish(e).await;
+                }
+                Chunk::ToolUse { id, name, input } => {
+                    self.reply.tools.push(tool_line(&name, &input));
+                    self.reply.tool_calls.push(json!({ "id": id, "name": name, "input": input }));
+                    let e = self.emitter.event("tool_use", json!({ "id": id, "name": name, "input": input }));
+                    self.publish(e).await;
+                    self.progress();
+                }
+                Chunk::ToolResult { id, is_error, output } => {
+                    let e = self.emitter.event(
+                        "tool_result",
+                        json!({ "id": id, "is_error": is_error, "output": truncate(&output, TOOL_OUTPUT_CHARS) }),
+                    );
+                    self.publish(e).await;
+                }
+                Chunk::Completed { session_id, usage, cost_usd, duration_ms } => {
+                    self.reply.usage = usage;
+                    self.reply.cost_usd = cost_usd;
+                    self.reply.duration_ms = duration_ms;
+                    self.reply.completed_session_id = session_id;
+                    return Ok(Outcome::Completed);
+                }
+            }
+        }
+    }
+
+    fn progress(&self) {
+        if let Some(sink) = &self.sink {
+            sink.progress(self.reply.update(self.turn.turn_id, ReplyStatus::Running));
+        }
+    }
+
+    /// Publishes an event live and writes the unflushed batch when the flush interval
+    /// has passed. A failed write keeps the events for the next try.
+    async fn publish(&mut self, event: Event) {
+        self.orch.hub().publish(Arc::new(event.clone()), false);
+        self.emitter.unflushed.push(event);
+        if self.emitter.last_flush.elapsed() >= self.orch.config().event_flush_interval {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.emitter.unflushed.is_empty() {
+            return;
+        }
+        let written = match self.orch.pool().get().await {
+            Ok(client) => event::insert_batch(&client, &self.emitter.unflushed).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        match written {
+            Ok(()) => {
+                let last = self.emitter.unflushed.last().map_or(0, |e| e.seq);
+                self.emitter.unflushed.clear();
+                self.orch.hub().persisted(self.conversation.conversation_id, last);
+            }
+            Err(e) => warn!(error = %e, "writing events failed; will retry"),
+        }
+        self.emitter.last_flush = Instant::now();
+    }
+
+    /// Ends the turn in one transaction: the assistant message (partial ones marked
+    /// incomplete), the session's assistant session ID and `last_error`, the turn's
+    /// status, and the remaining events with the final one.
+    async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<&'static str> {
+        let conversation_id = self.conversation.conversation_id;
+        let turn_id = self.turn.turn_id;
+        let mut client = self.orch.pool().get().await?;
+        let tx = client.transaction().await?;
+        let (status, final_event, update) = match outcome {
+            Outcome::Completed => {
+                let msg = message::insert(
+                    &tx,
+                    conversation_id,
+                    Some(turn_id),
+                    Role::Assistant,
+                    &self.reply.text,
+                    &self.reply.metadata(),
+                )
+                .await?;
+                if let Some(id) = &self.reply.completed_session_id {
+                    if session.assistant_session_id.as_deref() != Some(id.as_str()) {
+                        session::set_assistant_session_id(&tx, session.session_id, id).await?;
+                    }
+                }
+                if session.last_error.is_some() {
+                    session::set_last_error(&tx, session.session_id, None).await?;
+                }
+                let data = json!({
+                    "message_id": msg.message_id,
+                    "usage": self.reply.usage,
+                    "cost_usd": self.reply.cost_usd,
+                    "duration_ms": self.reply.duration_ms,
+                });
+                (TurnStatus::Completed, self.emitter.event("turn_completed", data), Some(ReplyStatus::Completed))
+            }
+            Outcome::Failed(err) => {
+                let text = err.to_string();
+                warn!(error = %text, "turn failed");
+                let partial = self.store_partial(&tx, json!({ "error": text })).await?;
+                session::set_last_error(&tx, session.session_id, Some(&text)).await?;
+                let data = json!({ "error": text, "message_id": partial });
+                self.turn.error = Some(text.clone());
+                (TurnStatus::Failed, self.emitter.event("turn_failed", data), Some(ReplyStatus::Failed { error: text }))
+            }
+            Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
+                let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
+                (
+                    TurnStatus::Cancelled,
+                    self.emitter.event("turn_cancelled", json!({ "message_id": partial })),
+                    Some(ReplyStatus::Cancelled),
+                )
+            }
+            Outcome::Stopped(StopReason::Interrupted) => {
+                // Re-queued for the next start: the re-run answers in full, so the partial
+                // reply is not stored (it would repeat in history).
+                turn::requeue(&tx, turn_id).await?;
+                event::insert_batch(&tx, &self.emitter.unflushed).await?;
+                let e = self.emitter.event("turn_interrupted", json!({ "requeued": true }));
+                event::insert_batch(&tx, std::slice::from_ref(&e)).await?;
+                tx.commit().await?;
+                self.after_commit(e);
+                return Ok("requeued");
+            }
+            Outcome::Stopped(StopReason::LeaseLost) => {
+                tx.rollback().await?;
+                let last = self.emitter.next_seq - 1;
+                self.orch.hub().persisted(conversation_id, last);
+                return Ok("lost");
+            }
+        };
+        if !turn::finish(&tx, turn_id, status, self.turn.error.as_deref()).await? {
+            tx.rollback().await?;
+            warn!("the turn was no longer running when it finished; its result is dropped");
+            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
+            return Ok("lost");
+        }
+        event::insert_batch(&tx, &self.emitter.unflushed).await?;
+        event::insert_batch(&tx, std::slice::from_ref(&final_event)).await?;
+        tx.commit().await?;
+        self.after_commit(final_event);
+        if let (Some(sink), Some(st)) = (self.sink.take(), update) {
+            sink.finish(self.reply.update(turn_id, st)).await;
+        }
+        Ok(status.as_str())
+    }
+
+    /// Stores the partial reply (if any text came) marked incomplete; returns its id.
+    async fn store_partial(&self, tx: &impl GenericClient, extra: Value) -> DbResult<Option<i64>> {
+        if self.reply.text.is_empty() {
+            return Ok(None);
+        }
+        let mut meta = self.reply.metadata();
+        meta["incomplete"] = json!(true);
+        if let (Some(m), Some(e)) = (meta.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        let msg = message::insert(
+            tx,
+            self.conversation.conversation_id,
+            Some(self.turn.turn_id),
+            Role::Assistant,
+            &self.reply.text,
+            &meta,
+        )
+        .await?;
+        Ok(Some(msg.message_id))
+    }
+
+    fn after_commit(&mut self, final_event: Event) {
+        self.emitter.unflushed.clear();
+        let hub = self.orch.hub();
+        hub.persisted(self.conversation.conversation_id, final_event.seq);
+        hub.publish(Arc::new(final_event), true);
+    }
+}

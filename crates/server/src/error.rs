@@ -1,0 +1,126 @@
+//! [`AppError`]: every web API error, rendered as
+//! `{"error": {"code": "...", "message": "..."}}` with the right status.
+//!
+//! Use the specific variants for what a client can act on; `Internal` for the rest.
+//! Internal details are logged, never sent: a 500 says only that something failed.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parley_db::DbError;
+use parley_orchestrator::OrchestratorError;
+use serde_json::json;
+
+/// An error answered by the web API.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the request is malformed or invalid; `code` names what (`invalid_json`,
+    /// `invalid_text`, `invalid_id`, `invalid_query`…).
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Readable explanation.
+        message: String,
+    },
+    /// 404: the thing does not exist (or is not the caller's to see).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: the conversation's state does not allow the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the request body is larger than the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: the database is unreachable; retry later.
+    #[error("the database is unavailable; try again shortly")]
+    Unavailable,
+    /// 500: anything else.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 400 with a code and message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
+            Self::Unavailable => tracing::warn!("request failed: database unavailable"),
+            _ => {}
+        }
+        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::Unavailable) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(err: DbError) -> Self {
+        match err {
+            DbError::NotFound { what } => Self::NotFound(what),
+            DbError::Unavailable(_) => Self::Unavailable,
+            DbError::Conflict { constraint } => Self::Conflict(format!("conflict on {constraint}")),
+            DbError::Other(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<OrchestratorError> for AppError {
+    fn from(err: OrchestratorError) -> Self {
+        match err {
+            OrchestratorError::NotFound(what) => Self::NotFound(what),
+            OrchestratorError::InvalidInput(message) => Self::bad_request("invalid_text", message),
+            OrchestratorError::Conflict(message) => Self::Conflict(message),
+            OrchestratorError::Db(db) => db.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge("the request body is larger than the limit".into()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::UnsupportedMediaType("send a JSON body with Content-Type: application/json".into())
+            }
+            _ => Self::bad_request("invalid_json", rejection.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request("invalid_path", rejection.body_text())
+    }
+}

@@ -1,0 +1,71 @@
+//! `GET /api/conversations/{id}/events`: the conversation's events over Server-Sent
+//! Events.
+//!
+//! Each SSE message has `event:` = the event's kind (`turn_started`, `text`, `thinking`,
+//! `tool_use`, `tool_result`, `session_reset`, `turn_completed`, `turn_failed`,
+//! `turn_cancelled`, `turn_interrupted`), `id:` = its `seq`, and `data:` = its JSON
+//! payload (which always includes `turn_id`). A client resumes with the standard
+//! `Last-Event-ID` header or `?after=SEQ`: missed events are replayed from the database,
+//! then live ones follow, with no gap and no duplicate. Comments keep the connection
+//! alive every 15 s. The stream ends when the server shuts down.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::extract::{Path, Query, parse_id};
+
+/// Query of the events stream.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Replay events with `seq` greater than this; `Last-Event-ID` wins when both are given.
+    pub after: Option<i64>,
+}
+
+/// Opens the stream.
+///
+/// # Errors
+/// 400 for a malformed id or `Last-Event-ID`, 404 for an unknown conversation.
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, AppError> {
+    let id = parse_id(&id, "conversation")?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).ok_or_else(|| {
+            AppError::bad_request("invalid_header", "Last-Event-ID must be an event seq (an integer)")
+        })?,
+        None => q.after.unwrap_or(0),
+    };
+    {
+        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        parley_db::conversation::get(&client, id).await?;
+    }
+    let events = state.orchestrator.follow(id, after, state.shutdown.clone()).filter_map(|item| async move {
+        match item {
+            Ok(event) => {
+                let sse = SseEvent::default()
+                    .event(event.kind.clone())
+                    .id(event.seq.to_string())
+                    .json_data(&event.data)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
+                Some(Ok::<_, Infallible>(sse))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream ended by a database error");
+                None
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+}

@@ -1,0 +1,9 @@
+//! Route handlers, one module per resource, named by verb (`index`, `show`, `create`,
+//! `delete`).
+
+pub mod conversations;
+pub mod events;
+pub mod health;
+pub mod messages;
+pub mod sessions;
+pub mod turns;
