@@ -43,3 +43,17 @@ pub async fn run(config: &DbConfig) -> DbResult<MigrationReport> {
     let report = result.map_err(|e| DbError::Other(format!("migration failed: {e}")))?;
     Ok(MigrationReport { applied: report.applied_migrations().iter().map(ToString::to_string).collect() })
 }
+
+/// A fingerprint of the embedded migrations (names and checksums): two binaries with the
+/// same fingerprint expect the same schema. Test helpers name template databases by it.
+#[must_use]
+pub fn fingerprint() -> String {
+    let mut acc: u64 = 0xcbf2_9ce4_8422_2325;
+    for m in embedded::migrations::runner().get_migrations() {
+        for b in m.to_string().bytes().chain(m.checksum().to_le_bytes()) {
+            acc ^= u64::from(b);
+            acc = acc.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{acc:016x}")
+}

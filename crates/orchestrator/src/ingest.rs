@@ -105,15 +105,15 @@ impl Orchestrator {
         validate_text(&post.text)?;
         let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
-        if let Some((namespace, key)) = &post.dedupe {
-            if !inbound_delivery::record(&tx, namespace, key, Some(post.conversation_id)).await? {
-                let stored = inbound_delivery::response(&tx, namespace, key).await?;
-                tx.rollback().await.map_err(parley_db::DbError::from)?;
-                return stored
-                    .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
-                    .map(Ingested::mark_duplicate)
-                    .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()));
-            }
+        if let Some((namespace, key)) = &post.dedupe
+            && !inbound_delivery::record(&tx, namespace, key, Some(post.conversation_id)).await?
+        {
+            let stored = inbound_delivery::response(&tx, namespace, key).await?;
+            tx.rollback().await.map_err(parley_db::DbError::from)?;
+            return stored
+                .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
+                .map(Ingested::mark_duplicate)
+                .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()));
         }
         let conv = conversation::lock(&tx, post.conversation_id).await?;
         let result = match command::parse(&post.text) {

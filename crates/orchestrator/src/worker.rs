@@ -414,27 +414,27 @@ impl TurnRun<'_> {
         let (prompt, history) = self.prompt_for(&session).await?;
         let mut outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
 
-        if let Outcome::Failed(AssistantError::StaleSession { session_id: stale, detail }) = &outcome {
-            if session.assistant_session_id.as_deref() == Some(stale.as_str()) {
-                let (stale, detail) = (stale.clone(), detail.clone());
-                warn!(assistant_session_id = %stale, %detail, "assistant session is stale; continuing in a fresh session with history");
-                let previous = session.session_id;
-                session = self.recover_stale(&session, &stale).await?;
-                let (prompt, history) = self.prompt_for(&session).await?;
-                let reset = self.emitter.event(
-                    "session_reset",
-                    json!({
-                        "reason": "stale-session",
-                        "old_assistant_session_id": stale,
-                        "previous_session_id": previous,
-                        "session_id": session.session_id,
-                        "history_messages": history,
-                        "detail": detail,
-                    }),
-                );
-                self.publish(reset).await;
-                outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
-            }
+        if let Outcome::Failed(AssistantError::StaleSession { session_id: stale, detail }) = &outcome
+            && session.assistant_session_id.as_deref() == Some(stale.as_str())
+        {
+            let (stale, detail) = (stale.clone(), detail.clone());
+            warn!(assistant_session_id = %stale, %detail, "assistant session is stale; continuing in a fresh session with history");
+            let previous = session.session_id;
+            session = self.recover_stale(&session, &stale).await?;
+            let (prompt, history) = self.prompt_for(&session).await?;
+            let reset = self.emitter.event(
+                "session_reset",
+                json!({
+                    "reason": "stale-session",
+                    "old_assistant_session_id": stale,
+                    "previous_session_id": previous,
+                    "session_id": session.session_id,
+                    "history_messages": history,
+                    "detail": detail,
+                }),
+            );
+            self.publish(reset).await;
+            outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
         }
         self.finish(&session, outcome).await
     }
@@ -572,7 +572,9 @@ impl TurnRun<'_> {
             };
             let chunk = match next {
                 None => {
-                    return Ok(Outcome::Failed(AssistantError::Protocol("the assistant ended without a result".into())));
+                    return Ok(Outcome::Failed(AssistantError::Protocol(
+                        "the assistant ended without a result".into(),
+                    )));
                 }
                 Some(Err(AssistantError::Cancelled)) if self.control.token.is_cancelled() => {
                     return Ok(Outcome::Stopped(self.control.reason()));
@@ -678,10 +680,10 @@ impl TurnRun<'_> {
                     &self.reply.metadata(),
                 )
                 .await?;
-                if let Some(id) = &self.reply.completed_session_id {
-                    if session.assistant_session_id.as_deref() != Some(id.as_str()) {
-                        session::set_assistant_session_id(&tx, session.session_id, id).await?;
-                    }
+                if let Some(id) = &self.reply.completed_session_id
+                    && session.assistant_session_id.as_deref() != Some(id.as_str())
+                {
+                    session::set_assistant_session_id(&tx, session.session_id, id).await?;
                 }
                 if session.last_error.is_some() {
                     session::set_last_error(&tx, session.session_id, None).await?;

@@ -1,0 +1,618 @@
+//! Web API tests against real PostgreSQL: the turn pipeline, stale-session recovery,
+//! SSE replay, idempotency, bad input and chat commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parley_assistant::{Demo, DemoConfig};
+use parley_orchestrator::{Config, Orchestrator};
+use parley_server::AppState;
+use parley_test_support::TestDb;
+use parley_test_support::sse;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    db: TestDb,
+    demo: Demo,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn fast_demo() -> DemoConfig {
+    DemoConfig { chunk_delay: Duration::from_millis(5), slow_chunk_delay: Duration::from_millis(400) }
+}
+
+impl TestApp {
+    async fn spawn() -> Self {
+        Self::spawn_on(TestDb::new().await, fast_demo()).await
+    }
+
+    async fn spawn_on(db: TestDb, demo_config: DemoConfig) -> Self {
+        let demo = Demo::new(demo_config);
+        let config = Config {
+            worker_id: format!("test-{}", Uuid::new_v4()),
+            workers: 4,
+            idle_poll: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(2),
+            ..Config::default()
+        };
+        let orchestrator = Orchestrator::builder(db.pool.clone(), config)
+            .assistant(Arc::new(demo.clone()))
+            .build()
+            .expect("orchestrator");
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = AppState { orchestrator: orchestrator.clone(), shutdown: shutdown.clone(), body_limit: 64 * 1024 };
+        let stop = shutdown.clone();
+        let workers = tokio::spawn(async move { orchestrator.run_workers(stop).await });
+        let server = tokio::spawn(async move {
+            parley_server::serve(listener, state, Duration::from_secs(2)).await.expect("serve");
+        });
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            db,
+            demo,
+            shutdown,
+            tasks: vec![workers, server],
+        }
+    }
+
+    /// Stops the server and workers, as a process exit would, keeping the database.
+    async fn stop(self) -> TestDb {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("stopped in time").expect("task");
+        }
+        self.db
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn create_conversation(&self) -> Uuid {
+        let resp =
+            self.http.post(self.url("/api/conversations")).json(&json!({"title": "test"})).send().await.expect("post");
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.expect("json");
+        body["conversation_id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    async fn post(&self, conversation: Uuid, text: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/conversations/{conversation}/messages")))
+            .json(&json!({ "text": text }))
+            .send()
+            .await
+            .expect("post message");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(&self, conversation: Uuid, text: &str) -> Uuid {
+        let (status, body) = self.post(conversation, text).await;
+        assert_eq!(status, 202, "{body}");
+        body["turn_id"].as_str().expect("turn id").parse().expect("uuid")
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn turn(&self, turn: Uuid) -> Value {
+        self.get(&format!("/api/turns/{turn}")).await.1
+    }
+
+    /// Waits until the turn has a final status and returns it.
+    async fn wait_turn(&self, turn: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.turn(turn).await;
+            let status = t["status"].as_str().unwrap_or_default();
+            if !matches!(status, "queued" | "running") {
+                return t;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "turn {turn} still {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_status(&self, turn: Uuid, want: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.turn(turn).await["status"] != want {
+            assert!(tokio::time::Instant::now() < deadline, "turn {turn} never became {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn messages(&self, conversation: Uuid) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/conversations/{conversation}/messages?limit=500")).await;
+        assert_eq!(status, 200);
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn sessions(&self, conversation: Uuid) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/sessions?conversation_id={conversation}")).await;
+        assert_eq!(status, 200);
+        body["sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn action(&self, conversation: Uuid, action: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/conversations/{conversation}/{action}")))
+            .send()
+            .await
+            .expect("post action");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn contents(messages: &[Value], role: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["role"] == role)
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn stale_resume_after_restart_is_answered_in_the_same_turn_with_history() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let first = app.send(conv, "my name is Ada").await;
+    assert_eq!(app.wait_turn(first).await["status"], "completed");
+    let sessions = app.sessions(conv).await;
+    assert_eq!(sessions.len(), 1);
+    let old_id = sessions[0]["assistant_session_id"].as_str().expect("stored assistant session id").to_owned();
+    assert_eq!(sessions[0]["transition_reason"], "first-message");
+
+    // Restart: a new demo assistant no longer knows the stored assistant session ID.
+    let db = app.stop().await;
+    let app = TestApp::spawn_on(db, fast_demo()).await;
+    let second = app.send(conv, "what is my name?").await;
+    let turn = app.wait_turn(second).await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(turn["attempt"], 1, "answered by the same run of the same turn");
+
+    let sessions = app.sessions(conv).await;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let (old, new) = (&sessions[0], &sessions[1]);
+    assert_eq!(old["active"], false);
+    assert_eq!(old["ended_reason"], "stale-session");
+    assert_eq!(old["assistant_session_id"], Value::Null, "the stale ID was written over with NULL");
+    assert_eq!(new["active"], true);
+    assert_eq!(new["transition_reason"], "stale-session");
+    assert_eq!(new["parent_session_id"], old["session_id"]);
+    let new_id = new["assistant_session_id"].as_str().expect("new assistant session id stored");
+    assert_ne!(new_id, old_id);
+
+    // The fresh run carried the earlier conversation.
+    let requests = app.demo.requests();
+    let fresh = requests.last().expect("a run");
+    assert_eq!(fresh.resume, None);
+    assert_eq!(fresh.history_messages, 2);
+    assert!(fresh.prompt.contains("my name is Ada"), "{}", fresh.prompt);
+    assert!(fresh.prompt.contains("Demo reply to «my name is Ada»"), "{}", fresh.prompt);
+    assert!(fresh.prompt.ends_with("what is my name?"));
+    // The stale attempt asked to resume the old ID.
+    assert_eq!(requests[requests.len() - 2].resume.as_deref(), Some(old_id.as_str()));
+
+    // The user saw an answer and no failure; the event log shows the reset.
+    let replies = contents(&app.messages(conv).await, "assistant");
+    assert_eq!(replies.len(), 2);
+    assert!(replies[1].contains("2 earlier message(s)"), "{}", replies[1]);
+    let mut events = sse::connect(&app.url(&format!("/api/conversations/{conv}/events")), None).await;
+    let got = sse::read_until(&mut events, Duration::from_secs(10), |m| {
+        m.event == "turn_completed" && m.data["turn_id"] == second.to_string()
+    })
+    .await;
+    let kinds: Vec<&str> = got.iter().map(|m| m.event.as_str()).collect();
+    assert!(!kinds.contains(&"turn_failed"), "{kinds:?}");
+    let reset = got.iter().find(|m| m.event == "session_reset").expect("session_reset event");
+    assert_eq!(reset.data["old_assistant_session_id"], old_id.as_str());
+    assert_eq!(reset.data["history_messages"], 2);
+
+    // And the next message resumes the new session.
+    let third = app.send(conv, "thanks").await;
+    assert_eq!(app.wait_turn(third).await["status"], "completed");
+    assert_eq!(app.demo.requests().last().expect("run").resume.as_deref(), Some(new_id));
+    assert_eq!(app.sessions(conv).await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_turn_sets_last_error_and_next_success_clears_it() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let ok = app.send(conv, "hello").await;
+    app.wait_turn(ok).await;
+    let failing = app.send(conv, "please [demo:fail]").await;
+    let turn = app.wait_turn(failing).await;
+    assert_eq!(turn["status"], "failed");
+    assert!(turn["error"].as_str().unwrap_or_default().contains("demo:fail"), "{turn}");
+    let sessions = app.sessions(conv).await;
+    let last_error = sessions[0]["last_error"].as_str().expect("last_error set");
+    assert!(last_error.contains("demo:fail"));
+    let assistant_id = sessions[0]["assistant_session_id"].clone();
+    assert!(assistant_id.is_string(), "an API failure keeps the session ID");
+
+    let (_, failed_list) = app.get("/api/sessions?status=failed").await;
+    assert_eq!(failed_list["sessions"].as_array().map(Vec::len), Some(1));
+
+    let again = app.send(conv, "hello again").await;
+    assert_eq!(app.wait_turn(again).await["status"], "completed");
+    let sessions = app.sessions(conv).await;
+    assert_eq!(sessions.len(), 1, "a failure does not start a new session");
+    assert_eq!(sessions[0]["last_error"], Value::Null);
+    assert_eq!(sessions[0]["assistant_session_id"], assistant_id);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_messages_are_answered_one_at_a_time_in_order() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let posts = (0..20).map(|i| {
+        let app = &app;
+        async move { app.send(conv, &format!("message {i:02}")).await }
+    });
+    let turns: Vec<Uuid> = futures::future::join_all(posts).await;
+    for t in &turns {
+        assert_eq!(app.wait_turn(*t).await["status"], "completed");
+    }
+    // Every user message has its own answer, and answers come in the order of the
+    // user messages they answer.
+    let messages = app.messages(conv).await;
+    assert_eq!(messages.len(), 40);
+    let users: Vec<&Value> = messages.iter().filter(|m| m["role"] == "user").collect();
+    let answers: Vec<&Value> = messages.iter().filter(|m| m["role"] == "assistant").collect();
+    assert_eq!(users.len(), 20);
+    for (user, answer) in users.iter().zip(&answers) {
+        assert_eq!(answer["turn_id"], user["turn_id"], "answers are in user-message order");
+        let asked = user["content"].as_str().expect("text");
+        let answered = answer["content"].as_str().expect("text");
+        assert!(answered.contains(&format!("«{asked}»")), "{asked} answered by {answered}");
+        assert!(answer["message_id"].as_i64() > user["message_id"].as_i64());
+    }
+    // One at a time: each turn started after the previous one finished.
+    let mut timeline = Vec::new();
+    for t in &turns {
+        let turn = app.turn(*t).await;
+        timeline.push((
+            turn["started_at"].as_str().expect("started").to_owned(),
+            turn["finished_at"].as_str().expect("finished").to_owned(),
+        ));
+    }
+    timeline.sort();
+    for w in timeline.windows(2) {
+        let prev_end = chrono_parse(&w[0].1);
+        let next_start = chrono_parse(&w[1].0);
+        assert!(next_start >= prev_end, "turns overlapped: {w:?}");
+    }
+    app.stop().await;
+}
+
+fn chrono_parse(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().expect("timestamp")
+}
+
+#[tokio::test]
+async fn fifty_conversations_in_parallel_are_all_answered() {
+    let app = TestApp::spawn().await;
+    let convs = futures::future::join_all((0..50).map(|_| app.create_conversation())).await;
+    let turns = futures::future::join_all(convs.iter().map(|c| app.send(*c, "hi"))).await;
+    for t in turns {
+        assert_eq!(app.wait_turn(t).await["status"], "completed");
+    }
+    for c in convs {
+        let m = app.messages(c).await;
+        assert_eq!(contents(&m, "user"), vec!["hi"]);
+        assert_eq!(contents(&m, "assistant").len(), 1);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sse_reconnect_with_last_event_id_gets_the_rest_exactly_once() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let url = app.url(&format!("/api/conversations/{conv}/events"));
+    let mut first = sse::connect(&url, None).await;
+    let turn = app.send(conv, "tell me slowly [demo:slow]").await;
+    // Read the start and two text chunks, then drop the connection mid-turn.
+    let mut texts = 0;
+    let seen = sse::read_until(&mut first, Duration::from_secs(20), |m| {
+        if m.event == "text" {
+            texts += 1;
+        }
+        texts == 2
+    })
+    .await;
+    drop(first);
+    let last_id = seen.last().expect("events").id;
+    assert_eq!(app.turn(turn).await["status"], "running", "disconnected mid-turn");
+
+    let mut second = sse::connect(&url, Some(last_id)).await;
+    let rest = sse::read_until(&mut second, Duration::from_secs(30), |m| m.event == "turn_completed").await;
+
+    // The complete log, replayed from the start after the turn.
+    let mut full = sse::connect(&format!("{url}?after=0"), None).await;
+    let all = sse::read_until(&mut full, Duration::from_secs(10), |m| m.event == "turn_completed").await;
+
+    let combined: Vec<i64> = seen.iter().chain(rest.iter()).map(|m| m.id).collect();
+    let expected: Vec<i64> = all.iter().map(|m| m.id).collect();
+    assert_eq!(combined, expected, "no gap, no duplicate, in order");
+    let text: String =
+        seen.iter().chain(rest.iter()).filter(|m| m.event == "text").filter_map(|m| m.data["text"].as_str()).collect();
+    let stored = contents(&app.messages(conv).await, "assistant");
+    assert_eq!(text, stored[0]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn same_idempotency_key_twice_makes_one_turn() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let send = |key: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app
+                .http
+                .post(app.url(&format!("/api/conversations/{conv}/messages")))
+                .header("Idempotency-Key", key)
+                .json(&json!({"text": "once"}))
+                .send()
+                .await
+                .expect("post");
+            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (a, b) = tokio::join!(send("key-1"), send("key-1"));
+    let (c, _) = (send("key-1").await, ());
+    for (status, _) in [&a, &b, &c] {
+        assert_eq!(*status, 202);
+    }
+    assert_eq!(a.1["turn_id"], b.1["turn_id"]);
+    assert_eq!(a.1["turn_id"], c.1["turn_id"]);
+    assert_eq!(a.1["message_id"], c.1["message_id"]);
+    assert!(c.1["duplicate"].as_bool().expect("flag"));
+    let turn: Uuid = a.1["turn_id"].as_str().expect("id").parse().expect("uuid");
+    app.wait_turn(turn).await;
+    let m = app.messages(conv).await;
+    assert_eq!(contents(&m, "user"), vec!["once"], "stored once");
+    assert_eq!(contents(&m, "assistant").len(), 1, "answered once");
+    // A different key is a different message.
+    let (d, _) = send("key-2").await;
+    assert_eq!(d, 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let url = app.url(&format!("/api/conversations/{conv}/messages"));
+    let raw = |body: Vec<u8>, ct: &'static str| {
+        let app = &app;
+        let url = url.clone();
+        async move {
+            let resp = app.http.post(url).header("content-type", ct).body(body).send().await.expect("post");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("a JSON error body"))
+        }
+    };
+    let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
+        (b"{not json".to_vec(), "application/json", 400, "invalid_json"),
+        (b"{}".to_vec(), "application/json", 400, "invalid_json"),
+        (br#"{"text": 5}"#.to_vec(), "application/json", 400, "invalid_json"),
+        (br#"{"text": ""}"#.to_vec(), "application/json", 400, "invalid_text"),
+        (br#"{"text": "   "}"#.to_vec(), "application/json", 400, "invalid_text"),
+        (br#"{"text": "a\u0000b"}"#.to_vec(), "application/json", 400, "invalid_text"),
+        (br#"{"text": "hi"}"#.to_vec(), "text/plain", 415, "unsupported_media_type"),
+        (
+            format!(r#"{{"text": "{}"}}"#, "x".repeat(70 * 1024)).into_bytes(),
+            "application/json",
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, ct, status, code) in cases {
+        let (got, err) = raw(body, ct).await;
+        assert_eq!(got, status, "{err}");
+        assert_eq!(err["error"]["code"], code, "{err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let unknown = Uuid::new_v4();
+    let (s, e) = app.post(unknown, "hi").await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
+    let resp = app
+        .http
+        .post(app.url("/api/conversations/not-a-uuid/messages"))
+        .json(&json!({"text":"hi"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.expect("json")["error"]["code"], "invalid_id");
+    let (s, _) = app.get(&format!("/api/conversations/{unknown}")).await;
+    assert_eq!(s, 404);
+    let (s, e) = app.get("/api/nothing-here").await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, e) = app.get("/api/sessions?status=bogus").await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_query")));
+    assert!(app.messages(conv).await.is_empty(), "nothing was stored");
+    app.stop().await;
+}
+
+async fn command(app: &TestApp, conv: Uuid, text: &str) -> Value {
+    let (status, body) = app.post(conv, text).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn commands_follow_the_conversation_state() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+
+    // Commands that do not fit the state explain why.
+    for (cmd, needle) in [
+        ("/reset", "no session"),
+        ("/cancel", "no turn is running"),
+        ("/retry", "no turn has finished"),
+        ("/resume", "Not paused"),
+        ("/skip", "Nothing to skip"),
+    ] {
+        let r = command(&app, conv, cmd).await;
+        assert_eq!(r["ok"], false, "{cmd}: {r}");
+        assert!(r["reply"].as_str().expect("reply").contains(needle), "{cmd}: {r}");
+    }
+    let unknown = command(&app, conv, "/frobnicate").await;
+    assert!(unknown["reply"].as_str().expect("reply").contains("Unknown command /frobnicate"));
+    let help = command(&app, conv, "/help").await;
+    assert!(help["reply"].as_str().expect("reply").contains("/sessions"));
+    // The REST actions answer 409 with the same explanation.
+    let (s, e) = app.action(conv, "cancel").await;
+    assert_eq!(s, 409);
+    assert!(e["error"]["message"].as_str().expect("message").contains("no turn is running"));
+
+    // /status shows the session and its assistant session ID.
+    let t = app.send(conv, "hello").await;
+    app.wait_turn(t).await;
+    let status = command(&app, conv, "/status").await;
+    let sessions = app.sessions(conv).await;
+    let reply = status["reply"].as_str().expect("reply");
+    assert!(reply.contains(sessions[0]["assistant_session_id"].as_str().expect("id")), "{reply}");
+    assert!(reply.contains("Queued: 0"), "{reply}");
+
+    // /cancel stops a slow turn now; the partial reply is kept, marked incomplete.
+    let slow = app.send(conv, "go slowly [demo:slow]").await;
+    app.wait_status(slow, "running").await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = command(&app, conv, "/cancel").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let turn = app.wait_turn(slow).await;
+    assert_eq!(turn["status"], "cancelled");
+    let partial = app
+        .messages(conv)
+        .await
+        .into_iter()
+        .filter(|m| m["turn_id"] == slow.to_string() && m["role"] == "assistant")
+        .collect::<Vec<_>>();
+    assert_eq!(partial.len(), 1, "partial reply stored");
+    assert_eq!(partial[0]["metadata"]["incomplete"], true);
+
+    // /retry re-runs the last failed turn.
+    let failing = app.send(conv, "[demo:fail]").await;
+    assert_eq!(app.wait_turn(failing).await["status"], "failed");
+    let r = command(&app, conv, "/retry").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let again = app.wait_turn(failing).await;
+    assert_eq!(again["attempt"], 2);
+    assert_eq!(again["status"], "failed", "the demo fails this message every time");
+    // /skip marks it skipped, so /retry has nothing left.
+    let r = command(&app, conv, "/skip").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(app.turn(failing).await["status"], "skipped");
+    let r = command(&app, conv, "/retry").await;
+    assert_eq!(r["ok"], false, "{r}");
+
+    // /pause: messages are stored and queued but not answered until /resume, then in order.
+    let r = command(&app, conv, "/pause").await;
+    assert_eq!(r["ok"], true);
+    let r = command(&app, conv, "/pause").await;
+    assert_eq!(r["ok"], false, "already paused");
+    let a = app.send(conv, "first while paused").await;
+    let b = app.send(conv, "second while paused").await;
+    let c = app.send(conv, "third while paused").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.turn(a).await["status"], "queued");
+    let status = command(&app, conv, "/status").await;
+    assert!(status["reply"].as_str().expect("reply").contains("Queued: 3"), "{status}");
+    // /skip drops the oldest queued one.
+    let r = command(&app, conv, "/skip").await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(app.turn(a).await["status"], "skipped");
+    let r = command(&app, conv, "/resume").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(app.wait_turn(b).await["status"], "completed");
+    assert_eq!(app.wait_turn(c).await["status"], "completed");
+    let (b_turn, c_turn) = (app.turn(b).await, app.turn(c).await);
+    assert!(b_turn["finished_at"].as_str() <= c_turn["started_at"].as_str(), "answered in order");
+
+    // /reset ends the session; the next one starts fresh without the old history.
+    let r = command(&app, conv, "/reset").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let fresh = app.send(conv, "after reset").await;
+    app.wait_turn(fresh).await;
+    let last = app.demo.requests().last().cloned().expect("run");
+    assert_eq!(last.resume, None);
+    assert_eq!(last.history_messages, 0, "a reset session starts without old history");
+    let sessions = app.sessions(conv).await;
+    assert_eq!(sessions.last().expect("session")["transition_reason"], "reset-requested");
+    assert_eq!(sessions[0]["ended_reason"], "reset-requested");
+    let chain = command(&app, conv, "/sessions").await;
+    assert!(chain["reply"].as_str().expect("reply").contains("reset-requested"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn conversations_and_sessions_endpoints_round_trip() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let (s, list) = app.get("/api/conversations").await;
+    assert_eq!(s, 200);
+    assert!(list["conversations"].as_array().expect("list").iter().any(|c| c["conversation_id"] == conv.to_string()));
+    let t = app.send(conv, "hello").await;
+    app.wait_turn(t).await;
+    let session_id = app.sessions(conv).await[0]["session_id"].as_str().expect("id").to_owned();
+    let (s, shown) = app.get(&format!("/api/sessions/{session_id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(shown["turns"].as_array().map(Vec::len), Some(1));
+    assert!(shown["usage"]["output_tokens"].as_i64().expect("tokens") > 0);
+    // The active session cannot be deleted; an ended one can.
+    let resp = app.http.delete(app.url(&format!("/api/sessions/{session_id}"))).send().await.expect("delete");
+    assert_eq!(resp.status(), 409);
+    app.action(conv, "reset").await;
+    let resp = app.http.delete(app.url(&format!("/api/sessions/{session_id}"))).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    // Paging of messages.
+    let (_, page) = app.get(&format!("/api/conversations/{conv}/messages?limit=1")).await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+    let after = page["next_after"].as_i64().expect("next page");
+    let (_, page2) = app.get(&format!("/api/conversations/{conv}/messages?after={after}&limit=1")).await;
+    assert_eq!(page2["messages"][0]["role"], "assistant");
+    // Deleting the conversation removes it.
+    let resp = app.http.delete(app.url(&format!("/api/conversations/{conv}"))).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    let (s, _) = app.get(&format!("/api/conversations/{conv}")).await;
+    assert_eq!(s, 404);
+    let (s, _) = app.get("/readyz").await;
+    assert_eq!(s, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_event_streams() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let mut events = sse::connect(&app.url(&format!("/api/conversations/{conv}/events")), None).await;
+    let shutdown = app.shutdown.clone();
+    let stopping = tokio::spawn(app.stop());
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while events.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the SSE stream ended at shutdown");
+    stopping.await.expect("stopped");
+}
