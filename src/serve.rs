@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// Demo assistant: milliseconds between streamed chunks (0 = instant).
     #[arg(long, env = "PARLEY_DEMO_CHUNK_DELAY_MS", default_value_t = 80)]
     demo_chunk_delay_ms: u64,
+    /// Seconds a running turn's lease lasts; a replica that stops extending it (crash,
+    /// lost database) has its turn re-run elsewhere after this long.
+    #[arg(long, env = "PARLEY_LEASE_SECS", default_value_t = 30)]
+    lease_secs: u64,
+    /// Seconds between looks for expired leases.
+    #[arg(long, env = "PARLEY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    sweep_interval_secs: u64,
+    /// Claims of one turn before an expired lease marks it interrupted instead of
+    /// re-queueing it.
+    #[arg(long, env = "PARLEY_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: i32,
     /// Do not apply migrations at start.
     #[arg(long, env = "PARLEY_NO_MIGRATE")]
     no_migrate: bool,
@@ -105,11 +116,15 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         history_budget_chars: args.history_budget_chars,
         default_assistant: args.assistant.clone(),
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        sweep_interval: Duration::from_secs(args.sweep_interval_secs.max(1)),
+        max_attempts: args.max_attempts.max(1),
         ..Config::default()
     };
     let demo =
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
     let orchestrator = Orchestrator::builder(pool, config)
+        .listen(db.clone())
         .assistant(Arc::new(demo))
         .build()
         .map_err(|e| Failure::failed(e.to_string()))?;

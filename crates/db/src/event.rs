@@ -1,18 +1,32 @@
 //! The `event` table: the stream log of a conversation that SSE clients replay.
 //!
-//! Events are numbered per conversation by `seq`, allocated by the one worker running
-//! the conversation's turn, and written in batches (several events per insert).
+//! Events are numbered by `seq`: each writer reserves a block of [`BLOCK_SIZE`] numbers
+//! from the `event_block` sequence ([`reserve_block`], or with the claim of a turn), so
+//! numbers are unique, grow in the order written, and are never reused. Events are
+//! written in batches (several events per insert).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult};
 
+/// How many event numbers a block holds (2^20).
+pub const BLOCK_SIZE: i64 = 1 << 20;
+
+/// Reserves a fresh block of event numbers; returns its first number.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn reserve_block(client: &impl GenericClient) -> DbResult<i64> {
+    let stmt = client.prepare_cached(&format!("select nextval('event_block') * {BLOCK_SIZE}")).await?;
+    Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+}
+
 /// An event row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The conversation.
     pub conversation_id: Uuid,
@@ -86,13 +100,4 @@ pub async fn list_after(
         .await?;
     let rows = client.query(&stmt, &[&conversation_id, &after, &limit]).await?;
     rows.iter().map(Event::try_from).collect()
-}
-
-/// The highest stored `seq` of a conversation, 0 when it has none.
-///
-/// # Errors
-/// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn max_seq(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<i64> {
-    let stmt = client.prepare_cached("select coalesce(max(seq), 0) from event where conversation_id = $1").await?;
-    Ok(client.query_one(&stmt, &[&conversation_id]).await?.try_get(0)?)
 }

@@ -130,16 +130,26 @@ pub async fn insert_queued_with_id(
     Ok(())
 }
 
+/// A turn just claimed, with the first number of the event block reserved for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The turn, now `running`.
+    pub turn: Turn,
+    /// The first of [`crate::event::BLOCK_SIZE`] event numbers reserved for this run.
+    pub first_event_seq: i64,
+}
+
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
-/// paused, marks it `running` for `worker_id` with a lease of `lease`, and increments
-/// `attempt`. Returns `None` when there is nothing to claim.
+/// paused, marks it `running` for `worker_id` with a lease of `lease`, increments
+/// `attempt`, and reserves an event-number block. Returns `None` when there is nothing
+/// to claim. One statement, one commit.
 ///
 /// Uses `for update skip locked`; the running-turn unique index turns a lost race into
 /// `None` rather than a double claim.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Turn>> {
+pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Claimed>> {
     let stmt = client
         .prepare_cached(&format!(
             "update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
@@ -153,16 +163,64 @@ pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration
                  order by t.user_message_id \
                  limit 1 \
                  for update of t skip locked) \
-             returning {COLUMNS}"
+             returning {COLUMNS}, nextval('event_block') * {} as first_event_seq",
+            crate::event::BLOCK_SIZE
         ))
         .await?;
     match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease)]).await {
-        Ok(row) => row.as_ref().map(Turn::try_from).transpose(),
+        Ok(Some(row)) => {
+            Ok(Some(Claimed { turn: Turn::try_from(&row)?, first_event_seq: row.try_get("first_event_seq")? }))
+        }
+        Ok(None) => Ok(None),
         Err(e) => {
             let err = DbError::from(e);
             if err.is_conflict_on("turn_one_running_per_conversation") { Ok(None) } else { Err(err) }
         }
     }
+}
+
+/// A turn whose lease expired, as handled by [`sweep_expired`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The turn.
+    pub turn_id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// `queued` (it will run again) or `interrupted` (it ran `max_attempts` times).
+    pub status: String,
+    /// How many times it was claimed.
+    pub attempt: i32,
+}
+
+/// Takes back running turns whose lease expired (their worker died or lost the
+/// database): re-queued while `attempt < max_attempts`, else marked `interrupted`.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> DbResult<Vec<Swept>> {
+    let rows = client
+        .query(
+            "update turn set \
+                 status = case when attempt >= $1 then 'interrupted' else 'queued' end, \
+                 error = case when attempt >= $1 then 'interrupted: its worker stopped before finishing' else error end, \
+                 finished_at = case when attempt >= $1 then now() else null end, \
+                 worker_id = null, lease_until = null \
+             where turn_id in (select turn_id from turn where status = 'running' and lease_until < now() \
+                               for update skip locked) \
+             returning turn_id, conversation_id, status, attempt",
+            &[&max_attempts],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Swept {
+                turn_id: r.try_get(0)?,
+                conversation_id: r.try_get(1)?,
+                status: r.try_get(2)?,
+                attempt: r.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 /// What [`extend_lease`] learned.
@@ -357,16 +415,27 @@ pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> 
 }
 
 /// Re-queues every turn still marked `running` for `worker_id`: used at start-up, when
-/// this worker cannot be running anything. Returns how many were re-queued.
+/// this worker cannot be running anything (it restarted after a crash).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<u64> {
-    Ok(client
-        .execute(
+pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Swept>> {
+    let rows = client
+        .query(
             "update turn set status = 'queued', worker_id = null, lease_until = null \
-             where status = 'running' and worker_id = $1",
+             where status = 'running' and worker_id = $1 \
+             returning turn_id, conversation_id, status, attempt",
             &[&worker_id],
         )
-        .await?)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Swept {
+                turn_id: r.try_get(0)?,
+                conversation_id: r.try_get(1)?,
+                status: r.try_get(2)?,
+                attempt: r.try_get(3)?,
+            })
+        })
+        .collect()
 }

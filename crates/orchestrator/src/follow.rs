@@ -32,6 +32,7 @@ impl Orchestrator {
             let mut subscription = orch.hub().subscribe(conversation_id);
             let mut last = after;
             'catch_up: loop {
+                subscription.generation.borrow_and_update();
                 let pending = subscription.pending();
                 loop {
                     let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
@@ -56,9 +57,26 @@ impl Orchestrator {
                     let received = tokio::select! {
                         () = stop.cancelled() => break 'catch_up,
                         r = subscription.receiver.recv() => r,
+                        changed = subscription.generation.changed() => {
+                            if changed.is_ok() {
+                                continue 'catch_up;
+                            }
+                            continue;
+                        }
                     };
                     match received {
                         Ok(e) if e.seq > last => {
+                            if e.kind == "turn_started" {
+                                // Every event of earlier turns was committed before this
+                                // turn could be claimed, but another replica's may still
+                                // be on its way here: read them from the database first.
+                                let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+                                let earlier = event::list_after(&client, conversation_id, last, PAGE).await?;
+                                drop(client);
+                                for before in earlier.into_iter().filter(|b| b.seq < e.seq) {
+                                    yield Arc::new(before);
+                                }
+                            }
                             last = e.seq;
                             yield e;
                         }

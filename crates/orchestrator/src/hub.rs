@@ -2,16 +2,18 @@
 //! (SSE clients), with no gap and no duplicate against the database log.
 //!
 //! A worker publishes each event live *before* it is persisted (so relay latency is not
-//! a commit), and keeps it in the conversation's `pending` list until its batch is
-//! committed. A follower subscribes first, then reads `pending`, then the database,
+//! a commit), and the hub keeps it in the conversation's `pending` list until its batch
+//! is committed. A follower subscribes first, then reads `pending`, then the database,
 //! and merges by `seq`: an event published before the subscription is in `pending` or
-//! already committed; one published after arrives on the channel.
+//! already committed; one published after arrives on the channel. Events of other
+//! replicas arrive through [`crate::notify`] and are kept pending the same way until
+//! their replica says they are stored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use parley_db::event::Event;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 /// How many live events a slow follower may fall behind before it resynchronises from
@@ -19,15 +21,30 @@ use uuid::Uuid;
 const CHANNEL_CAPACITY: usize = 256;
 
 #[derive(Debug)]
+struct Pending {
+    event: Arc<Event>,
+    remote: bool,
+}
+
+#[derive(Debug)]
 struct Channel {
     tx: broadcast::Sender<Arc<Event>>,
-    pending: Mutex<Vec<Arc<Event>>>,
+    pending: Mutex<Vec<Pending>>,
 }
 
 /// Per-conversation broadcast channels and not-yet-persisted events.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventHub {
     channels: Mutex<HashMap<Uuid, Arc<Channel>>>,
+    /// Bumped when live delivery may have missed events (the notification connection
+    /// was re-established): followers then catch up from the database.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self { channels: Mutex::new(HashMap::new()), generation: watch::channel(0).0 }
+    }
 }
 
 /// A live subscription to one conversation's events. Dropping it releases the
@@ -38,6 +55,8 @@ pub struct Subscription {
     conversation_id: Uuid,
     /// Live events published after the subscription started.
     pub receiver: broadcast::Receiver<Arc<Event>>,
+    /// Changes when followers must catch up from the database.
+    pub generation: watch::Receiver<u64>,
 }
 
 impl Drop for Subscription {
@@ -57,10 +76,13 @@ impl Subscription {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl EventHub {
     fn channel(&self, conversation_id: Uuid) -> Arc<Channel> {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels
+        lock(&self.channels)
             .entry(conversation_id)
             .or_insert_with(|| {
                 Arc::new(Channel { tx: broadcast::channel(CHANNEL_CAPACITY).0, pending: Mutex::new(Vec::new()) })
@@ -72,41 +94,60 @@ impl EventHub {
     #[must_use]
     pub fn subscribe(self: &Arc<Self>, conversation_id: Uuid) -> Subscription {
         let receiver = self.channel(conversation_id).tx.subscribe();
-        Subscription { hub: Arc::clone(self), conversation_id, receiver }
+        let mut generation = self.generation.subscribe();
+        generation.mark_unchanged();
+        Subscription { hub: Arc::clone(self), conversation_id, receiver, generation }
     }
 
     /// Publishes an event live. When `persisted` is false it is also kept as pending
-    /// until [`EventHub::persisted`] is called with its `seq` or a later one.
-    pub fn publish(&self, event: Arc<Event>, persisted: bool) {
+    /// until [`EventHub::persisted`] is called with its `seq` or a later one. `remote`
+    /// marks events relayed from another replica.
+    pub fn publish(&self, event: Arc<Event>, persisted: bool, remote: bool) {
         let channel = self.channel(event.conversation_id);
         if !persisted {
-            channel.pending.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&event));
+            let mut pending = lock(&channel.pending);
+            if pending.last().is_none_or(|p| p.event.seq < event.seq) {
+                pending.push(Pending { event: Arc::clone(&event), remote });
+            }
         }
-        // No receivers is fine: nobody follows this conversation right now.
+        // No receivers is fine: nobody follows this conversation here right now.
+        let conversation_id = event.conversation_id;
         let _ = channel.tx.send(event);
+        if persisted {
+            self.release(conversation_id);
+        }
     }
 
     /// Drops pending events up to and including `seq`: they are committed.
     pub fn persisted(&self, conversation_id: Uuid, seq: i64) {
-        let channel = self.channel(conversation_id);
-        channel.pending.lock().unwrap_or_else(PoisonError::into_inner).retain(|e| e.seq > seq);
-        self.release(conversation_id);
+        let exists = lock(&self.channels).get(&conversation_id).cloned();
+        if let Some(channel) = exists {
+            lock(&channel.pending).retain(|p| p.event.seq > seq);
+            self.release(conversation_id);
+        }
+    }
+
+    /// Forgets events relayed from other replicas and tells followers to catch up from
+    /// the database: called when the notification connection was re-established and
+    /// messages may have been lost.
+    pub fn resync(&self) {
+        let channels: Vec<Arc<Channel>> = lock(&self.channels).values().cloned().collect();
+        for c in channels {
+            lock(&c.pending).retain(|p| !p.remote);
+        }
+        self.generation.send_modify(|g| *g += 1);
     }
 
     fn pending(&self, conversation_id: Uuid) -> Vec<Arc<Event>> {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels
-            .get(&conversation_id)
-            .map(|c| c.pending.lock().unwrap_or_else(PoisonError::into_inner).clone())
-            .unwrap_or_default()
+        let channel = lock(&self.channels).get(&conversation_id).cloned();
+        channel.map(|c| lock(&c.pending).iter().map(|p| Arc::clone(&p.event)).collect()).unwrap_or_default()
     }
 
     /// Removes a conversation's channel when it has no receiver and nothing pending.
     fn release(&self, conversation_id: Uuid) {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(&conversation_id) {
-            let idle = channel.tx.receiver_count() == 0
-                && channel.pending.lock().unwrap_or_else(PoisonError::into_inner).is_empty();
+            let idle = channel.tx.receiver_count() == 0 && lock(&channel.pending).is_empty();
             if idle {
                 channels.remove(&conversation_id);
             }
@@ -116,6 +157,6 @@ impl EventHub {
     /// How many conversations have a live channel (for metrics and tests).
     #[must_use]
     pub fn channel_count(&self) -> usize {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).len()
+        lock(&self.channels).len()
     }
 }

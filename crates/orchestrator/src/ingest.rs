@@ -193,7 +193,7 @@ impl Orchestrator {
 
     fn after_command(&self, reply: &CommandReply) {
         if let Some(turn_id) = reply.cancel_turn {
-            self.cancel_local(turn_id);
+            self.cancel(turn_id);
         }
         if reply.wake {
             self.wake();

@@ -17,6 +17,7 @@ mod error;
 mod follow;
 pub mod hub;
 mod ingest;
+pub mod notify;
 pub mod prompt;
 pub mod sink;
 mod worker;
@@ -58,6 +59,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The assistant of new conversations.
     pub default_assistant: String,
+    /// How often this replica looks for running turns whose lease expired.
+    pub sweep_interval: Duration,
+    /// How many times a turn is claimed before an expired lease marks it
+    /// `interrupted` instead of re-queueing it.
+    pub max_attempts: i32,
 }
 
 impl Default for Config {
@@ -72,6 +78,8 @@ impl Default for Config {
             idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             default_assistant: "demo".into(),
+            sweep_interval: Duration::from_secs(5),
+            max_attempts: 3,
         }
     }
 }
@@ -91,6 +99,9 @@ pub(crate) struct Inner {
     hub: Arc<hub::EventHub>,
     wake: Notify,
     running: Mutex<HashMap<Uuid, RunningTurn>>,
+    notifier: notify::Notifier,
+    outbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    listen: Option<parley_db::DbConfig>,
 }
 
 /// The pipeline handle; cheap to clone.
@@ -114,9 +125,19 @@ pub struct Builder {
     config: Config,
     assistants: HashMap<String, Arc<dyn Assistant>>,
     sinks: HashMap<String, Arc<dyn ReplySink>>,
+    listen: Option<parley_db::DbConfig>,
 }
 
 impl Builder {
+    /// Listens for other replicas' notifications (wake-ups, live events, cancels) on a
+    /// dedicated connection to this database while the workers run. Without it the
+    /// replica works alone, polling for turns every [`Config::idle_poll`].
+    #[must_use]
+    pub fn listen(mut self, db: parley_db::DbConfig) -> Self {
+        self.listen = Some(db);
+        self
+    }
+
     /// Registers an assistant under its [`Assistant::name`].
     #[must_use]
     pub fn assistant(mut self, assistant: Arc<dyn Assistant>) -> Self {
@@ -142,8 +163,12 @@ impl Builder {
                 self.config.default_assistant
             )));
         }
+        let (notifier, outbox) = notify::Notifier::new();
         Ok(Orchestrator {
             inner: Arc::new(Inner {
+                notifier,
+                outbox: Mutex::new(Some(outbox)),
+                listen: self.listen,
                 pool: self.pool,
                 config: self.config,
                 assistants: self.assistants,
@@ -160,7 +185,7 @@ impl Orchestrator {
     /// Starts building an orchestrator over a migrated database.
     #[must_use]
     pub fn builder(pool: Pool, config: Config) -> Builder {
-        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new() }
+        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new(), listen: None }
     }
 
     /// The connection pool.
@@ -189,9 +214,23 @@ impl Orchestrator {
         &self.inner.hub
     }
 
-    /// Wakes idle workers: a turn may be claimable.
+    /// Wakes idle workers here and on the other replicas: a turn may be claimable.
     pub fn wake(&self) {
+        self.wake_local();
+        self.signal(notify::Signal::Wake);
+    }
+
+    fn wake_local(&self) {
         self.inner.wake.notify_waiters();
+    }
+
+    /// Cancels a turn wherever it runs: here at once, elsewhere through a notification
+    /// (and, as a fallback, the database flag its worker checks with every lease
+    /// extension).
+    pub fn cancel(&self, turn_id: Uuid) {
+        if !self.cancel_local(turn_id) {
+            self.signal(notify::Signal::Cancel { turn_id });
+        }
     }
 
     /// Cancels a turn running on this replica. Returns false when it does not run here.

@@ -12,7 +12,7 @@ use parley_db::conversation::{Conversation, Delivery};
 use parley_db::event::{self, Event};
 use parley_db::message::{self, Message, Role};
 use parley_db::session::{self, NewSession, Session, Transition};
-use parley_db::turn::{self, LeaseState, Turn, TurnStatus};
+use parley_db::turn::{self, Claimed, LeaseState, Turn, TurnStatus};
 use parley_db::{DbError, DbResult, GenericClient, conversation};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -21,16 +21,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::notify::Signal;
 use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
 use crate::{Orchestrator, RunningTurn, prompt};
 
-/// How far a re-run turn moves its event numbering past what was stored: a crashed
-/// worker may have published (never persisted) up to one flush interval of events live.
-const RERUN_SEQ_MARGIN: i64 = 10_000;
 /// Longest tool output kept in an event, in characters.
 const TOOL_OUTPUT_CHARS: usize = 4_000;
 /// How long a finished turn waits for its platform reply to be delivered.
 const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which running turns [`Orchestrator::take_back`] takes.
+#[derive(Debug, Clone, Copy)]
+enum TakeBack {
+    /// Those whose lease expired, on any replica.
+    Expired,
+    /// Those this worker id ran before it restarted.
+    Owned,
+}
 
 /// Why a running turn is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +86,8 @@ struct Emitter {
     conversation_id: Uuid,
     turn_id: Uuid,
     next_seq: i64,
+    /// One past the last number of the reserved block.
+    block_end: i64,
     unflushed: Vec<Event>,
     last_flush: Instant,
 }
@@ -226,15 +235,31 @@ impl Orchestrator {
     /// re-queued for the next start (or another replica).
     pub async fn run_workers(&self, shutdown: CancellationToken) {
         let config = self.config().clone();
-        match self.pool().get().await {
-            Ok(client) => match turn::requeue_owned(&client, &config.worker_id).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    info!(turns = n, worker_id = %config.worker_id, "re-queued turns this worker owned before it restarted")
-                }
-                Err(e) => warn!(error = %e, "could not re-queue this worker's old turns"),
-            },
-            Err(e) => warn!(error = %e, "database unavailable at worker start"),
+        match self.take_back(TakeBack::Owned).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(turns = n, worker_id = %config.worker_id, "re-queued turns this worker ran before it restarted")
+            }
+            Err(e) => warn!(error = %e, "could not re-queue this worker's old turns; the sweeper will"),
+        }
+        // Helpers outlive the workers' drain: events of draining turns still go out.
+        let helpers_stop = CancellationToken::new();
+        let mut helpers = JoinSet::new();
+        let outbox = self.inner.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(outbox) = outbox {
+            let orch = self.clone();
+            let stop = helpers_stop.clone();
+            helpers.spawn(async move { orch.run_sender(outbox, stop).await });
+        }
+        if let Some(db) = self.inner.listen.clone() {
+            let orch = self.clone();
+            let stop = helpers_stop.clone();
+            helpers.spawn(async move { orch.run_listener(db, stop).await });
+        }
+        {
+            let orch = self.clone();
+            let stop = shutdown.clone();
+            helpers.spawn(async move { orch.run_sweeper(stop).await });
         }
         let mut workers = JoinSet::new();
         for n in 0..config.workers.max(1) {
@@ -261,7 +286,81 @@ impl Orchestrator {
             }
             while workers.join_next().await.is_some() {}
         }
+        helpers_stop.cancel();
+        while helpers.join_next().await.is_some() {}
         info!("workers stopped");
+    }
+
+    /// Every [`crate::Config::sweep_interval`], takes back turns whose lease expired
+    /// (their worker crashed or lost the database): re-queued, or `interrupted` after
+    /// [`crate::Config::max_attempts`] claims, with an event and a message telling the user.
+    async fn run_sweeper(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.config().sweep_interval) => {}
+            }
+            match self.take_back(TakeBack::Expired).await {
+                Ok(0) => {}
+                Ok(n) => info!(turns = n, "took back turns whose lease expired"),
+                Err(e) => debug!(error = %e, "sweeping expired leases failed"),
+            }
+        }
+    }
+
+    /// Takes back running turns that no worker runs any more, with a
+    /// `turn_interrupted` event each (so followers drop the partial reply they saw).
+    async fn take_back(&self, which: TakeBack) -> DbResult<usize> {
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        let swept = match which {
+            TakeBack::Expired => turn::sweep_expired(&tx, self.config().max_attempts).await?,
+            TakeBack::Owned => turn::requeue_owned(&tx, &self.config().worker_id).await?,
+        };
+        let mut events = Vec::new();
+        for t in &swept {
+            let requeued = t.status == "queued";
+            let mut data = json!({ "turn_id": t.turn_id, "requeued": requeued, "attempt": t.attempt });
+            if requeued {
+                warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired; re-queued the turn");
+            } else {
+                let text = format!(
+                    "This message could not be answered: the server running it stopped {} times. Send /retry to try again.",
+                    t.attempt
+                );
+                warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired too often; turn interrupted");
+                let msg = message::insert(
+                    &tx,
+                    t.conversation_id,
+                    Some(t.turn_id),
+                    Role::System,
+                    &text,
+                    &json!({ "notice": "interrupted" }),
+                )
+                .await?;
+                data["error"] = json!(text);
+                data["message_id"] = json!(msg.message_id);
+            }
+            let seq = event::reserve_block(&tx).await?;
+            events.push(Event {
+                conversation_id: t.conversation_id,
+                seq,
+                turn_id: Some(t.turn_id),
+                kind: "turn_interrupted".into(),
+                data,
+                created_at: Utc::now(),
+            });
+        }
+        event::insert_batch(&tx, &events).await?;
+        tx.commit().await?;
+        for e in events {
+            self.hub().publish(Arc::new(e.clone()), true, false);
+            self.signal(Signal::Event { event: e, persisted: true });
+        }
+        if !swept.is_empty() {
+            self.wake();
+        }
+        Ok(swept.len())
     }
 
     async fn worker_loop(&self, n: usize, shutdown: CancellationToken) {
@@ -278,9 +377,9 @@ impl Orchestrator {
                 Err(e) => Err(DbError::from(e)),
             };
             match claimed {
-                Ok(Some(t)) => {
+                Ok(Some(claimed)) => {
                     backoff = Duration::from_millis(100);
-                    self.run_turn(t).await;
+                    self.run_turn(claimed).await;
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -301,7 +400,8 @@ impl Orchestrator {
         }
     }
 
-    async fn run_turn(&self, t: Turn) {
+    async fn run_turn(&self, claimed: Claimed) {
+        let Claimed { turn: t, first_event_seq } = claimed;
         let span = info_span!("turn", conversation_id = %t.conversation_id, turn_id = %t.turn_id, attempt = t.attempt);
         async {
             let control = TurnControl::default();
@@ -312,7 +412,7 @@ impl Orchestrator {
                 .insert(t.conversation_id, RunningTurn { turn_id: t.turn_id, control: control.clone() });
             let lease = tokio::spawn(self.clone().keep_lease(t.turn_id, control.clone()).in_current_span());
             let started = Instant::now();
-            let result = self.drive(t.clone(), control).await;
+            let result = self.drive(t.clone(), first_event_seq, control).await;
             lease.abort();
             self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             match result {
@@ -355,14 +455,10 @@ impl Orchestrator {
     }
 
     /// Runs a claimed turn to its end. Returns the final status.
-    async fn drive(&self, t: Turn, control: TurnControl) -> DbResult<&'static str> {
+    async fn drive(&self, t: Turn, first_event_seq: i64, control: TurnControl) -> DbResult<&'static str> {
         let client = self.pool().get().await?;
         let conversation = conversation::get(&client, t.conversation_id).await?;
         let user_message = message::get(&client, t.user_message_id).await?;
-        let mut next_seq = event::max_seq(&client, t.conversation_id).await? + 1;
-        if t.attempt > 1 {
-            next_seq += RERUN_SEQ_MARGIN;
-        }
         drop(client);
         let sink = self
             .inner
@@ -374,7 +470,8 @@ impl Orchestrator {
             emitter: Emitter {
                 conversation_id: conversation.conversation_id,
                 turn_id: t.turn_id,
-                next_seq,
+                next_seq: first_event_seq,
+                block_end: first_event_seq + event::BLOCK_SIZE,
                 unflushed: Vec::new(),
                 last_flush: Instant::now(),
             },
@@ -405,11 +502,7 @@ impl TurnRun<'_> {
             return self.finish(&session, Outcome::Failed(err)).await;
         };
         let mut session = self.resolve_session(assistant.name()).await?;
-        let started = self.emitter.event(
-            "turn_started",
-            json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id }),
-        );
-        self.publish(started).await;
+        self.emit("turn_started", json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id })).await;
 
         let (prompt, history) = self.prompt_for(&session).await?;
         let mut outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
@@ -422,7 +515,7 @@ impl TurnRun<'_> {
             let previous = session.session_id;
             session = self.recover_stale(&session, &stale).await?;
             let (prompt, history) = self.prompt_for(&session).await?;
-            let reset = self.emitter.event(
+            self.emit(
                 "session_reset",
                 json!({
                     "reason": "stale-session",
@@ -432,8 +525,8 @@ impl TurnRun<'_> {
                     "history_messages": history,
                     "detail": detail,
                 }),
-            );
-            self.publish(reset).await;
+            )
+            .await;
             outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
         }
         self.finish(&session, outcome).await
@@ -593,27 +686,24 @@ impl TurnRun<'_> {
                 }
                 Chunk::Text { text } => {
                     self.reply.text.push_str(&text);
-                    let e = self.emitter.event("text", json!({ "text": text }));
-                    self.publish(e).await;
+                    self.emit("text", json!({ "text": text })).await;
                     self.progress();
                 }
                 Chunk::Thinking { text } => {
-                    let e = self.emitter.event("thinking", json!({ "text": text }));
-                    self.publish(e).await;
+                    self.emit("thinking", json!({ "text": text })).await;
                 }
                 Chunk::ToolUse { id, name, input } => {
                     self.reply.tools.push(tool_line(&name, &input));
                     self.reply.tool_calls.push(json!({ "id": id, "name": name, "input": input }));
-                    let e = self.emitter.event("tool_use", json!({ "id": id, "name": name, "input": input }));
-                    self.publish(e).await;
+                    self.emit("tool_use", json!({ "id": id, "name": name, "input": input })).await;
                     self.progress();
                 }
                 Chunk::ToolResult { id, is_error, output } => {
-                    let e = self.emitter.event(
+                    self.emit(
                         "tool_result",
                         json!({ "id": id, "is_error": is_error, "output": truncate(&output, TOOL_OUTPUT_CHARS) }),
-                    );
-                    self.publish(e).await;
+                    )
+                    .await;
                 }
                 Chunk::Completed { session_id, usage, cost_usd, duration_ms } => {
                     self.reply.usage = usage;
@@ -632,10 +722,35 @@ impl TurnRun<'_> {
         }
     }
 
-    /// Publishes an event live and writes the unflushed batch when the flush interval
-    /// has passed. A failed write keeps the events for the next try.
+    /// Makes sure the event-number block has room for `n` more events.
+    async fn reserve(&mut self, n: i64) -> DbResult<()> {
+        if self.emitter.next_seq + n > self.emitter.block_end {
+            let client = self.orch.pool().get().await?;
+            let first = event::reserve_block(&client).await?;
+            self.emitter.next_seq = first;
+            self.emitter.block_end = first + event::BLOCK_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Creates an event and publishes it.
+    async fn emit(&mut self, kind: &str, data: Value) {
+        if let Err(e) = self.reserve(1).await {
+            warn!(error = %e, "cannot reserve event numbers; event dropped");
+            return;
+        }
+        let event = self.emitter.event(kind, data);
+        self.publish(event).await;
+    }
+
+    /// Publishes an event live (here and to the other replicas) and writes the
+    /// unflushed batch when the flush interval has passed. A failed write keeps the
+    /// events for the next try.
     async fn publish(&mut self, event: Event) {
-        self.orch.hub().publish(Arc::new(event.clone()), false);
+        let shared = Arc::new(event.clone());
+        self.orch.hub().publish(Arc::clone(&shared), false, false);
+        self.orch.signal(Signal::Event { event, persisted: false });
+        let event = Arc::unwrap_or_clone(shared);
         self.emitter.unflushed.push(event);
         if self.emitter.last_flush.elapsed() >= self.orch.config().event_flush_interval {
             self.flush().await;
@@ -655,6 +770,7 @@ impl TurnRun<'_> {
                 let last = self.emitter.unflushed.last().map_or(0, |e| e.seq);
                 self.emitter.unflushed.clear();
                 self.orch.hub().persisted(self.conversation.conversation_id, last);
+                self.orch.signal(Signal::Persisted { conversation_id: self.conversation.conversation_id, seq: last });
             }
             Err(e) => warn!(error = %e, "writing events failed; will retry"),
         }
@@ -664,7 +780,26 @@ impl TurnRun<'_> {
     /// Ends the turn in one transaction: the assistant message (partial ones marked
     /// incomplete), the session's assistant session ID and `last_error`, the turn's
     /// status, and the remaining events with the final one.
+    ///
+    /// While the database is unreachable it retries for up to half a lease, so a short
+    /// outage does not throw the reply away (past that the sweeper re-runs the turn).
     async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<&'static str> {
+        let deadline = Instant::now() + self.orch.config().lease / 2;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.finish_once(session, &outcome).await {
+                Err(DbError::Unavailable(e)) if Instant::now() < deadline => {
+                    warn!(error = %e, "database unavailable while finishing the turn; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn finish_once(&mut self, session: &Session, outcome: &Outcome) -> DbResult<&'static str> {
+        self.reserve(2).await?;
         let conversation_id = self.conversation.conversation_id;
         let turn_id = self.turn.turn_id;
         let mut client = self.orch.pool().get().await?;
@@ -705,7 +840,7 @@ impl TurnRun<'_> {
                 self.turn.error = Some(text.clone());
                 (TurnStatus::Failed, self.emitter.event("turn_failed", data), Some(ReplyStatus::Failed { error: text }))
             }
-            Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
+            &Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
                 let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
                 (
                     TurnStatus::Cancelled,
@@ -713,7 +848,7 @@ impl TurnRun<'_> {
                     Some(ReplyStatus::Cancelled),
                 )
             }
-            Outcome::Stopped(StopReason::Interrupted) => {
+            &Outcome::Stopped(StopReason::Interrupted) => {
                 // Re-queued for the next start: the re-run answers in full, so the partial
                 // reply is not stored (it would repeat in history).
                 turn::requeue(&tx, turn_id).await?;
@@ -724,7 +859,7 @@ impl TurnRun<'_> {
                 self.after_commit(e);
                 return Ok("requeued");
             }
-            Outcome::Stopped(StopReason::LeaseLost) => {
+            &Outcome::Stopped(StopReason::LeaseLost) => {
                 tx.rollback().await?;
                 let last = self.emitter.next_seq - 1;
                 self.orch.hub().persisted(conversation_id, last);
@@ -772,7 +907,10 @@ impl TurnRun<'_> {
     fn after_commit(&mut self, final_event: Event) {
         self.emitter.unflushed.clear();
         let hub = self.orch.hub();
-        hub.persisted(self.conversation.conversation_id, final_event.seq);
-        hub.publish(Arc::new(final_event), true);
+        let conversation_id = self.conversation.conversation_id;
+        hub.persisted(conversation_id, final_event.seq);
+        hub.publish(Arc::new(final_event.clone()), true, false);
+        self.orch.signal(Signal::Persisted { conversation_id, seq: final_event.seq });
+        self.orch.signal(Signal::Event { event: final_event, persisted: true });
     }
 }

@@ -42,6 +42,7 @@ impl TestApp {
             ..Config::default()
         };
         let orchestrator = Orchestrator::builder(db.pool.clone(), config)
+            .listen(db.config.clone())
             .assistant(Arc::new(demo.clone()))
             .build()
             .expect("orchestrator");

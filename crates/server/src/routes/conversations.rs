@@ -112,7 +112,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let orch = &state.orchestrator;
     let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
     if let Some(running) = parley_db::turn::running(&client, id).await? {
-        orch.cancel_local(running.turn_id);
+        orch.cancel(running.turn_id);
     }
     conversation::delete(&client, id).await?;
     Ok(StatusCode::NO_CONTENT)

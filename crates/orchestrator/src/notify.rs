@@ -1,0 +1,214 @@
+//! Replica-to-replica signals over PostgreSQL LISTEN/NOTIFY (DESIGN §8): wake-ups for
+//! queued turns, live events for SSE followers connected to another replica, "stored up
+//! to seq" marks, and cancel requests that must reach the replica running a turn.
+//!
+//! Sending goes through a queue drained by one task, several notifications per round
+//! trip (`select pg_notify(...) from unnest($1)`), so a worker never waits on it.
+//! Receiving uses a dedicated connection (pooled connections drop notifications),
+//! reconnecting with backoff; after a reconnect the hub resynchronises followers from
+//! the database and workers poll for turns, so nothing missed during a gap is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parley_db::event::Event;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::Orchestrator;
+
+/// The NOTIFY channel.
+pub const CHANNEL: &str = "parley";
+/// PostgreSQL refuses payloads of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7_900;
+/// Most notifications sent in one round trip.
+const MAX_BATCH: usize = 64;
+
+/// One notification's body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Signal {
+    /// A turn may be claimable.
+    Wake,
+    /// A live event; `persisted` when it was committed before it was sent.
+    Event {
+        /// The event.
+        event: Event,
+        /// True when it is already stored.
+        persisted: bool,
+    },
+    /// The conversation's events up to `seq` are stored.
+    Persisted {
+        /// The conversation.
+        conversation_id: Uuid,
+        /// The highest stored seq.
+        seq: i64,
+    },
+    /// Stop this turn wherever it runs.
+    Cancel {
+        /// The turn.
+        turn_id: Uuid,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The sending replica's random id, to ignore our own notifications.
+    origin: Uuid,
+    #[serde(flatten)]
+    signal: Signal,
+}
+
+/// The sending half: a queue drained by [`run_sender`].
+#[derive(Debug, Clone)]
+pub(crate) struct Notifier {
+    origin: Uuid,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Notifier {
+    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        (Self { origin: Uuid::new_v4(), tx }, rx)
+    }
+
+    pub(crate) fn origin(&self) -> Uuid {
+        self.origin
+    }
+
+    /// Queues a signal for the other replicas. Oversized events are not relayed live;
+    /// followers elsewhere read them from the database when they are stored.
+    pub(crate) fn send(&self, signal: Signal) {
+        let envelope = Envelope { origin: self.origin, signal };
+        match serde_json::to_string(&envelope) {
+            Ok(payload) if payload.len() <= MAX_PAYLOAD => {
+                let _ = self.tx.send(payload);
+            }
+            Ok(payload) => debug!(bytes = payload.len(), "notification too large to relay live"),
+            Err(e) => warn!(error = %e, "cannot encode notification"),
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Sends queued notifications until `stop` fires (and the queue is drained).
+    pub(crate) async fn run_sender(&self, mut rx: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
+                () = stop.cancelled() => {
+                    rx.close();
+                    if rx.recv_many(&mut batch, MAX_BATCH).await == 0 { return }
+                }
+            }
+            let sent = match self.pool().get().await {
+                Ok(client) => client
+                    .execute("select pg_notify($1, p) from unnest($2::text[]) p", &[&CHANNEL, &batch])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                // Receivers resynchronise from the database after their own gap; a
+                // lost live notification costs latency, not data.
+                debug!(error = %e, dropped = batch.len(), "could not send notifications");
+            }
+            batch.clear();
+        }
+    }
+
+    /// Listens for other replicas' notifications on a dedicated connection until `stop`
+    /// fires, reconnecting with backoff.
+    pub(crate) async fn run_listener(&self, db: parley_db::DbConfig, stop: CancellationToken) {
+        let origin = self.inner.notifier.origin();
+        let mut backoff = Duration::from_millis(200);
+        let mut first = true;
+        loop {
+            let connected = async {
+                let (client, mut conn) = db.pg_config()?.connect(tokio_postgres::NoTls).await?;
+                let (tx, rx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_owned()).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                debug!(error = %e, "notification connection failed");
+                                break;
+                            }
+                        }
+                    }
+                });
+                client.batch_execute(&format!("listen {CHANNEL}")).await?;
+                Ok::<_, parley_db::DbError>((client, driver, rx))
+            }
+            .await;
+            match connected {
+                Ok((client, driver, mut rx)) => {
+                    backoff = Duration::from_millis(200);
+                    if first {
+                        debug!("listening for other replicas");
+                    } else {
+                        info!("notification connection re-established; resynchronising");
+                    }
+                    first = false;
+                    // Whatever was missed while not listening is in the database.
+                    self.hub().resync();
+                    self.wake();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => { driver.abort(); return; }
+                            payload = rx.recv() => match payload {
+                                Some(p) => self.on_notification(origin, &p),
+                                None => break,
+                            }
+                        }
+                    }
+                    drop(client);
+                    warn!("notification connection lost; reconnecting");
+                }
+                Err(e) => debug!(error = %e, "cannot open the notification connection"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn on_notification(&self, origin: Uuid, payload: &str) {
+        let Ok(envelope) = serde_json::from_str::<Envelope>(payload) else {
+            debug!("ignoring an unreadable notification");
+            return;
+        };
+        if envelope.origin == origin {
+            return;
+        }
+        match envelope.signal {
+            Signal::Wake => self.wake_local(),
+            Signal::Event { event, persisted } => self.hub().publish(Arc::new(event), persisted, true),
+            Signal::Persisted { conversation_id, seq } => self.hub().persisted(conversation_id, seq),
+            Signal::Cancel { turn_id } => {
+                self.cancel_local(turn_id);
+            }
+        }
+    }
+
+    /// Sends a signal to the other replicas.
+    pub(crate) fn signal(&self, signal: Signal) {
+        self.inner.notifier.send(signal);
+    }
+}

@@ -1,0 +1,162 @@
+//! Harness for end-to-end tests that start the real `parley` binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A running `parley serve` process.
+pub struct Parley {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Parley {
+    /// Starts `parley serve` on a free port against `database_url` with extra args, and
+    /// waits until it listens.
+    pub fn start(database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--worker-id", worker_id])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start parley");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("parley exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("Parley is listening on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base, http: reqwest::Client::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as an OOM kill or a crashed node would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit status and how long it took.
+    pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill -TERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("parley did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_conversation(&self) -> Uuid {
+        let v: Value = self
+            .http
+            .post(self.url("/api/conversations"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        v["conversation_id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    pub async fn post(&self, conversation: Uuid, text: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/conversations/{conversation}/messages")))
+            .json(&json!({ "text": text }))
+            .send()
+            .await
+            .expect("post");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, conversation: Uuid, text: &str) -> Uuid {
+        let (status, body) = self.post(conversation, text).await;
+        assert_eq!(status, 202, "{body}");
+        body["turn_id"].as_str().expect("turn").parse().expect("uuid")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        match self.http.get(self.url(path)).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub async fn turn(&self, turn: Uuid) -> Value {
+        self.get(&format!("/api/turns/{turn}")).await.1
+    }
+
+    pub async fn wait_turn(&self, turn: Uuid, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let t = self.turn(turn).await;
+            if let Some(s) = t["status"].as_str()
+                && s != "queued"
+                && s != "running"
+            {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "turn {turn} not finished: {t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, turn: Uuid, want: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let t = self.turn(turn).await;
+            if t["status"] == want {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "turn {turn} never {want}: {t}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn messages(&self, conversation: Uuid) -> Vec<Value> {
+        let (_, v) = self.get(&format!("/api/conversations/{conversation}/messages?limit=500")).await;
+        v["messages"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Parley {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
