@@ -1,15 +1,15 @@
 //! Crash and restart recovery, graceful shutdown and two replicas on one database,
 //! with the real `parley` binary and real PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Parley;
 use futures::StreamExt;
+use parley_test_support::process::Parley;
 use parley_test_support::{TestDb, sse};
 use serde_json::Value;
 use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_parley");
 
 const FAST: &[&str] = &["--demo-chunk-delay-ms", "10", "--sweep-interval-secs", "1"];
 
@@ -21,7 +21,7 @@ async fn running_turns(db: &TestDb) -> i64 {
 #[tokio::test]
 async fn kill_9_mid_turn_then_restart_answers_the_message_exactly_once() {
     let db = TestDb::new().await;
-    let parley = Parley::start(&db.url(), "replica-a", FAST);
+    let parley = Parley::start(BIN, &db.url(), "replica-a", FAST);
     let conv = parley.create_conversation().await;
     let first = parley.send(conv, "remember: blue").await;
     parley.wait_turn(first, Duration::from_secs(20)).await;
@@ -35,7 +35,7 @@ async fn kill_9_mid_turn_then_restart_answers_the_message_exactly_once() {
     drop(events);
 
     // The same replica comes back: it re-queues what it owned without waiting for the lease.
-    let parley = Parley::start(&db.url(), "replica-a", FAST);
+    let parley = Parley::start(BIN, &db.url(), "replica-a", FAST);
     let turn = parley.wait_turn(slow, Duration::from_secs(30)).await;
     assert_eq!(turn["status"], "completed", "{turn}");
     assert_eq!(turn["attempt"], 2);
@@ -62,11 +62,13 @@ async fn kill_9_mid_turn_then_restart_answers_the_message_exactly_once() {
 async fn a_turn_left_by_a_dead_replica_is_taken_over_when_its_lease_expires() {
     let db = TestDb::new().await;
     let a = Parley::start(
+        BIN,
         &db.url(),
         "dead-a",
         &["--demo-chunk-delay-ms", "10", "--lease-secs", "2", "--sweep-interval-secs", "1"],
     );
     let b = Parley::start(
+        BIN,
         &db.url(),
         "live-b",
         &["--demo-chunk-delay-ms", "10", "--lease-secs", "2", "--sweep-interval-secs", "1"],
@@ -97,7 +99,7 @@ async fn a_turn_left_by_a_dead_replica_is_taken_over_when_its_lease_expires() {
 #[tokio::test]
 async fn sigterm_drains_and_leaves_nothing_running() {
     let db = TestDb::new().await;
-    let parley = Parley::start(&db.url(), "drain", &["--shutdown-grace-secs", "2"]);
+    let parley = Parley::start(BIN, &db.url(), "drain", &["--shutdown-grace-secs", "2"]);
     let conv = parley.create_conversation().await;
     let slow = parley.send(conv, "long [demo:slow]").await;
     parley.wait_status(slow, "running", Duration::from_secs(10)).await;
@@ -115,15 +117,15 @@ async fn sigterm_drains_and_leaves_nothing_running() {
         client.query_one("select status from turn where turn_id = $1", &[&slow]).await.expect("turn").get(0);
     assert_eq!(status, "queued", "re-queued for the next start");
     // And the next start answers it.
-    let parley = Parley::start(&db.url(), "drain", FAST);
+    let parley = Parley::start(BIN, &db.url(), "drain", FAST);
     assert_eq!(parley.wait_turn(slow, Duration::from_secs(30)).await["status"], "completed");
 }
 
 #[tokio::test]
 async fn two_replicas_share_one_database() {
     let db = TestDb::new().await;
-    let a = Parley::start(&db.url(), "replica-a", FAST);
-    let b = Parley::start(&db.url(), "replica-b", FAST);
+    let a = Parley::start(BIN, &db.url(), "replica-a", FAST);
+    let b = Parley::start(BIN, &db.url(), "replica-b", FAST);
     let replicas = [&a, &b];
 
     // An SSE client on A follows everything.

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod process;
 pub mod sse;
 
 use std::str::FromStr;

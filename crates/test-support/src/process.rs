@@ -1,6 +1,4 @@
-//! Harness for end-to-end tests that start the real `parley` binary.
-
-#![allow(dead_code)]
+//! A real `parley serve` process for end-to-end tests, the chaos script and benchmarks.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -20,10 +18,13 @@ pub struct Parley {
 }
 
 impl Parley {
-    /// Starts `parley serve` on a free port against `database_url` with extra args, and
-    /// waits until it listens.
-    pub fn start(database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+    /// Starts the `parley` binary at `bin` as `serve` on a free port against
+    /// `database_url` with extra args, and waits until it listens.
+    ///
+    /// # Panics
+    /// When the process cannot start or exits before listening.
+    pub fn start(bin: &str, database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .args(["serve", "--bind", "127.0.0.1:0", "--worker-id", worker_id])
             .args(extra)
             .env("DATABASE_URL", database_url)
@@ -45,6 +46,8 @@ impl Parley {
         Self { child, base, http: reqwest::Client::new() }
     }
 
+    /// The process id.
+    #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -56,6 +59,9 @@ impl Parley {
     }
 
     /// SIGTERM, then waits for the exit; returns the exit status and how long it took.
+    ///
+    /// # Panics
+    /// When it does not exit within `limit`.
     pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let started = Instant::now();
         Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill -TERM");
@@ -71,10 +77,16 @@ impl Parley {
         }
     }
 
+    /// An absolute URL for `path`.
+    #[must_use]
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// Creates a conversation and returns its id.
+    ///
+    /// # Panics
+    /// When the server does not answer with one.
     pub async fn create_conversation(&self) -> Uuid {
         let v: Value = self
             .http
@@ -89,24 +101,34 @@ impl Parley {
         v["conversation_id"].as_str().expect("id").parse().expect("uuid")
     }
 
+    /// Posts a message; returns the status (0 when the server could not be reached) and body.
     pub async fn post(&self, conversation: Uuid, text: &str) -> (u16, Value) {
-        let resp = self
+        match self
             .http
             .post(self.url(&format!("/api/conversations/{conversation}/messages")))
             .json(&json!({ "text": text }))
             .send()
             .await
-            .expect("post");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
     }
 
+    /// Posts a message that must be accepted; returns its turn id.
+    ///
+    /// # Panics
+    /// When it is not answered with 202.
     pub async fn send(&self, conversation: Uuid, text: &str) -> Uuid {
         let (status, body) = self.post(conversation, text).await;
         assert_eq!(status, 202, "{body}");
         body["turn_id"].as_str().expect("turn").parse().expect("uuid")
     }
 
+    /// GETs `path`; returns the status (0 when unreachable) and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         match self.http.get(self.url(path)).send().await {
             Ok(resp) => {
@@ -117,10 +139,15 @@ impl Parley {
         }
     }
 
+    /// The turn's JSON.
     pub async fn turn(&self, turn: Uuid) -> Value {
         self.get(&format!("/api/turns/{turn}")).await.1
     }
 
+    /// Waits until the turn has a final status.
+    ///
+    /// # Panics
+    /// After `limit`.
     pub async fn wait_turn(&self, turn: Uuid, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
@@ -136,6 +163,10 @@ impl Parley {
         }
     }
 
+    /// Waits until the turn has status `want`.
+    ///
+    /// # Panics
+    /// After `limit`.
     pub async fn wait_status(&self, turn: Uuid, want: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
@@ -148,6 +179,7 @@ impl Parley {
         }
     }
 
+    /// The conversation's first 500 messages.
     pub async fn messages(&self, conversation: Uuid) -> Vec<Value> {
         let (_, v) = self.get(&format!("/api/conversations/{conversation}/messages?limit=500")).await;
         v["messages"].as_array().cloned().unwrap_or_default()
