@@ -1,5 +1,8 @@
 //! Chaos run for crash recovery and replicas: `scripts/chaos [ITERATIONS]`.
 //!
+//! The demo assistant streams each reply in six chunks 60 ms apart, so a kill usually
+//! lands in the middle of running turns.
+//!
 //! Two `parley serve` replicas share one fresh database. Each iteration sends messages
 //! to four conversations through both replicas (a client that cannot reach one replica
 //! sends to the other, as a load balancer would), kills one replica with SIGKILL at a
@@ -35,7 +38,7 @@ fn start(bin: &str, db: &TestDb, name: &str) -> Parley {
         bin,
         &db.url(),
         name,
-        &["--demo-chunk-delay-ms", "15", "--sweep-interval-secs", "1", "--lease-secs", "5"],
+        &["--demo-chunk-delay-ms", "60", "--sweep-interval-secs", "1", "--lease-secs", "5"],
     )
 }
 
@@ -86,6 +89,7 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(rng.next(40))).await;
         }
+        // The killed replica comes back, as a supervisor would restart it.
         replicas[victim] = Some(start(&bin, &db, names[victim]));
         // Recovered when every accepted turn has finished.
         let client = db.pool.get().await.expect("db");

@@ -451,6 +451,18 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
     assert_eq!(s, 404);
     let (s, e) = app.get("/api/nothing-here").await;
     assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")));
+    let resp = app
+        .http
+        .post(app.url("/api/conversations"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"title": "{}"}}"#, "t".repeat(70 * 1024)))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.json::<Value>().await.expect("json")["error"]["code"], "payload_too_large");
+    let resp = app.http.post(app.url("/api/conversations")).body("{oops").send().await.expect("post");
+    assert_eq!(resp.status(), 400);
     let (s, e) = app.get("/api/sessions?status=bogus").await;
     assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_query")));
     assert!(app.messages(conv).await.is_empty(), "nothing was stored");

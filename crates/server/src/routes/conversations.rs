@@ -35,7 +35,16 @@ pub struct CreateBody {
 ///
 /// # Errors
 /// 400 for an unknown assistant or a title with NUL; 503 when the database is down.
-pub async fn create(State(state): State<AppState>, body: axum::body::Bytes) -> Result<impl IntoResponse, AppError> {
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, AppError> {
+    let body = body.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            AppError::PayloadTooLarge("the request body is larger than the limit".into())
+        }
+        _ => AppError::bad_request("invalid_body", e.body_text()),
+    })?;
     // The body is optional: no body means every default.
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
