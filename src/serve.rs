@@ -2,11 +2,15 @@
 //! shutdown on SIGTERM or ctrl-c.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use parley_assistant::{Demo, DemoConfig};
+use parley_assistant::{
+    Claude, ClaudeConfig, Codex, CodexConfig, Demo, DemoConfig, OpenAi, OpenAiChat, OpenAiChatConfig, OpenAiConfig,
+    ProcessLimits, Secret,
+};
 use parley_orchestrator::{Config, Orchestrator};
 use parley_server::AppState;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +24,12 @@ pub struct ServeArgs {
     /// Address to listen on. Without accounts, keep it on loopback.
     #[arg(long, env = "PARLEY_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
-    /// The assistant of new conversations.
-    #[arg(long, env = "PARLEY_ASSISTANT", default_value = "demo", value_parser = ["demo"])]
-    assistant: String,
+    /// The assistant of new conversations: claude, codex, openai, openai-chat or demo.
+    /// Default: claude when the `claude` CLI is found, else demo.
+    #[arg(long, env = "PARLEY_ASSISTANT", value_parser = ASSISTANTS)]
+    assistant: Option<String>,
+    #[command(flatten)]
+    assistants: Box<AssistantArgs>,
     /// Turns run at once by this replica.
     #[arg(long, env = "PARLEY_WORKERS", default_value_t = 8)]
     workers: usize,
@@ -58,6 +65,161 @@ pub struct ServeArgs {
     /// Do not apply migrations at start.
     #[arg(long, env = "PARLEY_NO_MIGRATE")]
     no_migrate: bool,
+}
+
+/// The assistants `--assistant` accepts.
+const ASSISTANTS: [&str; 5] = ["claude", "codex", "openai", "openai-chat", "demo"];
+
+/// Assistant adapters' settings. Every adapter is registered, so conversations that
+/// started with another assistant keep working; `--assistant` picks the default.
+#[derive(Debug, Args)]
+struct AssistantArgs {
+    /// The Claude Code CLI.
+    #[arg(long, env = "PARLEY_CLAUDE_BIN", default_value = "claude")]
+    claude_bin: PathBuf,
+    /// CLAUDE_CONFIG_DIR for the Claude CLI (its transcripts); keep it on a volume.
+    /// Default: CLAUDE_CONFIG_DIR as inherited, else ~/.claude.
+    #[arg(long, env = "PARLEY_CLAUDE_CONFIG_DIR")]
+    claude_config_dir: Option<PathBuf>,
+    /// Claude `--model`.
+    #[arg(long, env = "PARLEY_CLAUDE_MODEL")]
+    claude_model: Option<String>,
+    /// Claude `--permission-mode` (default, acceptEdits, bypassPermissions, plan).
+    #[arg(long, env = "PARLEY_CLAUDE_PERMISSION_MODE")]
+    claude_permission_mode: Option<String>,
+    /// Claude `--allowedTools`, comma-separated (e.g. `Read,Bash(git *)`).
+    #[arg(long, env = "PARLEY_CLAUDE_ALLOWED_TOOLS", value_delimiter = ',')]
+    claude_allowed_tools: Vec<String>,
+    /// Claude `--max-turns`.
+    #[arg(long, env = "PARLEY_CLAUDE_MAX_TURNS")]
+    claude_max_turns: Option<u32>,
+    /// Stream Claude's reply token by token (`--include-partial-messages`).
+    #[arg(long, env = "PARLEY_CLAUDE_PARTIAL_MESSAGES", default_value_t = true, action = clap::ArgAction::Set)]
+    claude_partial_messages: bool,
+    /// The Codex CLI.
+    #[arg(long, env = "PARLEY_CODEX_BIN", default_value = "codex")]
+    codex_bin: PathBuf,
+    /// CODEX_HOME for the Codex CLI (config and rollouts); keep it on a volume.
+    /// Default: CODEX_HOME as inherited, else ~/.codex.
+    #[arg(long, env = "PARLEY_CODEX_HOME")]
+    codex_home: Option<PathBuf>,
+    /// Codex `--model`.
+    #[arg(long, env = "PARLEY_CODEX_MODEL")]
+    codex_model: Option<String>,
+    /// Codex `--sandbox` (read-only, workspace-write, danger-full-access).
+    #[arg(long, env = "PARLEY_CODEX_SANDBOX")]
+    codex_sandbox: Option<String>,
+    /// OpenAI Responses API base URL (up to /v1).
+    #[arg(long, env = "PARLEY_OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    openai_base_url: String,
+    /// OpenAI API key (never logged).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, value_parser = parse_secret)]
+    openai_api_key: Option<Secret>,
+    /// OpenAI model.
+    #[arg(long, env = "PARLEY_OPENAI_MODEL", default_value = "gpt-5")]
+    openai_model: String,
+    /// Chat Completions base URL (up to /v1): Ollama, vLLM, llama.cpp…
+    #[arg(long, env = "PARLEY_OPENAI_CHAT_BASE_URL", default_value = "http://127.0.0.1:11434/v1")]
+    openai_chat_base_url: String,
+    /// Chat Completions API key (never logged).
+    #[arg(long, env = "PARLEY_OPENAI_CHAT_API_KEY", hide_env_values = true, value_parser = parse_secret)]
+    openai_chat_api_key: Option<Secret>,
+    /// Chat Completions model.
+    #[arg(long, env = "PARLEY_OPENAI_CHAT_MODEL", default_value = "llama3.2")]
+    openai_chat_model: String,
+    /// Seconds an assistant may stay silent before its turn fails.
+    #[arg(long, env = "PARLEY_ASSISTANT_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    assistant_idle_timeout_secs: u64,
+    /// Seconds an assistant turn may take in total.
+    #[arg(long, env = "PARLEY_ASSISTANT_TIMEOUT_SECS", default_value_t = 3600)]
+    assistant_timeout_secs: u64,
+}
+
+#[allow(clippy::unnecessary_wraps)]
+fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+impl AssistantArgs {
+    fn idle(&self) -> Duration {
+        Duration::from_secs(self.assistant_idle_timeout_secs)
+    }
+
+    fn total(&self) -> Duration {
+        Duration::from_secs(self.assistant_timeout_secs)
+    }
+
+    fn limits(&self) -> ProcessLimits {
+        ProcessLimits { idle_timeout: self.idle(), total_timeout: self.total(), ..ProcessLimits::default() }
+    }
+
+    fn claude(&self) -> ClaudeConfig {
+        ClaudeConfig {
+            binary: self.claude_bin.clone(),
+            config_dir: self.claude_config_dir.clone(),
+            model: self.claude_model.clone(),
+            permission_mode: self.claude_permission_mode.clone(),
+            allowed_tools: self.claude_allowed_tools.clone(),
+            max_turns: self.claude_max_turns,
+            partial_messages: self.claude_partial_messages,
+            limits: self.limits(),
+            ..ClaudeConfig::default()
+        }
+    }
+
+    fn codex(&self) -> CodexConfig {
+        CodexConfig {
+            binary: self.codex_bin.clone(),
+            home: self.codex_home.clone(),
+            model: self.codex_model.clone(),
+            sandbox: self.codex_sandbox.clone(),
+            limits: self.limits(),
+            ..CodexConfig::default()
+        }
+    }
+
+    fn openai(&self) -> OpenAiConfig {
+        OpenAiConfig {
+            base_url: self.openai_base_url.clone(),
+            api_key: self.openai_api_key.clone(),
+            model: self.openai_model.clone(),
+            idle_timeout: self.idle(),
+            total_timeout: self.total(),
+            ..OpenAiConfig::default()
+        }
+    }
+
+    fn openai_chat(&self) -> OpenAiChatConfig {
+        OpenAiChatConfig {
+            base_url: self.openai_chat_base_url.clone(),
+            api_key: self.openai_chat_api_key.clone(),
+            model: self.openai_chat_model.clone(),
+            idle_timeout: self.idle(),
+            total_timeout: self.total(),
+            ..OpenAiChatConfig::default()
+        }
+    }
+}
+
+/// True when `program` names an executable file (a path, or a name on `PATH`).
+fn on_path(program: &Path) -> bool {
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program);
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+/// The default assistant and why it was chosen.
+fn select_assistant(chosen: Option<&str>, claude_bin: &Path) -> (String, String) {
+    match chosen {
+        Some(name) => (name.to_owned(), "chosen with --assistant / PARLEY_ASSISTANT".into()),
+        None if on_path(claude_bin) => ("claude".into(), format!("`{}` was found", claude_bin.display())),
+        None => ("demo".into(), format!("`{}` was not found on PATH", claude_bin.display())),
+    }
 }
 
 fn hostname() -> String {
@@ -110,25 +272,34 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     if !local.ip().is_loopback() {
         warn!(%local, "listening on a non-loopback address without authentication: anyone who can reach it can read and drive every conversation");
     }
+    let (assistant, why) = select_assistant(args.assistant.as_deref(), &args.assistants.claude_bin);
     let config = Config {
         worker_id: args.worker_id.unwrap_or_else(|| format!("{}:{}", hostname(), local.port())),
         workers: args.workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         history_budget_chars: args.history_budget_chars,
-        default_assistant: args.assistant.clone(),
+        default_assistant: assistant.clone(),
         lease: Duration::from_secs(args.lease_secs.max(1)),
         sweep_interval: Duration::from_secs(args.sweep_interval_secs.max(1)),
         max_attempts: args.max_attempts.max(1),
         ..Config::default()
     };
+    let platforms = parley_platforms::PlatformsConfig::from_env()
+        .map(|c| Arc::new(parley_platforms::Platforms::new(c)))
+        .map_err(|e| Failure::failed(format!("invalid platform configuration: {e}")))?;
     let demo =
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
-    let orchestrator = Orchestrator::builder(pool, config)
-        .listen(db.clone())
+    let a = &args.assistants;
+    let orchestrator = platforms
+        .register(Orchestrator::builder(pool, config).listen(db.clone()))
         .assistant(Arc::new(demo))
+        .assistant(Arc::new(Claude::new(a.claude())))
+        .assistant(Arc::new(Codex::new(a.codex())))
+        .assistant(Arc::new(OpenAi::new(a.openai())))
+        .assistant(Arc::new(OpenAiChat::new(a.openai_chat())))
         .build()
         .map_err(|e| Failure::failed(e.to_string()))?;
-    info!(assistant = %args.assistant, worker_id = %orchestrator.config().worker_id, "assistant selected");
+    info!(assistant = %assistant, %why, worker_id = %orchestrator.config().worker_id, "assistant selected");
 
     let shutdown = CancellationToken::new();
     let workers = {
@@ -136,7 +307,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         let stop = shutdown.clone();
         tokio::spawn(async move { orch.run_workers(stop).await })
     };
-    let state = AppState { orchestrator, shutdown: shutdown.clone(), body_limit: args.body_limit };
+    let state =
+        AppState { orchestrator, shutdown: shutdown.clone(), body_limit: args.body_limit, platforms: Some(platforms) };
     let server = tokio::spawn(parley_server::serve(listener, state, Duration::from_secs(5)));
     info!("Parley is listening on http://{local}");
     println!("Parley is listening on http://{local}  (stop with ctrl-c)");

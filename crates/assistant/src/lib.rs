@@ -7,7 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod claude;
+pub mod codex;
 pub mod demo;
+pub mod openai;
+pub mod openai_chat;
+pub mod process;
+mod sse;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +23,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+pub use claude::{Claude, ClaudeConfig};
+pub use codex::{Codex, CodexConfig};
 pub use demo::{Demo, DemoConfig};
+pub use openai::{OpenAi, OpenAiConfig};
+pub use openai_chat::{OpenAiChat, OpenAiChatConfig};
+pub use process::ProcessLimits;
 
 /// One run of an assistant: answer `prompt`, optionally resuming a stored session.
 #[derive(Debug, Clone)]
@@ -150,6 +161,37 @@ pub trait Assistant: Send + Sync + 'static {
 
     /// Starts a run. The stream yields chunks until `Completed`, or one error and ends.
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>>;
+}
+
+/// A secret string (an API key): its `Debug` and `Display` print `[redacted]`, so it
+/// never reaches a log line by accident. Read it with [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value, for the one place that sends it (a header, a child's environment).
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// A short human form of a duration, e.g. `1.5s`, used in error messages.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// The chat platforms whose webhooks are served (`None`: every webhook answers 404).
+    pub platforms: Option<std::sync::Arc<parley_platforms::Platforms>>,
 }
 
 /// Builds the router.
@@ -56,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
+        .merge(routes::webhooks::router())
         .fallback(|| async { AppError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, AppError::bad_request("method_not_allowed", "method not allowed"))

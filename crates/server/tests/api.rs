@@ -49,7 +49,12 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = AppState { orchestrator: orchestrator.clone(), shutdown: shutdown.clone(), body_limit: 64 * 1024 };
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            shutdown: shutdown.clone(),
+            body_limit: 64 * 1024,
+            platforms: None,
+        };
         let stop = shutdown.clone();
         let workers = tokio::spawn(async move { orchestrator.run_workers(stop).await });
         let server = tokio::spawn(async move {

@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod mock_anthropic;
+pub mod mock_openai;
 pub mod process;
 pub mod sse;
 

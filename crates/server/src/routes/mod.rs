@@ -7,3 +7,4 @@ pub mod health;
 pub mod messages;
 pub mod sessions;
 pub mod turns;
+pub mod webhooks;

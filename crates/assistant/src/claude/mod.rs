@@ -1,0 +1,219 @@
+//! The `claude` assistant: runs the Claude Code CLI once per turn.
+//!
+//! Command line (observed with claude-code 2.1.329 and 2.0.77):
+//! `claude -p --output-format stream-json --verbose [--include-partial-messages]
+//! [--model M] [--permission-mode P] [--allowedTools T…] [--max-turns N]
+//! [--resume ID | --session-id UUID]`,
+//! with the prompt on stdin, in the conversation's `cwd`, under [`ProcessLimits`], with
+//! an explicit environment (see [`crate::process::cli_env`]): `CLAUDE_CONFIG_DIR`,
+//! `ANTHROPIC_*` and `CLAUDE_CODE_*` pass, platform secrets do not.
+//!
+//! Session IDs: a fresh session gets an ID that Parley generates (a UUID v4) and passes
+//! with `--session-id` ([`ClaudeConfig::assign_session_id`]; claude-code 2.1.329 then
+//! reports that ID in `system/init`, see `tests/fixtures/claude-session-id-new.jsonl`).
+//! The run announces it as its first [`Chunk::SessionStarted`] once the CLI has started,
+//! before any output, so the orchestrator stores it before the CLI writes its transcript
+//! and a Parley crash mid-turn still knows what to resume. When `system/init` reports
+//! another ID, a second `SessionStarted` carries the reported one, which wins. A resumed
+//! run reports the ID `system/init` gives (emitted as soon as init arrives). An error
+//! result after a failed `--resume` echoes the dead ID; it is never reported. Parsing and
+//! outcome rules are in [`stream`].
+
+pub mod stream;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, Secret};
+pub use stream::ClaudeStream;
+
+/// Environment name prefixes the Claude CLI inherits from Parley's environment.
+pub const CLAUDE_ENV_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"];
+/// Single environment names the Claude CLI inherits (besides the base set).
+pub const CLAUDE_ENV_NAMES: &[&str] = &["DISABLE_AUTOUPDATER", "DISABLE_TELEMETRY", "DISABLE_ERROR_REPORTING"];
+
+/// Settings of the `claude` assistant.
+#[derive(Debug, Clone)]
+pub struct ClaudeConfig {
+    /// The `claude` executable (default: `claude`, looked up on `PATH`).
+    pub binary: PathBuf,
+    /// `CLAUDE_CONFIG_DIR` for the CLI: where it keeps transcripts. Keep it stable (a
+    /// volume) so sessions survive restarts. `None`: inherited, else `~/.claude`.
+    pub config_dir: Option<PathBuf>,
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--permission-mode` (`default`, `acceptEdits`, `bypassPermissions`, `plan`…).
+    pub permission_mode: Option<String>,
+    /// `--allowedTools`, e.g. `Bash(git *)`, `Read`.
+    pub allowed_tools: Vec<String>,
+    /// `--max-turns`.
+    pub max_turns: Option<u32>,
+    /// Token streaming: `--include-partial-messages`, text arrives as deltas.
+    pub partial_messages: bool,
+    /// `ANTHROPIC_API_KEY` for the CLI; `None`: inherited from Parley's environment.
+    pub api_key: Option<Secret>,
+    /// `ANTHROPIC_BASE_URL` for the CLI; `None`: inherited.
+    pub base_url: Option<String>,
+    /// More environment variable names the CLI may inherit.
+    pub pass_env: Vec<String>,
+    /// More arguments, placed before `--resume` / `--session-id`.
+    pub extra_args: Vec<String>,
+    /// Start fresh sessions with `--session-id <UUID v4>` that Parley generates and
+    /// announces before the CLI prints anything (default `true`); `false` leaves the ID
+    /// to the CLI and reports it from `system/init` only.
+    pub assign_session_id: bool,
+    /// Process limits.
+    pub limits: ProcessLimits,
+}
+
+impl Default for ClaudeConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("claude"),
+            config_dir: None,
+            model: None,
+            permission_mode: None,
+            allowed_tools: Vec::new(),
+            max_turns: None,
+            partial_messages: true,
+            api_key: None,
+            base_url: None,
+            pass_env: Vec::new(),
+            extra_args: Vec::new(),
+            assign_session_id: true,
+            limits: ProcessLimits::default(),
+        }
+    }
+}
+
+impl ClaudeConfig {
+    /// The CLI arguments for a run that resumes `resume`, or starts a fresh session
+    /// named `session_id` (`--session-id`, a UUID), or lets the CLI pick one.
+    #[must_use]
+    pub fn args(&self, resume: Option<&str>, session_id: Option<&str>) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            ["-p", "--output-format", "stream-json", "--verbose"].iter().map(OsString::from).collect();
+        if self.partial_messages {
+            args.push("--include-partial-messages".into());
+        }
+        if let Some(m) = &self.model {
+            args.extend(["--model".into(), m.into()]);
+        }
+        if let Some(p) = &self.permission_mode {
+            args.extend(["--permission-mode".into(), p.into()]);
+        }
+        if !self.allowed_tools.is_empty() {
+            args.push("--allowedTools".into());
+            args.extend(self.allowed_tools.iter().map(OsString::from));
+        }
+        if let Some(n) = self.max_turns {
+            args.extend(["--max-turns".into(), n.to_string().into()]);
+        }
+        args.extend(self.extra_args.iter().map(OsString::from));
+        if let Some(id) = resume {
+            args.extend(["--resume".into(), id.into()]);
+        } else if let Some(id) = session_id {
+            args.extend(["--session-id".into(), id.into()]);
+        }
+        args
+    }
+
+    /// The CLI's complete environment, from `vars` (Parley's environment).
+    #[must_use]
+    pub fn env(&self, vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+        let mut names: Vec<String> = CLAUDE_ENV_NAMES.iter().map(|s| (*s).to_owned()).collect();
+        names.extend(self.pass_env.iter().cloned());
+        let mut explicit = Vec::new();
+        if let Some(dir) = &self.config_dir {
+            explicit.push(("CLAUDE_CONFIG_DIR".to_owned(), dir.display().to_string()));
+        }
+        if let Some(key) = &self.api_key {
+            explicit.push(("ANTHROPIC_API_KEY".to_owned(), key.expose().to_owned()));
+        }
+        if let Some(url) = &self.base_url {
+            explicit.push(("ANTHROPIC_BASE_URL".to_owned(), url.clone()));
+        }
+        cli_env(vars, &names, CLAUDE_ENV_PREFIXES, &explicit)
+    }
+}
+
+/// The `claude` assistant.
+#[derive(Debug, Clone, Default)]
+pub struct Claude {
+    config: ClaudeConfig,
+}
+
+impl Claude {
+    /// A Claude Code assistant with these settings.
+    #[must_use]
+    pub fn new(config: ClaudeConfig) -> Self {
+        Self { config }
+    }
+
+    /// Its settings.
+    #[must_use]
+    pub fn config(&self) -> &ClaudeConfig {
+        &self.config
+    }
+}
+
+impl Assistant for Claude {
+    fn name(&self) -> &str {
+        "claude"
+    }
+
+    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let assigned = (self.config.assign_session_id && request.resume.is_none()).then(|| Uuid::new_v4().to_string());
+        let spec = ProcessSpec {
+            program: self.config.binary.clone(),
+            args: self.config.args(request.resume.as_deref(), assigned.as_deref()),
+            cwd: request.cwd.clone(),
+            env: self.config.env(std::env::vars_os()),
+            stdin: request.prompt,
+            limits: self.config.limits.clone(),
+        };
+        let resume = request.resume;
+        let cancel = request.cancel;
+        async_stream::stream! {
+            if let Some(cwd) = &spec.cwd
+                && let Err(e) = tokio::fs::create_dir_all(cwd).await {
+                    warn!(cwd = %cwd.display(), error = %e, "cannot create the conversation's working directory");
+                }
+            let mut process = match CliProcess::spawn(spec) {
+                Ok(p) => p,
+                Err(e) => { yield Err(e); return; }
+            };
+            let mut parser = match assigned {
+                Some(id) => {
+                    yield Ok(Chunk::SessionStarted { id: id.clone() });
+                    ClaudeStream::with_session_id(id)
+                }
+                None => ClaudeStream::new(resume),
+            };
+            loop {
+                match process.next(&cancel).await {
+                    Ok(Output::Line(line)) => {
+                        for chunk in parser.line(&line) {
+                            yield Ok(chunk);
+                        }
+                        if parser.has_result() {
+                            break;
+                        }
+                    }
+                    Ok(Output::Oversized { bytes }) => warn!(bytes, "skipped an over-long claude output line"),
+                    Ok(Output::Eof) => break,
+                    Err(e) => { yield Err(e); return; }
+                }
+            }
+            let exit = process.finish().await;
+            yield parser.finish(exit.code, &exit.stderr);
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,415 @@
+//! The `codex` assistant: runs the Codex CLI once per turn.
+//!
+//! Command line (observed with codex-cli 0.169.0):
+//! `codex exec --json --skip-git-repo-check [--model M] [--sandbox S] [-c k=v…]
+//! [resume THREAD_ID] -`, the prompt on stdin (`-`), in the conversation's `cwd`, with
+//! the same process care as `claude` ([`crate::process`]) and `CODEX_HOME` configurable.
+//!
+//! Output: one JSON event per line ([`CodexStream`]): `thread.started {thread_id}`,
+//! `turn.started`, `item.started` / `item.updated` / `item.completed` with items of type
+//! `agent_message`, `reasoning`, `command_execution`, `file_change`, `mcp_tool_call`,
+//! `web_search`, `todo_list`, `error`; `turn.completed {usage}`, `turn.failed {error}`,
+//! and `error {message}` (`Reconnecting... n/5` ones are progress, not failures).
+//!
+//! Stale (exactly): a resume whose stderr says "no rollout found for thread id" or
+//! "rollout … is empty", or whose `thread.started.thread_id` differs from the ID resumed
+//! (codex 0.169.0 silently starts a new thread for an unknown thread *name*).
+//!
+//! `turn.completed.usage` is a running total for the whole thread: it is reported as is,
+//! never added up across turns.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, Secret, Usage};
+
+/// Environment name prefixes the Codex CLI inherits from Parley's environment.
+pub const CODEX_ENV_PREFIXES: &[&str] = &["OPENAI_", "CODEX_"];
+
+/// Settings of the `codex` assistant.
+#[derive(Debug, Clone)]
+pub struct CodexConfig {
+    /// The `codex` executable (default: `codex`, looked up on `PATH`).
+    pub binary: PathBuf,
+    /// `CODEX_HOME`: its config and rollouts. Keep it stable (a volume) so threads
+    /// survive restarts. `None`: inherited, else `~/.codex`.
+    pub home: Option<PathBuf>,
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--sandbox` (`read-only`, `workspace-write`, `danger-full-access`).
+    pub sandbox: Option<String>,
+    /// `-c key=value` overrides.
+    pub config_overrides: Vec<String>,
+    /// `OPENAI_API_KEY` for the CLI; `None`: inherited from Parley's environment.
+    pub api_key: Option<Secret>,
+    /// More environment variable names the CLI may inherit.
+    pub pass_env: Vec<String>,
+    /// Process limits.
+    pub limits: ProcessLimits,
+}
+
+impl Default for CodexConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("codex"),
+            home: None,
+            model: None,
+            sandbox: None,
+            config_overrides: Vec::new(),
+            api_key: None,
+            pass_env: Vec::new(),
+            limits: ProcessLimits::default(),
+        }
+    }
+}
+
+impl CodexConfig {
+    /// The CLI arguments for a run that resumes `resume` (or starts fresh).
+    #[must_use]
+    pub fn args(&self, resume: Option<&str>) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["exec", "--json", "--skip-git-repo-check"].iter().map(OsString::from).collect();
+        if let Some(m) = &self.model {
+            args.extend(["--model".into(), m.into()]);
+        }
+        if let Some(s) = &self.sandbox {
+            args.extend(["--sandbox".into(), s.into()]);
+        }
+        for c in &self.config_overrides {
+            args.extend(["-c".into(), c.into()]);
+        }
+        if let Some(id) = resume {
+            args.extend(["resume".into(), id.into()]);
+        }
+        args.push("-".into());
+        args
+    }
+
+    /// The CLI's complete environment, from `vars` (Parley's environment).
+    #[must_use]
+    pub fn env(&self, vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+        let mut explicit = vec![("RUST_BACKTRACE".to_owned(), "0".to_owned())];
+        if let Some(home) = &self.home {
+            explicit.push(("CODEX_HOME".to_owned(), home.display().to_string()));
+        }
+        if let Some(key) = &self.api_key {
+            explicit.push(("OPENAI_API_KEY".to_owned(), key.expose().to_owned()));
+        }
+        cli_env(vars, &self.pass_env, CODEX_ENV_PREFIXES, &explicit)
+    }
+}
+
+/// The `codex` assistant.
+#[derive(Debug, Clone, Default)]
+pub struct Codex {
+    config: CodexConfig,
+}
+
+impl Codex {
+    /// A Codex assistant with these settings.
+    #[must_use]
+    pub fn new(config: CodexConfig) -> Self {
+        Self { config }
+    }
+}
+
+impl Assistant for Codex {
+    fn name(&self) -> &str {
+        "codex"
+    }
+
+    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let spec = ProcessSpec {
+            program: self.config.binary.clone(),
+            args: self.config.args(request.resume.as_deref()),
+            cwd: request.cwd.clone(),
+            env: self.config.env(std::env::vars_os()),
+            stdin: request.prompt,
+            limits: self.config.limits.clone(),
+        };
+        let resume = request.resume;
+        let cancel = request.cancel;
+        async_stream::stream! {
+            if let Some(cwd) = &spec.cwd
+                && let Err(e) = tokio::fs::create_dir_all(cwd).await {
+                    warn!(cwd = %cwd.display(), error = %e, "cannot create the conversation's working directory");
+                }
+            let mut process = match CliProcess::spawn(spec) {
+                Ok(p) => p,
+                Err(e) => { yield Err(e); return; }
+            };
+            let mut parser = CodexStream::new(resume);
+            loop {
+                match process.next(&cancel).await {
+                    Ok(Output::Line(line)) => {
+                        match parser.line(&line) {
+                            Ok(chunks) => for chunk in chunks { yield Ok(chunk); },
+                            Err(e) => {
+                                // A new thread instead of the one resumed: stop it at once.
+                                let _ = process.stop().await;
+                                yield Err(e);
+                                return;
+                            }
+                        }
+                        if parser.is_done() {
+                            break;
+                        }
+                    }
+                    Ok(Output::Oversized { bytes }) => warn!(bytes, "skipped an over-long codex output line"),
+                    Ok(Output::Eof) => break,
+                    Err(e) => { yield Err(e); return; }
+                }
+            }
+            let exit = process.finish().await;
+            yield parser.finish(exit.code, &exit.stderr);
+        }
+        .boxed()
+    }
+}
+
+/// Parser state for one `codex exec --json` run.
+#[derive(Debug, Default)]
+pub struct CodexStream {
+    resumed: Option<String>,
+    thread_id: Option<String>,
+    usage: Option<Usage>,
+    completed: bool,
+    failed: Option<String>,
+    last_error: Option<String>,
+    started_tools: Vec<String>,
+    messages: usize,
+}
+
+impl CodexStream {
+    /// A parser for a run that resumed `resumed` (or started fresh when `None`).
+    #[must_use]
+    pub fn new(resumed: Option<String>) -> Self {
+        Self { resumed, ..Self::default() }
+    }
+
+    /// True once `turn.completed` or `turn.failed` was read.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.completed || self.failed.is_some()
+    }
+
+    /// Parses one stdout line into the chunks it carries.
+    ///
+    /// # Errors
+    /// [`AssistantError::StaleSession`] when `thread.started` names another thread than
+    /// the one resumed.
+    pub fn line(&mut self, line: &str) -> Result<Vec<Chunk>, AssistantError> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                let shown: String = line.chars().take(200).collect();
+                warn!(line = %shown, "skipping a codex output line that is not a JSON object");
+                return Ok(Vec::new());
+            }
+        };
+        let chunks = match str_at(&v, "type") {
+            Some("thread.started") => {
+                let Some(id) = str_at(&v, "thread_id").map(str::to_owned) else { return Ok(Vec::new()) };
+                if let Some(resumed) = &self.resumed
+                    && *resumed != id
+                {
+                    return Err(AssistantError::StaleSession {
+                        session_id: resumed.clone(),
+                        detail: format!("codex started a new thread {id} instead of resuming {resumed}"),
+                    });
+                }
+                self.thread_id = Some(id.clone());
+                vec![Chunk::SessionStarted { id }]
+            }
+            Some("item.started" | "item.updated") => self.item(v.get("item").unwrap_or(&Value::Null), false),
+            Some("item.completed") => self.item(v.get("item").unwrap_or(&Value::Null), true),
+            Some("turn.completed") => {
+                self.usage = v.get("usage").map(|u| {
+                    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    Usage { input_tokens: n("input_tokens"), output_tokens: n("output_tokens") }
+                });
+                self.completed = true;
+                Vec::new()
+            }
+            Some("turn.failed") => {
+                let message = v.get("error").and_then(|e| str_at(e, "message")).unwrap_or("the turn failed");
+                self.failed = Some(readable(message));
+                Vec::new()
+            }
+            Some("error") => {
+                let message = str_at(&v, "message").unwrap_or_default();
+                if message.starts_with("Reconnecting") {
+                    info!(%message, "codex is reconnecting to the model API");
+                } else {
+                    self.last_error = Some(readable(message));
+                }
+                Vec::new()
+            }
+            other => {
+                debug!(r#type = ?other, "ignoring a codex event");
+                Vec::new()
+            }
+        };
+        Ok(chunks)
+    }
+
+    fn item(&mut self, item: &Value, completed: bool) -> Vec<Chunk> {
+        let id = str_at(item, "id").unwrap_or_default().to_owned();
+        let failed = str_at(item, "status") == Some("failed");
+        match str_at(item, "type") {
+            Some("agent_message") if completed => {
+                let Some(text) = str_at(item, "text").filter(|t| !t.is_empty()) else { return Vec::new() };
+                self.messages += 1;
+                let text = if self.messages > 1 { format!("\n\n{text}") } else { text.to_owned() };
+                vec![Chunk::Text { text }]
+            }
+            Some("reasoning") if completed => str_at(item, "text")
+                .filter(|t| !t.is_empty())
+                .map(|t| vec![Chunk::Thinking { text: t.to_owned() }])
+                .unwrap_or_default(),
+            Some("command_execution") => {
+                let input = serde_json::json!({ "command": str_at(item, "command").unwrap_or_default() });
+                let mut chunks = self.tool_use(&id, "command_execution", input);
+                if completed {
+                    let code = item.get("exit_code").and_then(Value::as_i64);
+                    chunks.push(Chunk::ToolResult {
+                        id,
+                        is_error: failed || code.is_some_and(|c| c != 0),
+                        output: str_at(item, "aggregated_output").unwrap_or_default().to_owned(),
+                    });
+                }
+                chunks
+            }
+            Some("file_change") => {
+                let changes = item.get("changes").cloned().unwrap_or(Value::Null);
+                let mut chunks = self.tool_use(&id, "file_change", serde_json::json!({ "changes": changes }));
+                if completed {
+                    let output = changes
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|c| {
+                                    format!("{} {}", str_at(c, "kind").unwrap_or("?"), str_at(c, "path").unwrap_or("?"))
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
+                        .unwrap_or_default();
+                    chunks.push(Chunk::ToolResult { id, is_error: failed, output });
+                }
+                chunks
+            }
+            Some("mcp_tool_call") => {
+                let name =
+                    format!("{}.{}", str_at(item, "server").unwrap_or("mcp"), str_at(item, "tool").unwrap_or("tool"));
+                let mut chunks = self.tool_use(&id, &name, item.get("arguments").cloned().unwrap_or(Value::Null));
+                if completed {
+                    let error = item.get("error").filter(|e| !e.is_null());
+                    let output = match error {
+                        Some(e) => str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned),
+                        None => mcp_output(item.get("result").unwrap_or(&Value::Null)),
+                    };
+                    chunks.push(Chunk::ToolResult { id, is_error: failed || error.is_some(), output });
+                }
+                chunks
+            }
+            Some("web_search") => {
+                let input = serde_json::json!({ "query": str_at(item, "query").unwrap_or_default() });
+                self.tool_use(&id, "web_search", input)
+            }
+            Some("error") => {
+                warn!(message = ?str_at(item, "message"), "codex reported an error item");
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A `ToolUse` chunk the first time an item is seen.
+    fn tool_use(&mut self, id: &str, name: &str, input: Value) -> Vec<Chunk> {
+        if self.started_tools.iter().any(|t| t == id) {
+            return Vec::new();
+        }
+        self.started_tools.push(id.to_owned());
+        vec![Chunk::ToolUse { id: id.to_owned(), name: name.to_owned(), input }]
+    }
+
+    /// Decides the run's outcome once the process exited.
+    ///
+    /// # Errors
+    /// [`AssistantError::StaleSession`] for a missing or empty rollout on resume,
+    /// [`AssistantError::Api`] for `turn.failed` / `error` events,
+    /// [`AssistantError::Exited`] or [`AssistantError::Protocol`] otherwise.
+    pub fn finish(&self, exit_code: Option<i32>, stderr: &str) -> Result<Chunk, AssistantError> {
+        if let Some(resumed) = &self.resumed
+            && self.thread_id.is_none()
+            && is_missing_rollout(stderr)
+        {
+            let detail = stderr.lines().find(|l| l.contains("rollout")).unwrap_or(stderr).trim().to_owned();
+            return Err(AssistantError::StaleSession { session_id: resumed.clone(), detail });
+        }
+        if let Some(message) = &self.failed {
+            return Err(AssistantError::Api { message: message.clone(), status: None });
+        }
+        if self.completed {
+            return Ok(Chunk::Completed {
+                session_id: self.thread_id.clone(),
+                usage: self.usage,
+                cost_usd: None,
+                duration_ms: None,
+            });
+        }
+        if let Some(message) = &self.last_error {
+            return Err(AssistantError::Api { message: message.clone(), status: None });
+        }
+        let stderr: String = stderr
+            .lines()
+            .filter(|l| !l.starts_with("Reading additional input from stdin"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(if exit_code == Some(0) {
+            AssistantError::Protocol("codex exited without turn.completed".into())
+        } else {
+            AssistantError::Exited {
+                code: exit_code,
+                stderr: if stderr.is_empty() { "no output".into() } else { stderr },
+            }
+        })
+    }
+}
+
+/// Codex 0.169.0 stderr for a thread whose rollout is gone or unreadable.
+fn is_missing_rollout(stderr: &str) -> bool {
+    stderr.contains("no rollout found for thread id") || (stderr.contains("rollout") && stderr.contains("is empty"))
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Codex passes an upstream error body through as a string
+/// (`{"error": {"message": …}}`); keep only its message.
+fn readable(message: &str) -> String {
+    serde_json::from_str::<Value>(message)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| str_at(e, "message")).map(str::to_owned))
+        .unwrap_or_else(|| message.to_owned())
+}
+
+/// An MCP call result: its text content parts.
+fn mcp_output(result: &Value) -> String {
+    result
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|parts| parts.iter().filter_map(|p| str_at(p, "text")).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_else(|| if result.is_null() { String::new() } else { result.to_string() })
+}

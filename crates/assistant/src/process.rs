@@ -1,0 +1,482 @@
+//! Child-process plumbing shared by the CLI adapters ([`crate::claude`], [`crate::codex`]).
+//!
+//! A [`CliProcess`] is one run of an assistant CLI:
+//! - started with an explicit environment ([`cli_env`]: `env_clear` plus an allow-list),
+//!   so platform secrets (bot tokens, `DATABASE_URL`…) never reach the CLI;
+//! - in its own process group, so that cancelling kills the CLI *and* the tools it
+//!   spawned: `SIGTERM` to the group, a grace period, then `SIGKILL`;
+//! - with the prompt written to its stdin (never argv: argv is limited to 128 KiB per
+//!   argument and shows in `ps`);
+//! - read line by line with a bounded line length, an idle timeout and a total timeout;
+//! - keeping the tail of its stderr for error messages.
+//!
+//! Dropping a [`CliProcess`] (the run's stream was dropped) terminates its process group
+//! the same way, in the background.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{AssistantError, human_duration};
+
+/// Limits applied to one CLI run.
+#[derive(Debug, Clone)]
+pub struct ProcessLimits {
+    /// Longest stdout line kept, in bytes; longer lines are skipped with a warning.
+    pub max_line_bytes: usize,
+    /// The run fails with [`AssistantError::Timeout`] when stdout stays silent this long.
+    pub idle_timeout: Duration,
+    /// The run fails with [`AssistantError::Timeout`] after this long in total.
+    pub total_timeout: Duration,
+    /// Time between `SIGTERM` and `SIGKILL` when the process group is stopped.
+    pub kill_grace: Duration,
+    /// How much of stderr is kept for error messages, in bytes.
+    pub stderr_tail_bytes: usize,
+    /// How long to wait for the process to exit once its final result line was read.
+    pub exit_wait: Duration,
+}
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 8 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(600),
+            total_timeout: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(5),
+            stderr_tail_bytes: 4096,
+            exit_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Environment variables every CLI may inherit from Parley's environment: locale,
+/// home, path, proxies and CA bundles. Everything else is dropped unless an adapter
+/// allows it.
+pub const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// Builds a child's complete environment: the variables of `inherited` (names from
+/// [`BASE_ENV`], `names`, or starting with one of `prefixes`) that `vars` holds, then
+/// `explicit` on top (an explicit value wins).
+#[must_use]
+pub fn cli_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    names: &[String],
+    prefixes: &[&str],
+    explicit: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            let Some(k) = k.to_str() else { return false };
+            BASE_ENV.contains(&k) || names.iter().any(|n| n == k) || prefixes.iter().any(|p| k.starts_with(p))
+        })
+        .collect();
+    for (k, v) in explicit {
+        env.retain(|(name, _)| name.as_os_str() != OsStr::new(k));
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    /// The executable (a path, or a name looked up on the child's `PATH`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Its working directory; Parley's own when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Its complete environment (see [`cli_env`]).
+    pub env: Vec<(OsString, OsString)>,
+    /// Written to its stdin, which is then closed.
+    pub stdin: String,
+    /// Limits of the run.
+    pub limits: ProcessLimits,
+}
+
+/// One line of output, or the end of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A stdout line without its line terminator (invalid UTF-8 replaced).
+    Line(String),
+    /// A line longer than [`ProcessLimits::max_line_bytes`] was skipped.
+    Oversized {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// Stdout was closed.
+    Eof,
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit code; `None` when killed by a signal or never reaped.
+    pub code: Option<i32>,
+    /// The tail of stderr, trimmed.
+    pub stderr: String,
+}
+
+/// A running CLI; see the module docs.
+#[derive(Debug)]
+pub struct CliProcess {
+    program: String,
+    guard: GroupGuard,
+    stdout: LineReader<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+    limits: ProcessLimits,
+    deadline: Instant,
+}
+
+impl CliProcess {
+    /// Starts the process and writes the prompt to its stdin in the background.
+    ///
+    /// # Errors
+    /// [`AssistantError::Exited`] (code `None`) when it cannot be started, e.g. the
+    /// binary is missing.
+    pub fn spawn(spec: ProcessSpec) -> Result<Self, AssistantError> {
+        let program = spec.program.display().to_string();
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(cwd) = &spec.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| AssistantError::Exited { code: None, stderr: format!("could not start `{program}`: {e}") })?;
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        debug!(%program, pid = ?pgid, "assistant CLI started");
+        if let Some(mut stdin) = child.stdin.take() {
+            let prompt = spec.stdin;
+            tokio::spawn(async move {
+                // A CLI that exits early closes the pipe; its exit status tells why.
+                if let Err(e) = stdin.write_all(prompt.as_bytes()).await {
+                    debug!(error = %e, "writing the prompt to the CLI's stdin failed");
+                }
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let stdout = child.stdout.take().ok_or_else(|| AssistantError::Protocol("no stdout pipe".into()))?;
+        let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s, spec.limits.stderr_tail_bytes)));
+        Ok(Self {
+            program,
+            guard: GroupGuard { child: Some(child), pgid, grace: spec.limits.kill_grace, done: false },
+            stdout: LineReader::new(stdout, spec.limits.max_line_bytes),
+            stderr,
+            deadline: Instant::now() + spec.limits.total_timeout,
+            limits: spec.limits,
+        })
+    }
+
+    /// The next stdout line. On cancellation or a timeout the process group is stopped
+    /// first.
+    ///
+    /// # Errors
+    /// [`AssistantError::Cancelled`], [`AssistantError::Timeout`], or
+    /// [`AssistantError::Protocol`] when stdout cannot be read.
+    pub async fn next(&mut self, cancel: &CancellationToken) -> Result<Output, AssistantError> {
+        let idle = self.limits.idle_timeout;
+        let read = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                self.guard.terminate().await;
+                return Err(AssistantError::Cancelled);
+            }
+            () = tokio::time::sleep_until(self.deadline) => {
+                self.guard.terminate().await;
+                return Err(AssistantError::Timeout(format!(
+                    "`{}` did not finish within {}", self.program, human_duration(self.limits.total_timeout)
+                )));
+            }
+            () = tokio::time::sleep(idle) => {
+                self.guard.terminate().await;
+                return Err(AssistantError::Timeout(format!(
+                    "`{}` printed nothing for {}", self.program, human_duration(idle)
+                )));
+            }
+            read = self.stdout.next_line() => read,
+        };
+        match read {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                self.guard.terminate().await;
+                Err(AssistantError::Protocol(format!("reading the output of `{}` failed: {e}", self.program)))
+            }
+        }
+    }
+
+    /// Waits up to [`ProcessLimits::exit_wait`] for the process to exit (stopping its
+    /// group when it does not), then returns its exit code and stderr tail. Leftover
+    /// members of its process group are killed.
+    pub async fn finish(mut self) -> Exit {
+        let status = match tokio::time::timeout(self.limits.exit_wait, self.guard.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                warn!(program = %self.program, "the assistant CLI did not exit after its result; stopping it");
+                self.guard.terminate().await
+            }
+        };
+        let stderr = match self.stderr.take() {
+            // A grandchild may hold stderr open; do not wait for it long.
+            Some(task) => tokio::time::timeout(Duration::from_secs(2), task).await.ok().and_then(Result::ok),
+            None => None,
+        };
+        Exit { code: status.and_then(|s| s.code()), stderr: stderr.unwrap_or_default() }
+    }
+
+    /// The stderr tail so far, after stopping the process (used when a run fails early).
+    pub async fn stop(mut self) -> Exit {
+        let status = self.guard.terminate().await;
+        let stderr = match self.stderr.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(2), task).await.ok().and_then(Result::ok),
+            None => None,
+        };
+        Exit { code: status.and_then(|s| s.code()), stderr: stderr.unwrap_or_default() }
+    }
+}
+
+/// Owns the child and kills its process group when the run ends or is dropped.
+#[derive(Debug)]
+struct GroupGuard {
+    child: Option<Child>,
+    pgid: Option<Pid>,
+    grace: Duration,
+    done: bool,
+}
+
+fn signal_group(pgid: Option<Pid>, signal: Signal) {
+    if let Some(pgid) = pgid {
+        match killpg(pgid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => warn!(error = %e, ?signal, "signalling the assistant's process group failed"),
+        }
+    }
+}
+
+impl GroupGuard {
+    /// Waits for the child to exit, then kills what is left of its group.
+    async fn wait(&mut self) -> Option<ExitStatus> {
+        let status = match self.child.as_mut() {
+            Some(child) => child.wait().await.ok(),
+            None => None,
+        };
+        signal_group(self.pgid, Signal::SIGKILL);
+        self.done = true;
+        status
+    }
+
+    /// `SIGTERM` to the group, the grace period, then `SIGKILL`.
+    async fn terminate(&mut self) -> Option<ExitStatus> {
+        if self.done {
+            return None;
+        }
+        signal_group(self.pgid, Signal::SIGTERM);
+        let status = match self.child.as_mut() {
+            Some(child) => match tokio::time::timeout(self.grace, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    signal_group(self.pgid, Signal::SIGKILL);
+                    child.wait().await.ok()
+                }
+            },
+            None => None,
+        };
+        signal_group(self.pgid, Signal::SIGKILL);
+        self.done = true;
+        status
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let pgid = self.pgid;
+        signal_group(pgid, Signal::SIGTERM);
+        let child = self.child.take();
+        let grace = self.grace;
+        match (tokio::runtime::Handle::try_current(), child) {
+            (Ok(handle), Some(mut child)) => {
+                handle.spawn(async move {
+                    let _ = tokio::time::timeout(grace, child.wait()).await;
+                    signal_group(pgid, Signal::SIGKILL);
+                    // Reaps it; `kill_on_drop` covers a child that ignored both signals.
+                    let _ = child.wait().await;
+                });
+            }
+            // No runtime: no grace period.
+            _ => signal_group(pgid, Signal::SIGKILL),
+        }
+    }
+}
+
+/// Reads lines of at most `max` bytes; longer ones are skipped and reported.
+#[derive(Debug)]
+struct LineReader<R> {
+    reader: BufReader<R>,
+    max: usize,
+    buf: Vec<u8>,
+    overflow: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self { reader: BufReader::new(reader), max, buf: Vec::new(), overflow: 0 }
+    }
+
+    fn take(&mut self) -> Output {
+        let out = if self.overflow > 0 {
+            Output::Oversized { bytes: self.overflow + self.buf.len() }
+        } else {
+            let mut line = String::from_utf8_lossy(&self.buf).into_owned();
+            if line.ends_with('\r') {
+                line.pop();
+            }
+            Output::Line(line)
+        };
+        self.buf.clear();
+        self.overflow = 0;
+        out
+    }
+
+    /// Cancel-safe: a partly read line stays buffered in `self`.
+    async fn next_line(&mut self) -> std::io::Result<Output> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.buf.is_empty() && self.overflow == 0 {
+                    return Ok(Output::Eof);
+                }
+                return Ok(self.take());
+            }
+            let (piece, found, used) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (&available[..i], true, i + 1),
+                None => (available, false, available.len()),
+            };
+            if self.overflow > 0 || self.buf.len() + piece.len() > self.max {
+                self.overflow += self.buf.len() + piece.len();
+                self.buf.clear();
+            } else {
+                self.buf.extend_from_slice(piece);
+            }
+            self.reader.consume(used);
+            if found {
+                return Ok(self.take());
+            }
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping the last `max` bytes, as trimmed text.
+async fn read_tail(mut reader: impl AsyncRead + Unpin, max: usize) -> String {
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(max.min(64 * 1024));
+    let mut chunk = [0u8; 4096];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend(&chunk[..n]);
+                while tail.len() > max {
+                    tail.pop_front();
+                }
+            }
+        }
+    }
+    let bytes: Vec<u8> = tail.into_iter().collect();
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_lines_are_skipped_and_reading_goes_on() {
+        let input: &[u8] = b"short\nthis line is far too long\r\nok\r\nlast-without-newline";
+        let mut reader = LineReader::new(input, 10);
+        assert_eq!(reader.next_line().await.ok(), Some(Output::Line("short".into())));
+        assert_eq!(reader.next_line().await.ok(), Some(Output::Oversized { bytes: 26 }));
+        assert_eq!(reader.next_line().await.ok(), Some(Output::Line("ok".into())));
+        assert_eq!(reader.next_line().await.ok(), Some(Output::Oversized { bytes: 20 }));
+        assert_eq!(reader.next_line().await.ok(), Some(Output::Eof));
+    }
+
+    #[tokio::test]
+    async fn stderr_tail_keeps_the_end() {
+        let input: &[u8] = b"0123456789abcdef\n";
+        assert_eq!(read_tail(input, 7).await, "abcdef");
+    }
+
+    #[test]
+    fn environment_is_an_allow_list_with_explicit_values_winning() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("DATABASE_URL", "postgres://secret"),
+            ("TELEGRAM_BOT_TOKEN", "123:abc"),
+            ("ANTHROPIC_API_KEY", "sk-inherited"),
+            ("CLAUDE_CONFIG_DIR", "/inherited"),
+            ("EXTRA_ALLOWED", "yes"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = cli_env(
+            vars,
+            &["EXTRA_ALLOWED".to_owned(), "CLAUDE_CONFIG_DIR".to_owned()],
+            &["ANTHROPIC_"],
+            &[("CLAUDE_CONFIG_DIR".to_owned(), "/configured".to_owned())],
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        assert_eq!(get("PATH").as_deref(), Some("/bin"));
+        assert_eq!(get("ANTHROPIC_API_KEY").as_deref(), Some("sk-inherited"));
+        assert_eq!(get("EXTRA_ALLOWED").as_deref(), Some("yes"));
+        assert_eq!(get("CLAUDE_CONFIG_DIR").as_deref(), Some("/configured"));
+        assert_eq!(env.iter().filter(|(n, _)| n == "CLAUDE_CONFIG_DIR").count(), 1);
+        assert_eq!(get("DATABASE_URL"), None);
+        assert_eq!(get("TELEGRAM_BOT_TOKEN"), None);
+    }
+}

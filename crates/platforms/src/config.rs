@@ -1,0 +1,345 @@
+//! Platform configuration from environment variables. A platform whose secret variable
+//! is absent is not configured: its webhook answers 404 and it has no reply sink.
+//!
+//! Secrets are [`Secret`]s: `Debug` prints `[redacted]`, and they are never logged.
+
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use parley_db::conversation::Delivery;
+
+use crate::verify;
+
+/// A secret string (token, signing secret). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; use it only to sign, verify or authenticate.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Settings shared by every platform's reply sink.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Minimum time between two edits of a streamed reply (platform rate limits:
+    /// Telegram and Slack allow about one message update per second per chat).
+    pub edit_interval: Duration,
+    /// Show tool calls as compact lines above the text.
+    pub show_tools: bool,
+    /// Attempts per outbound API call (the first included) on 5xx, 429 and network
+    /// errors.
+    pub max_attempts: u32,
+    /// First backoff between attempts; doubled each time. A platform's `retry_after`
+    /// overrides it.
+    pub backoff: Duration,
+    /// The longest `retry_after` honoured; longer waits give up on that call.
+    pub max_retry_after: Duration,
+    /// Timeout of one outbound HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        Self {
+            edit_interval: Duration::from_secs(1),
+            show_tools: true,
+            max_attempts: 4,
+            backoff: Duration::from_millis(250),
+            max_retry_after: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Telegram Bot API settings.
+#[derive(Debug, Clone)]
+pub struct TelegramConfig {
+    /// `PARLEY_TELEGRAM_SECRET_TOKEN`: the `secret_token` given to `setWebhook`.
+    pub secret_token: Secret,
+    /// `PARLEY_TELEGRAM_BOT_TOKEN`: the bot token from @BotFather (needed to reply).
+    pub bot_token: Option<Secret>,
+    /// `PARLEY_TELEGRAM_API_BASE` (default `https://api.telegram.org`).
+    pub api_base: String,
+    /// `PARLEY_TELEGRAM_BOT_USERNAME` (without `@`): stripped from mentions and commands.
+    pub bot_username: Option<String>,
+    /// `PARLEY_TELEGRAM_PARSE_MODE`: `MarkdownV2`, `HTML` or `Markdown`; default none
+    /// (plain text). On a parse error the message is sent again as plain text.
+    pub parse_mode: Option<String>,
+    /// `PARLEY_TELEGRAM_DELIVERY`: `stream` (default) or `batch`.
+    pub delivery: Delivery,
+}
+
+/// Slack Events API settings.
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    /// `PARLEY_SLACK_SIGNING_SECRET`: the app's signing secret.
+    pub signing_secret: Secret,
+    /// `PARLEY_SLACK_BOT_TOKEN`: the `xoxb-` bot token (needed to reply).
+    pub bot_token: Option<Secret>,
+    /// `PARLEY_SLACK_API_BASE` (default `https://slack.com/api`).
+    pub api_base: String,
+    /// `PARLEY_SLACK_BOT_USER_ID`: the bot's user id (`U…`); messages from it are
+    /// ignored and its mention is stripped. Defaults to the event's bot authorization.
+    pub bot_user_id: Option<String>,
+    /// `PARLEY_SLACK_DELIVERY`: `stream` (default) or `batch`.
+    pub delivery: Delivery,
+}
+
+/// Discord interactions settings.
+#[derive(Debug, Clone)]
+pub struct DiscordConfig {
+    /// `PARLEY_DISCORD_PUBLIC_KEY`: the application's Ed25519 public key (hex).
+    pub public_key: VerifyingKey,
+    /// `PARLEY_DISCORD_BOT_TOKEN`: posts channel messages once an interaction token
+    /// expired (15 minutes); optional.
+    pub bot_token: Option<Secret>,
+    /// `PARLEY_DISCORD_API_BASE` (default `https://discord.com/api/v10`).
+    pub api_base: String,
+    /// `PARLEY_DISCORD_DELIVERY`: `stream` (default) or `batch`.
+    pub delivery: Delivery,
+}
+
+/// GitHub webhook settings.
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    /// `PARLEY_GITHUB_WEBHOOK_SECRET`: the webhook's secret.
+    pub webhook_secret: Secret,
+    /// `PARLEY_GITHUB_TOKEN`: a token allowed to write issue and pull request comments.
+    pub token: Option<Secret>,
+    /// `PARLEY_GITHUB_API_BASE` (default `https://api.github.com`).
+    pub api_base: String,
+    /// `PARLEY_GITHUB_BOT_LOGIN`: the bot account's login; its own comments are
+    /// ignored and `@login` is stripped.
+    pub bot_login: Option<String>,
+    /// `PARLEY_GITHUB_DELIVERY`: `batch` (default) or `stream`.
+    pub delivery: Delivery,
+}
+
+/// Parley's generic signed webhook settings.
+#[derive(Debug, Clone)]
+pub struct GenericConfig {
+    /// `PARLEY_GENERIC_SECRET`: the HMAC key of `X-Parley-Signature`, both ways.
+    pub secret: Secret,
+    /// `PARLEY_GENERIC_DELIVERY`: `batch` (default) or `stream`.
+    pub delivery: Delivery,
+}
+
+/// Every platform's settings; `None` = not configured.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformsConfig {
+    /// Telegram.
+    pub telegram: Option<TelegramConfig>,
+    /// Slack.
+    pub slack: Option<SlackConfig>,
+    /// Discord.
+    pub discord: Option<DiscordConfig>,
+    /// GitHub.
+    pub github: Option<GithubConfig>,
+    /// The generic webhook.
+    pub generic: Option<GenericConfig>,
+    /// Reply sink behaviour.
+    pub sink: SinkSettings,
+}
+
+/// A configuration variable with a bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// What is wrong (never the value of a secret).
+    pub message: String,
+}
+
+fn delivery(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Delivery,
+) -> Result<Delivery, ConfigError> {
+    match lookup(var).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => Delivery::parse(v.trim())
+            .ok_or_else(|| ConfigError { var, message: format!("must be stream or batch, not {v:?}") }),
+    }
+}
+
+fn base(lookup: &impl Fn(&str) -> Option<String>, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let value = lookup(var).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned());
+    let value = value.trim().trim_end_matches('/').to_owned();
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(ConfigError { var, message: "must be an http:// or https:// URL".into() });
+    }
+    Ok(value)
+}
+
+fn opt(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    lookup(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+impl PlatformsConfig {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable with a bad value.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable name → its value), so tests
+    /// need not touch the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable with a bad value.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let telegram = match opt(&lookup, "PARLEY_TELEGRAM_SECRET_TOKEN") {
+            None => None,
+            Some(secret) => Some(TelegramConfig {
+                secret_token: Secret::new(secret),
+                bot_token: opt(&lookup, "PARLEY_TELEGRAM_BOT_TOKEN").map(Secret::new),
+                api_base: base(&lookup, "PARLEY_TELEGRAM_API_BASE", "https://api.telegram.org")?,
+                bot_username: opt(&lookup, "PARLEY_TELEGRAM_BOT_USERNAME")
+                    .map(|u| u.trim_start_matches('@').to_owned()),
+                parse_mode: opt(&lookup, "PARLEY_TELEGRAM_PARSE_MODE"),
+                delivery: delivery(&lookup, "PARLEY_TELEGRAM_DELIVERY", Delivery::Stream)?,
+            }),
+        };
+        let slack = match opt(&lookup, "PARLEY_SLACK_SIGNING_SECRET") {
+            None => None,
+            Some(secret) => Some(SlackConfig {
+                signing_secret: Secret::new(secret),
+                bot_token: opt(&lookup, "PARLEY_SLACK_BOT_TOKEN").map(Secret::new),
+                api_base: base(&lookup, "PARLEY_SLACK_API_BASE", "https://slack.com/api")?,
+                bot_user_id: opt(&lookup, "PARLEY_SLACK_BOT_USER_ID"),
+                delivery: delivery(&lookup, "PARLEY_SLACK_DELIVERY", Delivery::Stream)?,
+            }),
+        };
+        let discord = match opt(&lookup, "PARLEY_DISCORD_PUBLIC_KEY") {
+            None => None,
+            Some(key) => Some(DiscordConfig {
+                public_key: verify::discord_public_key(&key)
+                    .map_err(|message| ConfigError { var: "PARLEY_DISCORD_PUBLIC_KEY", message })?,
+                bot_token: opt(&lookup, "PARLEY_DISCORD_BOT_TOKEN").map(Secret::new),
+                api_base: base(&lookup, "PARLEY_DISCORD_API_BASE", "https://discord.com/api/v10")?,
+                delivery: delivery(&lookup, "PARLEY_DISCORD_DELIVERY", Delivery::Stream)?,
+            }),
+        };
+        let github = match opt(&lookup, "PARLEY_GITHUB_WEBHOOK_SECRET") {
+            None => None,
+            Some(secret) => Some(GithubConfig {
+                webhook_secret: Secret::new(secret),
+                token: opt(&lookup, "PARLEY_GITHUB_TOKEN").map(Secret::new),
+                api_base: base(&lookup, "PARLEY_GITHUB_API_BASE", "https://api.github.com")?,
+                bot_login: opt(&lookup, "PARLEY_GITHUB_BOT_LOGIN").map(|u| u.trim_start_matches('@').to_owned()),
+                delivery: delivery(&lookup, "PARLEY_GITHUB_DELIVERY", Delivery::Batch)?,
+            }),
+        };
+        let generic = match opt(&lookup, "PARLEY_GENERIC_SECRET") {
+            None => None,
+            Some(secret) => Some(GenericConfig {
+                secret: Secret::new(secret),
+                delivery: delivery(&lookup, "PARLEY_GENERIC_DELIVERY", Delivery::Batch)?,
+            }),
+        };
+        let mut sink = SinkSettings::default();
+        if let Some(ms) = opt(&lookup, "PARLEY_PLATFORM_EDIT_INTERVAL_MS") {
+            let ms: u64 = ms.parse().map_err(|_| ConfigError {
+                var: "PARLEY_PLATFORM_EDIT_INTERVAL_MS",
+                message: "must be a whole number of milliseconds".into(),
+            })?;
+            sink.edit_interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = opt(&lookup, "PARLEY_PLATFORM_SHOW_TOOLS") {
+            sink.show_tools = !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off");
+        }
+        Ok(Self { telegram, slack, discord, github, generic, sink })
+    }
+
+    /// The names of the configured platforms.
+    #[must_use]
+    pub fn configured(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.telegram.is_some() {
+            names.push("telegram");
+        }
+        if self.slack.is_some() {
+            names.push("slack");
+        }
+        if self.discord.is_some() {
+            names.push("discord");
+        }
+        if self.github.is_some() {
+            names.push("github");
+        }
+        if self.generic.is_some() {
+            names.push("generic");
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<PlatformsConfig, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        PlatformsConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn absent_secrets_leave_platforms_unconfigured() {
+        let c = config(&[]).unwrap();
+        assert!(c.configured().is_empty());
+        let c = config(&[("PARLEY_TELEGRAM_SECRET_TOKEN", "s"), ("PARLEY_GITHUB_WEBHOOK_SECRET", "g")]).unwrap();
+        assert_eq!(c.configured(), vec!["telegram", "github"]);
+        assert_eq!(c.telegram.as_ref().unwrap().api_base, "https://api.telegram.org");
+        assert_eq!(c.telegram.as_ref().unwrap().delivery, Delivery::Stream);
+        assert_eq!(c.github.as_ref().unwrap().delivery, Delivery::Batch);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = config(&[
+            ("PARLEY_TELEGRAM_SECRET_TOKEN", "tg-very-secret"),
+            ("PARLEY_TELEGRAM_BOT_TOKEN", "123:bot-token-value"),
+            ("PARLEY_SLACK_SIGNING_SECRET", "slack-signing-value"),
+            ("PARLEY_SLACK_BOT_TOKEN", "xoxb-value"),
+            ("PARLEY_GENERIC_SECRET", "generic-value"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["tg-very-secret", "bot-token-value", "slack-signing-value", "xoxb-value", "generic-value"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let e = config(&[("PARLEY_SLACK_SIGNING_SECRET", "s"), ("PARLEY_SLACK_DELIVERY", "often")]).unwrap_err();
+        assert_eq!(e.var, "PARLEY_SLACK_DELIVERY");
+        let e = config(&[("PARLEY_DISCORD_PUBLIC_KEY", "abc")]).unwrap_err();
+        assert_eq!(e.var, "PARLEY_DISCORD_PUBLIC_KEY");
+        let e = config(&[("PARLEY_TELEGRAM_SECRET_TOKEN", "s"), ("PARLEY_TELEGRAM_API_BASE", "ftp://x")]).unwrap_err();
+        assert_eq!(e.var, "PARLEY_TELEGRAM_API_BASE");
+    }
+}

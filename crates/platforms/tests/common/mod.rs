@@ -1,0 +1,475 @@
+//! Test harness: a real Parley (orchestrator + workers + HTTP server, in process) over
+//! a fresh PostgreSQL database, with a local axum server standing in for every
+//! platform API and recording each call.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use parley_assistant::{Assistant, AssistantError, Chunk, Demo, DemoConfig, RunRequest};
+use parley_orchestrator::{Config, Orchestrator};
+use parley_platforms::{Platforms, PlatformsConfig};
+use parley_server::AppState;
+use parley_test_support::TestDb;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const SLACK_NOW: i64 = 1_767_225_602;
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+pub const DISCORD_PUBLIC_KEY: &str = "485ce6e837ee5ce618c256f565492c6b64c9366747455791f608c3e7f65195da";
+pub const DISCORD_SEED: &str = "4e1090df6d5ea1e90dd97a88c1168d813b79464b63669bb8064949aeeaa258a1";
+pub const TELEGRAM_SECRET: &str = "tg_fixture_secret-0123456789ABCDEF";
+pub const GENERIC_SECRET: &str = "generic-test-secret";
+pub const TELEGRAM_BOT_TOKEN: &str = "123456:TEST-BOT-TOKEN";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A fixture request: path, headers, body bytes.
+pub fn fixture(platform: &str, name: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let body = std::fs::read(fixtures().join(format!("{platform}/requests/{name}.body"))).unwrap();
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join(format!("{platform}/requests/{name}.headers.json"))).unwrap(),
+    )
+    .unwrap();
+    let headers = meta["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k.to_ascii_lowercase().as_str(), "host" | "content-length" | "connection" | "accept-encoding")
+        })
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    (meta["path"].as_str().unwrap().to_owned(), headers, body)
+}
+
+/// One recorded platform API call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub raw: Vec<u8>,
+}
+
+/// A scripted answer: the next call whose path contains `path` gets it.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub path: String,
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct MockState {
+    calls: Mutex<Vec<Call>>,
+    script: Mutex<VecDeque<Scripted>>,
+    next_id: AtomicI64,
+}
+
+/// The platform API stand-in.
+#[derive(Clone)]
+pub struct MockApi {
+    state: Arc<MockState>,
+    pub addr: SocketAddr,
+}
+
+async fn mock_handler(State(state): State<Arc<MockState>>, req: Request) -> axum::response::Response {
+    let method = req.method().to_string();
+    let path = req.uri().path_and_query().map(ToString::to_string).unwrap_or_default();
+    let headers = req.headers().clone();
+    let raw: Bytes = axum::body::to_bytes(req.into_body(), 10 << 20).await.unwrap_or_default();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    state.calls.lock().unwrap().push(Call {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+        body,
+        raw: raw.to_vec(),
+    });
+    let scripted = {
+        let mut script = state.script.lock().unwrap();
+        let i = script.iter().position(|s| path.contains(&s.path));
+        i.and_then(|i| script.remove(i))
+    };
+    if let Some(s) = scripted {
+        let mut resp = (StatusCode::from_u16(s.status).unwrap(), axum::Json(s.body)).into_response();
+        for (k, v) in s.headers {
+            resp.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        return resp;
+    }
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst) + 1000;
+    let answer = if path.contains("/sendMessage") {
+        json!({ "ok": true, "result": { "message_id": id } })
+    } else if path.starts_with("/tg/") {
+        json!({ "ok": true, "result": true })
+    } else if path.ends_with("chat.postMessage") {
+        json!({ "ok": true, "ts": format!("1767225603.{id:06}") })
+    } else if path.starts_with("/slack/") {
+        json!({ "ok": true })
+    } else if path.starts_with("/discord/") || path.starts_with("/gh/") {
+        json!({ "id": id.to_string() })
+    } else {
+        json!({})
+    };
+    let status = if path.starts_with("/gh/") && method == "POST" { StatusCode::CREATED } else { StatusCode::OK };
+    (status, axum::Json(answer)).into_response()
+}
+
+impl MockApi {
+    pub async fn start() -> Self {
+        let state = Arc::new(MockState::default());
+        let app = axum::Router::new().fallback(mock_handler).with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { state, addr }
+    }
+
+    pub fn base(&self, prefix: &str) -> String {
+        format!("http://{}{prefix}", self.addr)
+    }
+
+    pub fn script(&self, path: &str, status: u16, body: Value, headers: &[(&str, &str)]) {
+        self.state.script.lock().unwrap().push_back(Scripted {
+            path: path.into(),
+            status,
+            body,
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        });
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    pub fn calls_to(&self, path_part: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.path.contains(path_part)).collect()
+    }
+
+    /// Waits until `pred` holds over the calls (panics after `timeout`).
+    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Call]) -> bool) -> Vec<Call> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let calls = self.calls();
+            if pred(&calls) {
+                return calls;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; calls: {:#?}", summarize(&calls));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn summarize(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| format!("{} {} {}", c.method, c.path, c.body.to_string().chars().take(160).collect::<String>()))
+        .collect()
+}
+
+/// An assistant answering every message with `reply` in ten chunks.
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    pub reply: String,
+}
+
+impl Assistant for Fixed {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+
+    fn run(&self, _request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let chars: Vec<char> = self.reply.chars().collect();
+        let mut chunks: Vec<Result<Chunk, AssistantError>> = vec![Ok(Chunk::SessionStarted { id: "fixed-1".into() })];
+        for piece in chars.chunks(chars.len().div_ceil(10).max(1)) {
+            chunks.push(Ok(Chunk::Text { text: piece.iter().collect() }));
+        }
+        chunks.push(Ok(Chunk::Completed {
+            session_id: Some("fixed-1".into()),
+            usage: None,
+            cost_usd: None,
+            duration_ms: None,
+        }));
+        futures::stream::iter(chunks)
+            .then(|c| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                c
+            })
+            .boxed()
+    }
+}
+
+/// Options of a test Parley.
+#[derive(Clone)]
+pub struct Options {
+    pub demo: DemoConfig,
+    pub fixed_reply: Option<String>,
+    pub edit_interval_ms: u64,
+    pub extra_env: Vec<(&'static str, String)>,
+    pub clock: Arc<AtomicI64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            demo: DemoConfig { chunk_delay: Duration::from_millis(10), slow_chunk_delay: Duration::from_millis(300) },
+            fixed_reply: None,
+            edit_interval_ms: 50,
+            extra_env: Vec::new(),
+            clock: Arc::new(AtomicI64::new(SLACK_NOW)),
+        }
+    }
+}
+
+/// A running Parley with its mock platform APIs.
+pub struct Parley {
+    pub db: Arc<TestDb>,
+    pub mock: MockApi,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub orchestrator: Orchestrator,
+    pub clock: Arc<AtomicI64>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Parley {
+    pub async fn start(options: Options) -> Self {
+        let db = Arc::new(TestDb::new().await);
+        let mock = MockApi::start().await;
+        Self::start_on(db, mock, options).await
+    }
+
+    pub async fn start_on(db: Arc<TestDb>, mock: MockApi, options: Options) -> Self {
+        let mut env: HashMap<&str, String> = HashMap::from([
+            ("PARLEY_TELEGRAM_SECRET_TOKEN", TELEGRAM_SECRET.to_owned()),
+            ("PARLEY_TELEGRAM_BOT_TOKEN", TELEGRAM_BOT_TOKEN.to_owned()),
+            ("PARLEY_TELEGRAM_API_BASE", mock.base("/tg")),
+            ("PARLEY_TELEGRAM_BOT_USERNAME", "fixture_bot".to_owned()),
+            ("PARLEY_SLACK_SIGNING_SECRET", SLACK_SECRET.to_owned()),
+            ("PARLEY_SLACK_BOT_TOKEN", "xoxb-test".to_owned()),
+            ("PARLEY_SLACK_API_BASE", mock.base("/slack/api")),
+            ("PARLEY_DISCORD_PUBLIC_KEY", DISCORD_PUBLIC_KEY.to_owned()),
+            ("PARLEY_DISCORD_BOT_TOKEN", "discord-bot-token".to_owned()),
+            ("PARLEY_DISCORD_API_BASE", mock.base("/discord")),
+            ("PARLEY_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET.to_owned()),
+            ("PARLEY_GITHUB_TOKEN", "ghs_test".to_owned()),
+            ("PARLEY_GITHUB_API_BASE", mock.base("/gh")),
+            ("PARLEY_GENERIC_SECRET", GENERIC_SECRET.to_owned()),
+            ("PARLEY_PLATFORM_EDIT_INTERVAL_MS", options.edit_interval_ms.to_string()),
+        ]);
+        for (k, v) in &options.extra_env {
+            env.insert(k, v.clone());
+        }
+        let mut config = PlatformsConfig::from_lookup(|k| env.get(k).cloned()).expect("platform config");
+        config.sink.backoff = Duration::from_millis(20);
+        let clock = Arc::clone(&options.clock);
+        let platforms = Arc::new(Platforms::with_clock(config, {
+            let clock = Arc::clone(&clock);
+            Arc::new(move || clock.load(Ordering::SeqCst))
+        }));
+        let default_assistant = if options.fixed_reply.is_some() { "fixed" } else { "demo" };
+        let config = Config {
+            worker_id: format!("platforms-test-{}", uuid::Uuid::new_v4()),
+            workers: 4,
+            idle_poll: Duration::from_millis(100),
+            default_assistant: default_assistant.into(),
+            ..Config::default()
+        };
+        let mut builder = platforms.register(Orchestrator::builder(db.pool.clone(), config));
+        builder = builder.assistant(Arc::new(Demo::new(options.demo.clone())));
+        if let Some(reply) = &options.fixed_reply {
+            builder = builder.assistant(Arc::new(Fixed { reply: reply.clone() }));
+        }
+        let orchestrator = builder.build().expect("orchestrator");
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            shutdown: shutdown.clone(),
+            body_limit: parley_server::DEFAULT_BODY_LIMIT,
+            platforms: Some(platforms),
+        };
+        let workers = {
+            let orch = orchestrator.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { orch.run_workers(stop).await })
+        };
+        let server = tokio::spawn(async move {
+            parley_server::serve(listener, state, Duration::from_secs(2)).await.expect("serve");
+        });
+        Self {
+            db,
+            mock,
+            addr,
+            http: reqwest::Client::new(),
+            orchestrator,
+            clock,
+            shutdown,
+            tasks: vec![workers, server],
+        }
+    }
+
+    /// Stops the server and workers (running turns are re-queued after the grace).
+    pub async fn stop(mut self) -> (Arc<TestDb>, MockApi) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        (Arc::clone(&self.db), self.mock.clone())
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(String, String)], body: Vec<u8>) -> (u16, Value) {
+        let mut req = self.http.post(format!("http://{}{path}", self.addr)).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn replay(&self, platform: &str, name: &str) -> (u16, Value) {
+        let (path, headers, body) = fixture(platform, name);
+        self.post(&path, &headers, body).await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let client = self.db.pool.get().await.unwrap();
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until every turn is finished.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open = self.count("select count(*) from turn where status in ('queued', 'running')").await;
+            if open == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "turns still open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// ---- request builders ----
+
+pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+pub fn telegram_update(update_id: i64, chat_id: i64, text: &str, is_bot: bool) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id % 100_000,
+            "from": { "id": 42, "is_bot": is_bot, "first_name": "Test", "username": "tester" },
+            "chat": { "id": chat_id, "type": "private", "username": "tester" },
+            "date": 1_767_225_600,
+            "text": text,
+        }
+    });
+    let headers = h(&[("content-type", "application/json"), ("x-telegram-bot-api-secret-token", TELEGRAM_SECRET)]);
+    (headers, serde_json::to_vec(&body).unwrap())
+}
+
+pub fn slack_signed(body: &Value, ts: i64) -> (Vec<(String, String)>, Vec<u8>) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let mut base = format!("v0:{ts}:").into_bytes();
+    base.extend_from_slice(&raw);
+    let sig = format!("v0={}", parley_platforms::verify::hmac_sha256_hex(SLACK_SECRET.as_bytes(), &base));
+    (
+        h(&[
+            ("content-type", "application/json"),
+            ("x-slack-request-timestamp", &ts.to_string()),
+            ("x-slack-signature", &sig),
+        ]),
+        raw,
+    )
+}
+
+pub fn slack_mention(event_id: &str, ts: &str, text: &str) -> Value {
+    json!({
+        "type": "event_callback",
+        "team_id": "T0AB12CD3",
+        "event_id": event_id,
+        "event_time": SLACK_NOW,
+        "authorizations": [{ "team_id": "T0AB12CD3", "user_id": "U0BOT12345", "is_bot": true }],
+        "event": { "type": "app_mention", "user": "U0USR12345", "text": format!("<@U0BOT12345> {text}"), "ts": ts, "channel": "C0CHAN1234", "event_ts": ts }
+    })
+}
+
+pub fn discord_signed(body: &Value) -> (Vec<(String, String)>, Vec<u8>) {
+    use ed25519_dalek::Signer;
+    let seed: [u8; 32] = hex::decode(DISCORD_SEED).unwrap().try_into().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = "1767225620";
+    let mut msg = ts.as_bytes().to_vec();
+    msg.extend_from_slice(&raw);
+    let sig = hex::encode(key.sign(&msg).to_bytes());
+    (h(&[("content-type", "application/json"), ("x-signature-ed25519", &sig), ("x-signature-timestamp", ts)]), raw)
+}
+
+pub fn discord_command(id: &str, name: &str, prompt: Option<&str>) -> Value {
+    let options = prompt.map_or_else(|| json!([]), |p| json!([{ "name": "prompt", "type": 3, "value": p }]));
+    json!({
+        "type": 2, "id": id, "application_id": "1234567890123456789", "token": format!("tok-{id}"),
+        "channel_id": "645027906669510667",
+        "member": { "user": { "id": "53908232506183680", "username": "mason" } },
+        "data": { "id": "1", "name": name, "type": 1, "options": options }
+    })
+}
+
+pub fn github_signed(event: &str, delivery: &str, body: &Value) -> (Vec<(String, String)>, Vec<u8>) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let sig = format!("sha256={}", parley_platforms::verify::hmac_sha256_hex(GITHUB_SECRET.as_bytes(), &raw));
+    (
+        h(&[
+            ("content-type", "application/json"),
+            ("x-github-event", event),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &sig),
+        ]),
+        raw,
+    )
+}
+
+pub fn github_comment(body_text: &str, login: &str, user_type: &str) -> Value {
+    json!({
+        "action": "created",
+        "issue": { "number": 7, "title": "Build broken" },
+        "comment": { "id": 99, "body": body_text, "user": { "login": login, "type": user_type } },
+        "repository": { "full_name": "acme/widgets" },
+        "sender": { "login": login, "type": user_type }
+    })
+}
+
+pub fn generic_signed(delivery: &str, body: &Value) -> (Vec<(String, String)>, Vec<u8>) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let sig = parley_platforms::verify::generic_signature(GENERIC_SECRET, &raw);
+    (h(&[("content-type", "application/json"), ("x-parley-signature", &sig), ("x-delivery-id", delivery)]), raw)
+}
+
+pub const LONG: Duration = Duration::from_secs(20);

@@ -1,0 +1,499 @@
+//! End-to-end webhook tests: signed fixture requests against a real Parley (in
+//! process, real PostgreSQL), with the platform APIs replaced by a recording local
+//! server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_fixtures_run_one_turn_with_typing_send_and_edits() {
+    let p = Parley::start(Options::default()).await;
+    let (status, body) = p.replay("telegram", "update_private_text").await;
+    assert_eq!((status, body), (200, json!({ "ok": true, "duplicate": false })));
+    let calls = p
+        .mock
+        .wait_for("the final Telegram edit", LONG, |c| {
+            c.iter().any(|c| c.body["text"].as_str().is_some_and(|t| t.contains("fresh demo session")))
+        })
+        .await;
+    let typing = p.mock.calls_to("/sendChatAction");
+    assert_eq!(typing[0].path, format!("/tg/bot{TELEGRAM_BOT_TOKEN}/sendChatAction"));
+    assert_eq!(typing[0].body, json!({ "chat_id": 218_485_655, "action": "typing" }));
+    let sends = p.mock.calls_to("/sendMessage");
+    assert_eq!(sends.len(), 1, "{:#?}", summarize(&calls));
+    assert_eq!(sends[0].body["reply_parameters"]["message_id"], 6557);
+    assert!(sends[0].body["text"].as_str().unwrap().starts_with("Demo reply"));
+    assert!(!p.mock.calls_to("/editMessageText").is_empty(), "streaming edits: {:#?}", summarize(&calls));
+    p.wait_idle(LONG).await;
+    assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 1);
+    assert_eq!(p.count("select count(*) from conversation where platform = 'telegram' and owner = 'telegram' and external_id = '218485655'").await, 1);
+
+    // The supergroup fixture is `/report`, not a Parley command: answered as a notice.
+    let (status, _) = p.replay("telegram", "update_supergroup_command_reply").await;
+    assert_eq!(status, 200);
+    let calls = p
+        .mock
+        .wait_for("the unknown-command notice", LONG, |c| c.iter().any(|c| c.body["chat_id"] == -1_001_293_752_024_i64))
+        .await;
+    let notice = calls.iter().find(|c| c.body["chat_id"] == -1_001_293_752_024_i64).unwrap();
+    assert!(notice.path.ends_with("/sendMessage"));
+    assert!(notice.body["text"].as_str().unwrap().contains("Unknown command /report"), "{}", notice.body);
+    assert_eq!(p.count("select count(*) from turn").await, 1, "a command runs no turn");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slack_fixtures_handshake_reply_in_thread_dedupe_retries_and_ignore_the_bot() {
+    let p = Parley::start(Options::default()).await;
+    let (status, body) = p.replay("slack", "url_verification").await;
+    assert_eq!((status, body), (200, json!({ "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P" })));
+
+    let (status, _) = p.replay("slack", "message_im").await;
+    assert_eq!(status, 200);
+    let (status, body) = p.replay("slack", "message_im_retry1_http_timeout").await;
+    assert_eq!((status, body["duplicate"].clone()), (200, json!(true)));
+    let (status, body) = p.replay("slack", "message_bot_echo").await;
+    assert_eq!(status, 200);
+    assert!(body["ignored"].is_string(), "{body}");
+
+    let (status, _) = p.replay("slack", "app_mention_thread_reply").await;
+    assert_eq!(status, 200);
+    p.wait_idle(LONG).await;
+    let calls = p
+        .mock
+        .wait_for("both final Slack updates", LONG, |c| {
+            c.iter().filter(|c| c.body["text"].as_str().is_some_and(|t| t.contains("fresh demo session"))).count() >= 2
+        })
+        .await;
+    let posts = p.mock.calls_to("chat.postMessage");
+    assert_eq!(posts.len(), 2, "{:#?}", summarize(&calls));
+    assert_eq!(posts[0].headers["authorization"], "Bearer xoxb-test");
+    let dm = posts.iter().find(|c| c.body["channel"] == "D0DMCHAN12").unwrap();
+    assert!(dm.body.get("thread_ts").is_none(), "a DM is answered in the DM");
+    let thread = posts.iter().find(|c| c.body["channel"] == "C0CHAN1234").unwrap();
+    assert_eq!(thread.body["thread_ts"], "1767225500.000100");
+    assert_eq!(thread.body["unfurl_links"], false);
+    assert!(!p.mock.calls_to("chat.update").is_empty());
+    assert_eq!(p.count("select count(*) from turn").await, 2, "retry and bot echo ran no turn");
+    assert_eq!(p.count("select count(*) from message where role = 'user'").await, 2);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discord_fixtures_ping_defer_and_edit_the_original_and_refuse_the_probe() {
+    let p = Parley::start(Options::default()).await;
+    let (status, body) = p.replay("discord", "ping").await;
+    assert_eq!((status, body), (200, json!({ "type": 1 })));
+    let (status, body) = p.replay("discord", "application_command_ask_bad_signature").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(p.count("select count(*) from conversation").await, 0);
+    let (status, body) = p.replay("discord", "application_command_ask").await;
+    assert_eq!((status, body), (200, json!({ "type": 5 })));
+    let calls = p
+        .mock
+        .wait_for("the final Discord edit", LONG, |c| {
+            c.iter().any(|c| c.body["content"].as_str().is_some_and(|t| t.contains("fresh demo session")))
+        })
+        .await;
+    let original = "/discord/webhooks/1234567890123456789/aW50ZXJhY3Rpb246MTQ1NTAwMDAwMDAwMDAwMDIwMDpGSVhUVVJFX1RPS0VO/messages/@original";
+    assert!(calls.iter().all(|c| c.path == original && c.method == "PATCH"), "{:#?}", summarize(&calls));
+    assert_eq!(calls[0].body["allowed_mentions"], json!({ "parse": [] }));
+    assert!(calls.last().unwrap().body["content"].as_str().unwrap().contains("why did the nightly build fail?"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_fixtures_ping_and_one_batch_comment_per_turn() {
+    let p = Parley::start(Options::default()).await;
+    let (status, body) = p.replay("github", "ping").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true);
+    for name in ["issue_comment_created", "issues_opened", "pull_request_review_comment_created"] {
+        let (status, body) = p.replay("github", name).await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    p.wait_idle(LONG).await;
+    let calls = p.mock.wait_for("three comments", LONG, |c| c.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls = if calls.len() == 3 { p.mock.calls() } else { calls };
+    assert_eq!(calls.len(), 3, "batch: exactly one call per turn: {:#?}", summarize(&calls));
+    let issue = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/issues/1/comments");
+    assert_eq!(issue.len(), 2, "issue comment + issue opened");
+    assert_eq!(issue[0].headers["authorization"], "Bearer ghs_test");
+    let review = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/pulls/2/comments/284312630/replies");
+    assert_eq!(review.len(), 1);
+    assert!(review[0].body["body"].as_str().unwrap().contains("Maybe you should use more emoji"));
+    // Redelivery (same X-GitHub-Delivery) runs nothing.
+    let (status, body) = p.replay("github", "issue_comment_created").await;
+    assert_eq!((status, body["duplicate"].clone()), (200, json!(true)));
+    assert_eq!(p.count("select count(*) from turn").await, 3);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generic_webhook_posts_a_signed_callback() {
+    let p = Parley::start(Options::default()).await;
+    let callback = p.mock.base("/callback");
+    let (headers, body) =
+        generic_signed("d-1", &json!({ "conversation_id": "ticket-42", "text": "hi there", "callback_url": callback }));
+    let (status, answer) = p.post("/webhooks/generic", &headers, body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer["turn_id"].is_string());
+    let calls = p.mock.wait_for("the callback", LONG, |c| c.iter().any(|c| c.body["final"] == true)).await;
+    let last = calls.iter().find(|c| c.body["final"] == true).unwrap();
+    assert_eq!(calls.len(), 1, "batch by default");
+    assert_eq!(last.body["conversation_id"], "ticket-42");
+    assert_eq!(last.body["status"], "completed");
+    let sig = last.headers["x-parley-signature"].to_str().unwrap();
+    assert!(parley_platforms::verify::generic(GENERIC_SECRET, Some(sig), &last.raw).is_ok(), "callback signed");
+    assert!(last.headers.contains_key("x-delivery-id"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_signatures_and_stale_slack_timestamps_are_401_and_store_nothing() {
+    let p = Parley::start(Options::default()).await;
+    for (platform, name) in [
+        ("telegram", "update_private_text"),
+        ("slack", "message_im"),
+        ("discord", "application_command_ask"),
+        ("github", "issue_comment_created"),
+    ] {
+        let (path, headers, mut body) = fixture(platform, name);
+        body.insert(1, b' ');
+        let headers: Vec<(String, String)> =
+            if platform == "telegram" { h(&[("x-telegram-bot-api-secret-token", "wrong")]) } else { headers };
+        let (status, answer) = p.post(&path, &headers, body).await;
+        assert_eq!(status, 401, "{platform}: {answer}");
+        assert_eq!(answer["error"]["code"], "unauthorized");
+    }
+    let (headers, body) = generic_signed("d-1", &json!({ "conversation_id": "x", "text": "hi" }));
+    let (status, _) = p.post("/webhooks/generic", &headers, [body.as_slice(), b" "].concat()).await;
+    assert_eq!(status, 401);
+    // Missing signature headers are 401 too.
+    let (_, _, body) = fixture("github", "issue_comment_created");
+    let (status, _) = p.post("/webhooks/github", &h(&[("x-github-event", "issue_comment")]), body).await;
+    assert_eq!(status, 401);
+    // Slack: a valid signature six minutes old.
+    p.clock.store(SLACK_NOW + 360, std::sync::atomic::Ordering::SeqCst);
+    let (status, answer) = p.replay("slack", "message_im").await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("replay window"));
+    assert_eq!(p.count("select count(*) from conversation").await, 0);
+    assert_eq!(p.count("select count(*) from inbound_delivery").await, 0);
+    assert!(p.mock.calls().is_empty());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unconfigured_platform_is_404_and_bad_payload_400() {
+    let p = Parley::start(Options { extra_env: vec![("PARLEY_GENERIC_SECRET", String::new())], ..Options::default() })
+        .await;
+    let (headers, body) = generic_signed("d-1", &json!({ "conversation_id": "x", "text": "hi" }));
+    let (status, answer) = p.post("/webhooks/generic", &headers, body).await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["error"]["code"], "not_found");
+    let (headers, body) = github_signed("issue_comment", "g-1", &json!({ "action": "created" }));
+    let (status, answer) = p.post("/webhooks/github", &headers, body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_payload");
+    let (status, _) =
+        p.post("/webhooks/telegram", &h(&[("x-telegram-bot-api-secret-token", TELEGRAM_SECRET)]), b"{".to_vec()).await;
+    assert_eq!(status, 400);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_delivery_five_times_and_concurrently_runs_one_turn_and_one_reply() {
+    let p = Parley::start(Options::default()).await;
+    // Sequential repeats.
+    for _ in 0..5 {
+        let (status, _) = p.replay("slack", "message_im").await;
+        assert_eq!(status, 200);
+    }
+    // Concurrent repeats of new deliveries on three platforms.
+    let (tg_headers, tg_body) = telegram_update(500, 777, "concurrent hello", false);
+    let gh = github_comment("concurrent question", "alice", "User");
+    let (gh_headers, gh_body) = github_signed("issue_comment", "gh-delivery-1", &gh);
+    let (d_path, d_headers, d_body) = fixture("discord", "application_command_ask");
+    let mut requests = Vec::new();
+    for _ in 0..5 {
+        requests.push(p.post("/webhooks/telegram", &tg_headers, tg_body.clone()));
+        requests.push(p.post("/webhooks/github", &gh_headers, gh_body.clone()));
+    }
+    for _ in 0..5 {
+        requests.push(p.post(&d_path, &d_headers, d_body.clone()));
+    }
+    let answers = join_all(requests).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let fresh = answers.iter().filter(|(_, b)| b["duplicate"] == false).count();
+    assert_eq!(fresh, 2, "one first delivery each for Telegram and GitHub: {answers:?}");
+    p.wait_idle(LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.count("select count(*) from turn").await, 4);
+    assert_eq!(p.count("select count(*) from message where role = 'user'").await, 4);
+    assert_eq!(p.mock.calls_to("/sendMessage").len(), 1, "{:#?}", summarize(&p.mock.calls()));
+    assert_eq!(p.mock.calls_to("chat.postMessage").len(), 1);
+    assert_eq!(p.mock.calls_to("/gh/").len(), 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_assistant_is_acknowledged_at_once_and_the_reply_follows() {
+    let p = Parley::start(Options::default()).await;
+    let slow = "[demo:slow] take your time";
+    let (tg_headers, tg_body) = telegram_update(600, 600, slow, false);
+    let (sl_headers, sl_body) = slack_signed(&slack_mention("EvSLOW1", "1767225601.000900", slow), SLACK_NOW);
+    let (d_headers, d_body) = discord_signed(&discord_command("1455000000000009999", "ask", Some(slow)));
+    let (g_headers, g_body) = github_signed("issue_comment", "gh-slow", &github_comment(slow, "alice", "User"));
+    let acks = join_all([
+        p.post("/webhooks/telegram", &tg_headers, tg_body),
+        p.post("/webhooks/slack", &sl_headers, sl_body),
+        p.post("/webhooks/discord", &d_headers, d_body),
+        p.post("/webhooks/github", &g_headers, g_body),
+    ])
+    .await;
+    assert!(acks.iter().all(|(s, _)| *s == 200), "{acks:?}");
+    assert_eq!(acks[2].1, json!({ "type": 5 }));
+    // Acknowledged before any reply text existed: the demo's first chunk comes 300 ms later.
+    assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 0);
+    assert!(p.mock.calls_to("/sendMessage").is_empty() && p.mock.calls_to("chat.postMessage").is_empty());
+    p.wait_idle(LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.mock.calls_to("/editMessageText").len() >= 2, "{:#?}", summarize(&p.mock.calls()));
+    assert!(!p.mock.calls_to("chat.update").is_empty());
+    assert!(p.mock.calls_to("@original").len() >= 3, "PATCHed while streaming");
+    assert_eq!(p.mock.calls_to("/gh/").len(), 1, "GitHub: one comment at the end");
+    let comment = &p.mock.calls_to("/gh/")[0];
+    assert!(comment.body["body"].as_str().unwrap().contains("take your time"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_429_retry_after_and_message_not_modified_are_handled() {
+    let p = Parley::start(Options::default()).await;
+    let not_modified: Value =
+        serde_json::from_str(include_str!("fixtures/telegram/out.error.400.not_modified.json")).unwrap();
+    p.mock.script(
+        "/sendMessage",
+        429,
+        json!({ "ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": { "retry_after": 1 } }),
+        &[],
+    );
+    for _ in 0..10 {
+        p.mock.script("/editMessageText", 400, not_modified.clone(), &[]);
+    }
+    let (headers, body) = telegram_update(700, 700, "hello again", false);
+    let started = std::time::Instant::now();
+    let (status, _) = p.post("/webhooks/telegram", &headers, body).await;
+    assert_eq!(status, 200);
+    p.wait_idle(LONG).await;
+    let calls = p
+        .mock
+        .wait_for("the reply after the 429", LONG, |c| {
+            c.iter().filter(|c| c.path.ends_with("/sendMessage")).count() == 2
+        })
+        .await;
+    let sends: Vec<_> = calls.iter().filter(|c| c.path.ends_with("/sendMessage")).collect();
+    assert_eq!(sends[0].body, sends[1].body, "the same message, sent again after retry_after");
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited retry_after");
+    // Every edit answered "not modified" and the turn still completed without a new message.
+    assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.mock.calls_to("/sendMessage").len(), 2, "not modified is success: no fallback message");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_parse_errors_are_sent_again_as_plain_text() {
+    let p = Parley::start(Options {
+        extra_env: vec![
+            ("PARLEY_TELEGRAM_PARSE_MODE", "MarkdownV2".into()),
+            ("PARLEY_TELEGRAM_DELIVERY", "batch".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    p.mock.script(
+        "/sendMessage",
+        400,
+        json!({ "ok": false, "error_code": 400, "description": "Bad Request: can't parse entities: Character '.' is reserved and must be escaped" }),
+        &[],
+    );
+    let (headers, body) = telegram_update(800, 800, "format me.", false);
+    assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
+    let calls = p
+        .mock
+        .wait_for("the plain resend", LONG, |c| c.iter().filter(|c| c.path.ends_with("/sendMessage")).count() == 2)
+        .await;
+    let sends: Vec<_> = calls.iter().filter(|c| c.path.ends_with("/sendMessage")).collect();
+    assert_eq!(sends[0].body["parse_mode"], "MarkdownV2");
+    assert!(sends[1].body.get("parse_mode").is_none());
+    assert_eq!(sends[0].body["text"], sends[1].body["text"]);
+    assert!(p.mock.calls_to("/editMessageText").is_empty(), "batch mode: no edits");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ten_thousand_character_reply_is_split_per_platform() {
+    let paragraph = format!("{}.", "lorem ipsum dolor sit amet ".repeat(14).trim_end());
+    let reply: String = (0..27).map(|i| format!("{i}: {paragraph}")).collect::<Vec<_>>().join("\n\n");
+    assert!(reply.chars().count() >= 10_000);
+    // Batch delivery: each platform posts its pieces in order, so they can be joined back.
+    let p = Parley::start(Options {
+        fixed_reply: Some(reply.clone()),
+        extra_env: vec![
+            ("PARLEY_TELEGRAM_DELIVERY", "batch".into()),
+            ("PARLEY_SLACK_DELIVERY", "batch".into()),
+            ("PARLEY_DISCORD_DELIVERY", "batch".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (tg_headers, tg_body) = telegram_update(900, 900, "long please", false);
+    let (sl_headers, sl_body) = slack_signed(&slack_mention("EvLONG1", "1767225601.000901", "long please"), SLACK_NOW);
+    let (d_headers, d_body) = discord_signed(&discord_command("1455000000000008888", "ask", Some("long please")));
+    let (g_headers, g_body) =
+        github_signed("issue_comment", "gh-long", &github_comment("long please", "alice", "User"));
+    for (path, headers, body) in [
+        ("/webhooks/telegram", tg_headers, tg_body),
+        ("/webhooks/slack", sl_headers, sl_body),
+        ("/webhooks/discord", d_headers, d_body),
+        ("/webhooks/github", g_headers, g_body),
+    ] {
+        assert_eq!(p.post(path, &headers, body).await.0, 200, "{path}");
+    }
+    p.wait_idle(LONG).await;
+    p.mock.wait_for("every piece", LONG, |c| c.iter().filter(|c| c.path.starts_with("/gh/")).count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let check = |prefix: &str, key: &str, limit: usize, utf16: bool, min_pieces: usize| {
+        let pieces: Vec<String> = p
+            .mock
+            .calls_to(prefix)
+            .iter()
+            .filter_map(|c| c.body.get(key).and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        assert!(pieces.len() >= min_pieces, "{prefix}: {} pieces", pieces.len());
+        for piece in &pieces {
+            let len = if utf16 { piece.encode_utf16().count() } else { piece.chars().count() };
+            assert!(len <= limit, "{prefix}: a piece of {len} > {limit}");
+            assert!(piece.starts_with(|c: char| c.is_ascii_digit()), "{prefix}: cut mid-paragraph: {piece:.30}");
+        }
+        assert_eq!(squash(&pieces.join(" ")), squash(&reply), "{prefix}: the pieces make the reply");
+    };
+    check("/sendMessage", "text", 4096, true, 3);
+    check("chat.postMessage", "text", 4000, false, 3);
+    check("/discord/", "content", 2000, false, 6);
+    check("/gh/", "body", 65_536, false, 1);
+    assert!(p.mock.calls_to("?wait=true").len() >= 5, "Discord follow-ups after the original");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bot_echoes_are_ignored_on_every_platform() {
+    let p = Parley::start(Options::default()).await;
+    let (headers, body) = telegram_update(1000, 1000, "I am a bot", true);
+    let (status, answer) = p.post("/webhooks/telegram", &headers, body).await;
+    assert_eq!(status, 200);
+    assert!(answer["ignored"].is_string());
+    assert_eq!(p.replay("slack", "message_bot_echo").await.0, 200);
+    let (headers, body) = github_signed("issue_comment", "gh-bot", &github_comment("beep", "parley[bot]", "Bot"));
+    let (status, answer) = p.post("/webhooks/github", &headers, body).await;
+    assert_eq!(status, 200);
+    assert!(answer["ignored"].is_string());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.count("select count(*) from message").await, 0);
+    assert!(p.mock.calls().is_empty());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chat_commands_work_from_every_platform() {
+    let p = Parley::start(Options::default()).await;
+    // Telegram `/status@fixture_bot`.
+    let (headers, body) = telegram_update(1100, 1100, "/status@fixture_bot", false);
+    assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
+    // Slack mention `/help`.
+    let (headers, body) = slack_signed(&slack_mention("EvCMD1", "1767225601.000950", "/help"), SLACK_NOW);
+    assert_eq!(p.post("/webhooks/slack", &headers, body).await.0, 200);
+    // Discord `/sessions` application command: answered in the interaction response.
+    let (headers, body) = discord_signed(&discord_command("1455000000000007777", "sessions", None));
+    let (status, answer) = p.post("/webhooks/discord", &headers, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["type"], 4, "{answer}");
+    assert!(answer["data"]["content"].is_string());
+    // GitHub comment `/reset`.
+    let (headers, body) = github_signed("issue_comment", "gh-cmd", &github_comment("/reset", "alice", "User"));
+    assert_eq!(p.post("/webhooks/github", &headers, body).await.0, 200);
+    // Generic `/help`: the reply is in the answer (and the callback, if any).
+    let (headers, body) = generic_signed("g-cmd", &json!({ "conversation_id": "c-cmd", "text": "/help" }));
+    let (status, answer) = p.post("/webhooks/generic", &headers, body).await;
+    assert_eq!(status, 200);
+    assert!(answer["reply"].as_str().unwrap().contains("/status"), "{answer}");
+
+    let calls = p.mock.wait_for("three notices", LONG, |c| c.len() >= 3).await;
+    let tg = calls.iter().find(|c| c.path.ends_with("/sendMessage")).expect("telegram notice");
+    assert_eq!(tg.body["chat_id"], 1100);
+    let slack = calls.iter().find(|c| c.path.ends_with("chat.postMessage")).expect("slack notice");
+    assert!(slack.body["text"].as_str().unwrap().contains("/cancel"), "help text: {}", slack.body);
+    assert_eq!(slack.body["thread_ts"], "1767225601.000950");
+    let gh = calls.iter().find(|c| c.path.starts_with("/gh/")).expect("github notice");
+    assert_eq!(gh.path, "/gh/repos/acme/widgets/issues/7/comments");
+    assert_eq!(p.count("select count(*) from turn").await, 0, "commands run no turn");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_restart_the_next_telegram_message_is_answered_in_a_fresh_session() {
+    let p = Parley::start(Options::default()).await;
+    let (headers, body) = telegram_update(1200, 1200, "remember me", false);
+    assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
+    p.wait_idle(LONG).await;
+    let (db, mock) = p.stop().await;
+    // A new process: a new demo assistant that knows no session, over the same database.
+    let p = Parley::start_on(db, mock, Options::default()).await;
+    let (headers, body) = telegram_update(1201, 1200, "still there?", false);
+    assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
+    p.wait_idle(LONG).await;
+    let calls = p
+        .mock
+        .wait_for("the answer after the restart", LONG, |c| {
+            c.iter().any(|c| {
+                c.body["text"].as_str().is_some_and(|t| t.contains("still there?") && t.contains("earlier message"))
+            })
+        })
+        .await;
+    assert!(calls.iter().any(|c| c.path.ends_with("/sendMessage") && c.body["chat_id"] == 1200));
+    assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 2);
+    assert_eq!(p.count("select count(*) from session where transition_reason = 'stale-session'").await, 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discord_falls_back_to_a_channel_message_when_the_interaction_token_expired() {
+    let p = Parley::start(Options {
+        demo: parley_assistant::DemoConfig { chunk_delay: Duration::from_millis(300), ..Default::default() },
+        ..Options::default()
+    })
+    .await;
+    let (headers, body) = discord_signed(&discord_command("1455000000000006666", "ask", Some("late answer")));
+    assert_eq!(p.post("/webhooks/discord", &headers, body).await.0, 200);
+    // Sixteen minutes pass before the reply is written.
+    p.clock.fetch_add(16 * 60, std::sync::atomic::Ordering::SeqCst);
+    p.wait_idle(LONG).await;
+    let calls = p.mock.wait_for("a channel message", LONG, |c| c.iter().any(|c| c.path.contains("/channels/"))).await;
+    assert!(calls.iter().all(|c| !c.path.contains("/webhooks/")), "{:#?}", summarize(&calls));
+    let post = calls.iter().find(|c| c.method == "POST").unwrap();
+    assert_eq!(post.path, "/discord/channels/645027906669510667/messages");
+    assert_eq!(post.headers["authorization"], "Bot discord-bot-token");
+    p.stop().await;
+}
