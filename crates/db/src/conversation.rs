@@ -68,6 +68,27 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
     /// When it last changed (a message arrived, a setting changed).
     pub updated_at: DateTime<Utc>,
+    /// Turn state for lists; filled by [`list`] only, flattened into the JSON.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<ConversationSummary>,
+}
+
+/// A conversation's turn state as [`list`] reports it (the web UI's badges and stream
+/// cursor), read in one statement so the fields agree with each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationSummary {
+    /// Status of the turn of the newest user message (`queued`, `running`, `completed`,
+    /// `failed`, …); `None` before the first turn.
+    pub last_turn_status: Option<String>,
+    /// Whether a turn is running now.
+    pub running: bool,
+    /// How many turns wait in the queue.
+    pub queued: i64,
+    /// The `?after=` to open the events stream with after reading the messages: the seq
+    /// just before the running turn's current attempt started, else the last stored
+    /// event's seq (0 when none). Messages read before this list plus the events after
+    /// this seq show every reply exactly once.
+    pub resume_after_seq: i64,
 }
 
 impl TryFrom<&Row> for Conversation {
@@ -88,6 +109,16 @@ impl TryFrom<&Row> for Conversation {
             paused: row.try_get("paused")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            summary: if row.columns().iter().any(|c| c.name() == "resume_after_seq") {
+                Some(ConversationSummary {
+                    last_turn_status: row.try_get("last_turn_status")?,
+                    running: row.try_get("running")?,
+                    queued: row.try_get("queued")?,
+                    resume_after_seq: row.try_get("resume_after_seq")?,
+                })
+            } else {
+                None
+            },
         })
     }
 }
@@ -203,7 +234,8 @@ pub async fn lock(client: &impl GenericClient, conversation_id: Uuid) -> DbResul
     Conversation::try_from(&row)
 }
 
-/// Lists conversations, most recently updated first. `owner = None` lists everyone's.
+/// Lists conversations, most recently updated first, each with its
+/// [`ConversationSummary`]. `owner = None` lists everyone's.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -216,7 +248,8 @@ pub async fn list(
     let rows = client
         .query(
             &format!(
-                "select {COLUMNS} from conversation where ($1::text is null or owner = $1) \
+                "select {COLUMNS}, {SUMMARY_COLUMNS} from conversation c \
+                 where ($1::text is null or owner = $1) \
                  order by updated_at desc, conversation_id limit $2 offset $3"
             ),
             &[&owner, &limit, &offset],
@@ -224,6 +257,23 @@ pub async fn list(
         .await?;
     rows.iter().map(Conversation::try_from).collect()
 }
+
+/// The [`ConversationSummary`] of `conversation c`, as correlated subqueries that use
+/// the turn and event indexes (the running turn's boundary events are the newest).
+const SUMMARY_COLUMNS: &str = "\
+    (select t.status from turn t where t.conversation_id = c.conversation_id \
+     order by t.user_message_id desc limit 1) as last_turn_status, \
+    exists (select 1 from turn t where t.conversation_id = c.conversation_id and t.status = 'running') as running, \
+    (select count(*) from turn t where t.conversation_id = c.conversation_id and t.status = 'queued') as queued, \
+    coalesce( \
+      (select case when b.kind = 'turn_started' then b.seq - 1 end from turn r \
+       cross join lateral (select e.seq, e.kind from event e \
+         where e.conversation_id = r.conversation_id and e.turn_id = r.turn_id and e.kind in \
+         ('turn_started', 'turn_completed', 'turn_failed', 'turn_cancelled', 'turn_interrupted') \
+         order by e.seq desc limit 1) b \
+       where r.conversation_id = c.conversation_id and r.status = 'running'), \
+      (select max(e.seq) from event e where e.conversation_id = c.conversation_id), \
+      0) as resume_after_seq";
 
 /// Deletes a conversation with its sessions, messages, turns and events.
 ///

@@ -59,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .merge(routes::webhooks::router())
+        .merge(routes::ui::router())
         .fallback(|| async { AppError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, AppError::bad_request("method_not_allowed", "method not allowed"))

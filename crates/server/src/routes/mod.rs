@@ -7,4 +7,5 @@ pub mod health;
 pub mod messages;
 pub mod sessions;
 pub mod turns;
+pub mod ui;
 pub mod webhooks;
