@@ -4,7 +4,11 @@
 //! - started with an explicit environment ([`cli_env`]: `env_clear` plus an allow-list),
 //!   so platform secrets (bot tokens, `DATABASE_URL`…) never reach the CLI;
 //! - in its own process group, so that cancelling kills the CLI *and* the tools it
-//!   spawned: `SIGTERM` to the group, a grace period, then `SIGKILL`;
+//!   spawned: `SIGTERM` to the group, a grace period, then `SIGKILL`. CLIs may start
+//!   their tools in process groups of their own (claude-code 2.1.329 does so for every
+//!   Bash tool call), out of reach of the group's signals, so the CLI's descendants found
+//!   through `/proc` parent links (Linux) are signalled one by one as well — collected
+//!   while the CLI still lives, since they lose that link when it dies;
 //! - with the prompt written to its stdin (never argv: argv is limited to 128 KiB per
 //!   argument and shows in `ps`);
 //! - read line by line with a bounded line length, an idle timeout and a total timeout;
@@ -205,7 +209,12 @@ impl CliProcess {
         let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s, spec.limits.stderr_tail_bytes)));
         Ok(Self {
             program,
-            guard: GroupGuard { child: Some(child), pgid, grace: spec.limits.kill_grace, done: false },
+            guard: GroupGuard {
+                child: Some(child),
+                family: Family::new(pgid),
+                grace: spec.limits.kill_grace,
+                done: false,
+            },
             stdout: LineReader::new(stdout, spec.limits.max_line_bytes),
             stderr,
             deadline: Instant::now() + spec.limits.total_timeout,
@@ -280,11 +289,12 @@ impl CliProcess {
     }
 }
 
-/// Owns the child and kills its process group when the run ends or is dropped.
+/// Owns the child and kills its process group (and other descendants) when the run
+/// ends or is dropped.
 #[derive(Debug)]
 struct GroupGuard {
     child: Option<Child>,
-    pgid: Option<Pid>,
+    family: Family,
     grace: Duration,
     done: bool,
 }
@@ -298,35 +308,116 @@ fn signal_group(pgid: Option<Pid>, signal: Signal) {
     }
 }
 
+/// A process, told apart from a later one that reuses its pid by its start time
+/// (`/proc/PID/stat` field 22, in clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    start: u64,
+}
+
+/// `(pid, parent pid, start time)` of every process, from `/proc/*/stat`; empty where
+/// there is no `/proc`.
+fn process_table() -> Vec<(i32, i32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the command name (which may hold spaces and parentheses): state (3),
+            // ppid (4), … starttime (22).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((pid, fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The CLI's process group and the descendants seen so far.
+#[derive(Debug, Clone)]
+struct Family {
+    pgid: Option<Pid>,
+    leader: Option<Proc>,
+    descendants: Vec<Proc>,
+}
+
+impl Family {
+    fn new(pgid: Option<Pid>) -> Self {
+        let leader = pgid.and_then(|p| {
+            let pid = p.as_raw();
+            process_table().into_iter().find(|(id, _, _)| *id == pid).map(|(pid, _, start)| Proc { pid, start })
+        });
+        Self { pgid, leader, descendants: Vec::new() }
+    }
+
+    /// Adds the live descendants of the leader and of those already known (which keeps
+    /// the orphans among them); forgets those that are gone.
+    fn collect(&mut self) {
+        let table = process_table();
+        let alive = |p: &Proc| table.iter().any(|(pid, _, start)| *pid == p.pid && *start == p.start);
+        self.descendants.retain(|p| alive(p));
+        let mut parents: Vec<i32> =
+            self.leader.iter().chain(&self.descendants).filter(|p| alive(p)).map(|p| p.pid).collect();
+        while let Some(parent) = parents.pop() {
+            for &(pid, ppid, start) in &table {
+                if ppid == parent && !self.descendants.iter().any(|d| d.pid == pid) {
+                    self.descendants.push(Proc { pid, start });
+                    parents.push(pid);
+                }
+            }
+        }
+    }
+
+    /// Signals the group, then each known descendant that is still the same process.
+    fn signal(&self, signal: Signal) {
+        signal_group(self.pgid, signal);
+        if self.descendants.is_empty() {
+            return;
+        }
+        let table = process_table();
+        for d in &self.descendants {
+            if table.iter().any(|(pid, _, start)| *pid == d.pid && *start == d.start) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(d.pid), signal);
+            }
+        }
+    }
+}
+
 impl GroupGuard {
-    /// Waits for the child to exit, then kills what is left of its group.
+    /// Waits for the child to exit, then kills what is left of its group and of its
+    /// descendants.
     async fn wait(&mut self) -> Option<ExitStatus> {
+        // Seen while the CLI lives: its children lose their parent link when it exits.
+        self.family.collect();
         let status = match self.child.as_mut() {
             Some(child) => child.wait().await.ok(),
             None => None,
         };
-        signal_group(self.pgid, Signal::SIGKILL);
+        self.family.collect();
+        self.family.signal(Signal::SIGKILL);
         self.done = true;
         status
     }
 
-    /// `SIGTERM` to the group, the grace period, then `SIGKILL`.
+    /// `SIGTERM` to the group and the descendants, the grace period, then `SIGKILL`.
     async fn terminate(&mut self) -> Option<ExitStatus> {
         if self.done {
             return None;
         }
-        signal_group(self.pgid, Signal::SIGTERM);
+        self.family.collect();
+        self.family.signal(Signal::SIGTERM);
         let status = match self.child.as_mut() {
             Some(child) => match tokio::time::timeout(self.grace, child.wait()).await {
                 Ok(s) => s.ok(),
                 Err(_) => {
-                    signal_group(self.pgid, Signal::SIGKILL);
+                    self.family.collect();
+                    self.family.signal(Signal::SIGKILL);
                     child.wait().await.ok()
                 }
             },
             None => None,
         };
-        signal_group(self.pgid, Signal::SIGKILL);
+        self.family.collect();
+        self.family.signal(Signal::SIGKILL);
         self.done = true;
         status
     }
@@ -337,21 +428,23 @@ impl Drop for GroupGuard {
         if self.done {
             return;
         }
-        let pgid = self.pgid;
-        signal_group(pgid, Signal::SIGTERM);
+        let mut family = self.family.clone();
+        family.collect();
+        family.signal(Signal::SIGTERM);
         let child = self.child.take();
         let grace = self.grace;
         match (tokio::runtime::Handle::try_current(), child) {
             (Ok(handle), Some(mut child)) => {
                 handle.spawn(async move {
                     let _ = tokio::time::timeout(grace, child.wait()).await;
-                    signal_group(pgid, Signal::SIGKILL);
+                    family.collect();
+                    family.signal(Signal::SIGKILL);
                     // Reaps it; `kill_on_drop` covers a child that ignored both signals.
                     let _ = child.wait().await;
                 });
             }
             // No runtime: no grace period.
-            _ => signal_group(pgid, Signal::SIGKILL),
+            _ => family.signal(Signal::SIGKILL),
         }
     }
 }

@@ -289,6 +289,51 @@ async fn cancel_kills_the_whole_process_group() {
     assert!(alive.is_empty(), "processes {alive:?} survived the cancel");
 }
 
+/// Claude Code 2.1.329 runs each Bash tool in a process group of its own (observed in
+/// the end-to-end tests). A fake CLI that does the same (`setsid`) and does not exit on
+/// SIGTERM: its tool is outside the CLI's process group, yet must not survive a cancel.
+#[tokio::test]
+async fn cancel_kills_tools_that_run_in_a_process_group_of_their_own() {
+    let dir = Scratch::new("claude-cancel-own-group");
+    let bin = script(
+        &dir.0,
+        "claude",
+        &format!(
+            "cat > /dev/null\n\
+             trap '' TERM\n\
+             echo '{{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"s-1\"}}'\n\
+             setsid sleep 300 &\n\
+             echo \"$$ $!\" > '{d}/pids'\n\
+             while :; do sleep 1; done",
+            d = dir.0.display()
+        ),
+    );
+    let limits = ProcessLimits { kill_grace: Duration::from_millis(300), ..ProcessLimits::default() };
+    let claude = claude_with(bin, limits);
+    let req = request("hi", Some("s-1"), None);
+    let cancel = req.cancel.clone();
+    let mut stream = claude.run(req);
+    assert!(matches!(stream.next().await, Some(Ok(Chunk::SessionStarted { .. }))));
+    wait_for_file(&dir.0.join("pids")).await;
+    let pids = read_pids(&dir.0.join("pids"));
+    assert_eq!(pids.len(), 2);
+    let group = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(2)).unwrap_or_default().to_owned()
+    };
+    for _ in 0..100 {
+        if group(pids[0]) != group(pids[1]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(group(pids[0]), group(pids[1]), "the tool runs in a process group of its own");
+    cancel.cancel();
+    assert!(matches!(stream.next().await, Some(Err(AssistantError::Cancelled))));
+    let alive = wait_dead(pids).await;
+    assert!(alive.is_empty(), "processes {alive:?} survived the cancel");
+}
+
 #[tokio::test]
 async fn idle_timeout_stops_a_silent_cli() {
     let dir = Scratch::new("claude-idle");

@@ -1,0 +1,629 @@
+//! End-to-end tests of the real assistant adapters: the real `parley serve` binary, a real
+//! PostgreSQL (a fresh database per test, [`TestDb`]), and
+//! - the real `claude` CLI (pinned, installed into `.tools/` by
+//!   `scripts/install-assistant-clis`) talking to the local mock Anthropic API through
+//!   `ANTHROPIC_BASE_URL`, as the fixtures were captured (`ANTHROPIC_API_KEY=sk-test`,
+//!   `CLAUDE_CODE_MAX_RETRIES=0`);
+//! - the real `codex` CLI with a `$CODEX_HOME/config.toml` whose model provider is the
+//!   local mock OpenAI Responses API (`wire_api = "responses"`, no retries), as the codex
+//!   fixtures were captured;
+//! - the `openai` adapter against the same mock Responses API.
+//!
+//! Parley runs with a cleared environment (only what each test sets), so a developer's
+//! own API keys or CLI configuration never reach the CLIs under test. Each test has its
+//! own scratch directory (HOME, CLAUDE_CONFIG_DIR / CODEX_HOME, conversation cwds and
+//! Parley's log), kept when the test fails.
+//!
+//! When `.tools/bin/claude` or `.tools/bin/codex` is missing, the tests that need it
+//! print why and pass without running.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use parley_test_support::TestDb;
+use parley_test_support::mock_anthropic::{HELLO, MockAnthropic, last_user_text};
+use parley_test_support::mock_openai::{self, MockOpenAi};
+use parley_test_support::sse;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn tools_bin(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin").join(name);
+    path.exists().then_some(path)
+}
+
+fn skip(name: &str) -> bool {
+    if tools_bin(name).is_none() {
+        eprintln!(
+            "SKIPPED: .tools/bin/{name} is missing; run scripts/install-assistant-clis to run the {name} end-to-end tests"
+        );
+        return true;
+    }
+    false
+}
+
+/// A scratch directory (HOME, CLI config, conversation cwds, Parley's log), removed at
+/// drop unless the test failed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("parley-e2e-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        for sub in ["home", "claude-config", "codex-home"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.0.join(sub)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the scratch directory of the failed test (parley.log inside): {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The environment of a Parley that runs `claude` against the mock Anthropic API.
+fn claude_env(scratch: &Scratch, anthropic: &MockAnthropic) -> Vec<(&'static str, String)> {
+    vec![
+        ("PARLEY_ASSISTANT", "claude".into()),
+        ("PARLEY_CLAUDE_BIN", tools_bin("claude").unwrap().display().to_string()),
+        ("PARLEY_CLAUDE_CONFIG_DIR", scratch.path("claude-config").display().to_string()),
+        ("ANTHROPIC_BASE_URL", anthropic.url()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("CLAUDE_CODE_MAX_RETRIES", "0".into()),
+        ("DISABLE_AUTOUPDATER", "1".into()),
+        ("DISABLE_TELEMETRY", "1".into()),
+        ("DISABLE_ERROR_REPORTING", "1".into()),
+    ]
+}
+
+/// The environment of a Parley that runs `codex` against the mock Responses API: writes
+/// `$CODEX_HOME/config.toml` with a `mock` model provider (as the fixtures were captured).
+fn codex_env(scratch: &Scratch, openai: &MockOpenAi) -> Vec<(&'static str, String)> {
+    let home = scratch.path("codex-home");
+    let config = format!(
+        r#"model = "gpt-5.5"
+model_provider = "mock"
+
+[model_providers.mock]
+name = "mock"
+base_url = "{}/v1"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"#,
+        openai.url()
+    );
+    std::fs::write(home.join("config.toml"), config).unwrap();
+    vec![
+        ("PARLEY_ASSISTANT", "codex".into()),
+        ("PARLEY_CODEX_BIN", tools_bin("codex").unwrap().display().to_string()),
+        ("PARLEY_CODEX_HOME", home.display().to_string()),
+        ("OPENAI_API_KEY", "sk-test".into()),
+    ]
+}
+
+/// The environment of a Parley that uses the `openai` adapter against the mock.
+fn openai_env(openai: &MockOpenAi) -> Vec<(&'static str, String)> {
+    vec![
+        ("PARLEY_ASSISTANT", "openai".into()),
+        ("PARLEY_OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+        ("OPENAI_API_KEY", "sk-test".into()),
+    ]
+}
+
+/// A running `parley serve`, killed on drop.
+struct Parley {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Parley {
+    /// Starts `parley serve` on a free port with a cleared environment plus `env`; its
+    /// stderr goes to `parley.log` in the scratch directory.
+    async fn start(scratch: &Scratch, db: &TestDb, env: &[(&str, String)]) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(scratch.path("parley.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", scratch.path("home"))
+            .env("LANG", "C.UTF-8")
+            .env("DATABASE_URL", db.url())
+            .env("PARLEY_BIND", "127.0.0.1:0")
+            .env("PARLEY_WORKERS", "2")
+            .env("PARLEY_SHUTDOWN_GRACE_SECS", "1")
+            // A hung CLI fails the test in seconds, not after the production defaults.
+            .env("PARLEY_ASSISTANT_IDLE_TIMEOUT_SECS", "30")
+            .env("PARLEY_ASSISTANT_TIMEOUT_SECS", "90")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let log = scratch.path("parley.log");
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("Parley is listening on ") {
+                    return rest.split_whitespace().next().unwrap_or_default().to_owned();
+                }
+            }
+            panic!("parley exited; see {}", log.display());
+        })
+        .await
+        .expect("parley did not start within 60 s");
+        // Keep draining stdout so that a later print never meets a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, base, http: reqwest::Client::new() }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self.http.post(format!("{}/api{path}", self.base)).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let resp = self.http.get(format!("{}/api{path}", self.base)).send().await.unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// Creates a conversation with `assistant` working in `cwd`; returns its id.
+    async fn conversation(&self, assistant: &str, cwd: &Path) -> String {
+        let conversation = self.post("/conversations", json!({ "assistant": assistant, "cwd": cwd })).await;
+        conversation["conversation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts a message; returns its turn id.
+    async fn send(&self, conversation: &str, text: &str) -> String {
+        let posted = self.post(&format!("/conversations/{conversation}/messages"), json!({ "text": text })).await;
+        posted["turn_id"].as_str().unwrap_or_else(|| panic!("no turn for {text:?}: {posted}")).to_owned()
+    }
+
+    /// Waits for a turn to end; returns it.
+    async fn wait_turn(&self, turn_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let turn = self.get(&format!("/turns/{turn_id}")).await;
+            if !matches!(turn["status"].as_str(), Some("queued" | "running")) {
+                return turn;
+            }
+            assert!(Instant::now() < deadline, "turn {turn_id} did not finish: {turn}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Posts a message and waits for its turn to end; returns the turn.
+    async fn turn(&self, conversation: &str, text: &str) -> Value {
+        let turn_id = self.send(conversation, text).await;
+        self.wait_turn(&turn_id).await
+    }
+
+    async fn sessions(&self, conversation: &str) -> Vec<Value> {
+        self.get(&format!("/sessions?status=all&conversation_id={conversation}")).await["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn active_session(&self, conversation: &str) -> Value {
+        self.sessions(conversation).await.into_iter().find(|s| s["active"] == true).expect("an active session")
+    }
+
+    async fn messages(&self, conversation: &str) -> Vec<Value> {
+        self.get(&format!("/conversations/{conversation}/messages?limit=500")).await["messages"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn last_assistant_message(&self, conversation: &str) -> Value {
+        self.messages(conversation).await.into_iter().rev().find(|m| m["role"] == "assistant").unwrap()
+    }
+}
+
+/// Every text of a Messages API request (all messages), to look for carried history.
+fn all_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .map(|m| m.iter().map(parley_test_support::mock_anthropic::message_text).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+/// Every text of a Responses API request's `input` (a string, or message items).
+fn input_text(body: &Value) -> String {
+    match &body["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .flat_map(|i| i["content"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["text"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Live processes whose environment holds `entry` (`NAME=value`) or whose working
+/// directory is under `cwd`, as `pid: command line`. Zombies (already dead, not yet
+/// reaped) show neither and are not listed.
+fn processes_of(entry: &str, cwd: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let in_env = environ.split(|b| *b == 0).any(|v| v == entry.as_bytes());
+        let in_cwd = std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(cwd));
+        if in_env || in_cwd {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let pgid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(2)).unwrap_or("?").to_owned();
+            found
+                .push(format!("{pid} (group {pgid}): {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()));
+        }
+    }
+    found
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn claude_resumes_and_recovers_a_lost_transcript_after_a_restart() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let env = claude_env(&scratch, &anthropic);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let id = parley.conversation("claude", &scratch.path("work")).await;
+
+    // First message: a fresh session whose ID is the one system/init reported.
+    let turn = parley.turn(&id, "first question alpha").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let session = parley.active_session(&id).await;
+    let claude_session = session["assistant_session_id"].as_str().expect("a stored assistant session ID").to_owned();
+    let transcripts = scratch.path("claude-config/projects");
+    let found = walk(&transcripts).into_iter().any(|p| p.ends_with(format!("{claude_session}.jsonl")));
+    assert!(found, "the stored ID names the CLI's transcript");
+
+    // Second message: resumed — the API request carries the first exchange.
+    let turn = parley.turn(&id, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], claude_session.as_str());
+    let requests = anthropic.message_requests_for("second question beta");
+    assert!(requests.iter().any(|b| all_text(b).contains("first question alpha")), "resumed context: {requests:?}");
+
+    // Container restart: the transcripts are gone.
+    parley.stop().await;
+    std::fs::remove_dir_all(&transcripts).unwrap();
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    assert!(turn["error"].is_null(), "{turn}");
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "the session chain shows the stale-session recovery: {sessions:?}"
+    );
+    let active = parley.active_session(&id).await;
+    assert_ne!(active["assistant_session_id"], claude_session.as_str());
+    assert!(active["assistant_session_id"].is_string());
+    // The fresh session's request carries the earlier messages, rebuilt from history.
+    let requests = anthropic.message_requests_for("third question gamma");
+    let rebuilt = requests.iter().find(|b| {
+        let text = last_user_text(b);
+        text.contains("first question alpha") && text.contains("second question beta") && text.contains(HELLO)
+    });
+    assert!(rebuilt.is_some(), "history-rebuilt prompt: {requests:?}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_api_errors_fail_the_turn_and_keep_the_session() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-529");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &claude_env(&scratch, &anthropic)).await;
+    let id = parley.conversation("claude", &scratch.path("w")).await;
+    assert_eq!(parley.turn(&id, "hello there").await["status"], "completed");
+    let claude_session = parley.active_session(&id).await["assistant_session_id"].clone();
+    assert!(claude_session.is_string());
+
+    let turn = parley.turn(&id, "SCN_HTTP529 please").await;
+    assert_eq!(turn["status"], "failed", "{turn}");
+    let error = turn["error"].as_str().unwrap_or_default();
+    assert!(error.contains("529") && error.contains("Overloaded"), "a readable error: {error}");
+    let session = parley.active_session(&id).await;
+    assert_eq!(session["assistant_session_id"], claude_session, "an API error keeps the session");
+    assert!(session["last_error"].as_str().is_some_and(|e| e.contains("529")), "{session}");
+
+    assert_eq!(parley.turn(&id, "and now?").await["status"], "completed");
+    let session = parley.active_session(&id).await;
+    assert!(session["last_error"].is_null(), "a success clears last_error: {session}");
+    assert_eq!(session["assistant_session_id"], claude_session);
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_cancel_stops_the_cli_and_keeps_the_partial_reply() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-cancel");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &claude_env(&scratch, &anthropic)).await;
+    let cwd = scratch.path("work");
+    let id = parley.conversation("claude", &cwd).await;
+
+    let turn_id = parley.send(&id, "SCN_SLOW tell me a long story").await;
+    let mut events = sse::connect(&format!("{}/api/conversations/{id}/events", parley.base), None).await;
+    let mut texts = 0;
+    sse::read_until(&mut events, Duration::from_secs(60), |m| {
+        texts += usize::from(m.event == "text");
+        texts >= 3
+    })
+    .await;
+
+    // The CLI runs now: it (and anything it spawned) carries the test's CLAUDE_CONFIG_DIR
+    // in its environment, or works in the conversation's cwd.
+    let marker = format!("CLAUDE_CONFIG_DIR={}", scratch.path("claude-config").display());
+    let running = processes_of(&marker, &cwd);
+    assert!(!running.is_empty(), "the claude CLI is found while it runs");
+    // Parley assigned the fresh session's ID (`--session-id`) and stored it mid-turn.
+    let assigned = running
+        .iter()
+        .find_map(|p| p.split(" --session-id ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("--session-id in the CLI's command line: {running:?}"))
+        .to_owned();
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], assigned.as_str());
+    cancel_and_expect_no_processes_left(&parley, &id, &turn_id, &marker, &cwd, &running).await;
+
+    let partial = parley.last_assistant_message(&id).await;
+    assert_eq!(partial["turn_id"], turn_id.as_str(), "the partial reply is stored: {partial}");
+    assert_eq!(partial["metadata"]["incomplete"], true, "{partial}");
+    let content = partial["content"].as_str().unwrap();
+    let whole = "This is a slow reply that streams one word at a time so that a test can cancel it midway. ".repeat(6);
+    assert!(content.len() >= "This is a".len() && whole.starts_with(content), "{content:?}");
+    assert!(content.len() < whole.trim_end().len(), "cancelled midway, not after the whole reply: {content:?}");
+
+    // The conversation goes on after the cancel…
+    let turn = parley.turn(&id, "are you still there?").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    // …in the same session, resumed: the cancelled exchange is in the CLI's context.
+    let sessions = parley.sessions(&id).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["assistant_session_id"], assigned.as_str());
+    let requests = anthropic.message_requests_for("are you still there?");
+    assert!(requests.iter().any(|b| all_text(b).contains("SCN_SLOW tell me a long story")), "{requests:?}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_cancel_kills_the_tools_the_cli_started() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-cancel-tool");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(tail *)".into()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let cwd = scratch.path("work");
+    let id = parley.conversation("claude", &cwd).await;
+
+    // The mock makes the CLI run `tail -F hang.txt` (which never ends) through its Bash tool.
+    let turn_id = parley.send(&id, "SCN_HANG wait for me").await;
+    let marker = format!("CLAUDE_CONFIG_DIR={}", scratch.path("claude-config").display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        let running = processes_of(&marker, &cwd);
+        if running.iter().any(|p| p.contains("tail -F hang.txt")) {
+            break running;
+        }
+        let turn = parley.get(&format!("/turns/{turn_id}")).await;
+        let waiting = matches!(turn["status"].as_str(), Some("queued" | "running"));
+        if !waiting || Instant::now() >= deadline {
+            panic!("the tool never ran: {turn} {running:?} {:?}", parley.messages(&id).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cancel_and_expect_no_processes_left(&parley, &id, &turn_id, &marker, &cwd, &running).await;
+
+    let partial = parley.last_assistant_message(&id).await;
+    assert_eq!(partial["turn_id"], turn_id.as_str(), "the partial reply is stored: {partial}");
+    assert_eq!(partial["metadata"]["incomplete"], true, "{partial}");
+    assert!(partial["content"].as_str().unwrap().contains("I'll run a command to check."), "{partial}");
+    parley.stop().await;
+}
+
+/// Sends `/cancel`, expects the turn `cancelled` and, within 10 s, no process left that
+/// carries `marker` in its environment or works under `cwd`.
+async fn cancel_and_expect_no_processes_left(
+    parley: &Parley,
+    conversation: &str,
+    turn_id: &str,
+    marker: &str,
+    cwd: &Path,
+    running: &[String],
+) {
+    let cancelled = parley.post(&format!("/conversations/{conversation}/messages"), json!({ "text": "/cancel" })).await;
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+    let turn = parley.wait_turn(turn_id).await;
+    assert_eq!(turn["status"], "cancelled", "{turn}");
+    eprintln!("processes of the turn before /cancel: {running:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_of(marker, cwd);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left after /cancel: {left:?} (they ran as {running:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn codex_resumes_its_thread_and_recovers_a_deleted_rollout() {
+    if skip("codex") {
+        return;
+    }
+    let scratch = Scratch::new("codex");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let env = codex_env(&scratch, &openai);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let id = parley.conversation("codex", &scratch.path("work")).await;
+
+    // First message: a new thread, stored as the one `thread.started` reported.
+    let turn = parley.turn(&id, "first question alpha").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let thread =
+        parley.active_session(&id).await["assistant_session_id"].as_str().expect("a stored thread id").to_owned();
+    let sessions_dir = scratch.path("codex-home/sessions");
+    let rollouts: Vec<PathBuf> = walk(&sessions_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && p.to_string_lossy().contains(&thread))
+        .collect();
+    assert!(!rollouts.is_empty(), "the stored ID names codex's rollout in {}", sessions_dir.display());
+
+    // Second message: `codex exec resume <thread>` — same thread, the request carries the
+    // first exchange from the rollout.
+    let turn = parley.turn(&id, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], thread.as_str());
+    let requests = openai.response_requests_for("second question beta");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let resumed = input_text(&requests[0]);
+    assert!(resumed.contains("first question alpha") && resumed.contains(HELLO), "resumed context: {resumed}");
+
+    // Restart with the rollouts gone: answered fresh, with the history, in the same turn.
+    parley.stop().await;
+    for p in walk(&sessions_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "jsonl")) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    assert!(turn["error"].is_null(), "{turn}");
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "the session chain shows the stale-session recovery: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().any(|s| s["ended_reason"] == "stale-session" && s["assistant_session_id"].is_null()),
+        "the stale session was ended and its ID cleared: {sessions:?}"
+    );
+    let fresh = parley.active_session(&id).await["assistant_session_id"].clone();
+    assert!(fresh.is_string() && fresh != thread.as_str(), "a new thread: {fresh}");
+    let requests = openai.response_requests_for("third question gamma");
+    assert_eq!(requests.len(), 1, "the failed resume made no API request: {requests:?}");
+    let rebuilt = mock_openai::last_user_text(&requests[0]);
+    assert!(
+        rebuilt.contains("first question alpha") && rebuilt.contains("second question beta") && rebuilt.contains(HELLO),
+        "history-rebuilt prompt: {rebuilt}"
+    );
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn openai_continues_from_the_previous_response_and_recovers_a_forgotten_one() {
+    let scratch = Scratch::new("openai");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &openai_env(&openai)).await;
+    let id = parley.conversation("openai", &scratch.path("work")).await;
+
+    let turn = parley.turn(&id, "first question alpha").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let first = parley.active_session(&id).await["assistant_session_id"].as_str().expect("a response id").to_owned();
+    assert!(first.starts_with("resp_"), "{first}");
+    let requests = openai.response_requests_for("first question alpha");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].get("previous_response_id").is_none(), "{}", requests[0]);
+
+    // Second message: continues from the first response, sending only the new message.
+    let turn = parley.turn(&id, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let requests = openai.response_requests_for("second question beta");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["previous_response_id"], first.as_str());
+    assert!(!input_text(&requests[0]).contains("first question alpha"), "no history when resuming");
+    let second = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("resp_") && second != first, "the newest response continues: {second}");
+
+    // The stored responses expire: 400 previous_response_not_found, answered fresh with
+    // the history in the same turn.
+    openai.forget_responses();
+    let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    assert!(turn["error"].is_null(), "{turn}");
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let requests = openai.response_requests_for("third question gamma");
+    assert_eq!(requests.len(), 2, "the stale try, then the fresh one: {requests:?}");
+    assert_eq!(requests[0]["previous_response_id"], second.as_str());
+    assert!(requests[1].get("previous_response_id").is_none(), "{}", requests[1]);
+    let rebuilt = input_text(&requests[1]);
+    assert!(
+        rebuilt.contains("first question alpha") && rebuilt.contains("second question beta") && rebuilt.contains(HELLO),
+        "history-rebuilt prompt: {rebuilt}"
+    );
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "the session chain shows the stale-session recovery: {sessions:?}"
+    );
+    let third = parley.active_session(&id).await["assistant_session_id"].clone();
+    assert!(third.as_str().is_some_and(|t| t.starts_with("resp_") && t != second), "{third}");
+    parley.stop().await;
+}
