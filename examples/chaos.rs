@@ -70,11 +70,7 @@ async fn main() {
                 killed_at = Some(Instant::now());
             }
             let conv = convs[i % CONVERSATIONS];
-            let text = if rng.next(4) == 0 {
-                format!("iteration {iteration} message {i} [demo:slow]")
-            } else {
-                format!("iteration {iteration} message {i}")
-            };
+            let text = format!("iteration {iteration} message {i}");
             sent += 1;
             let first = (i + iteration) % 2;
             for target in [first, 1 - first] {
@@ -89,8 +85,10 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(rng.next(40))).await;
         }
+        let sent_after = killed_at.map(|k| k.elapsed()).unwrap_or_default();
         // The killed replica comes back, as a supervisor would restart it.
         replicas[victim] = Some(start(&bin, &db, names[victim]));
+        let restarted_after = killed_at.map(|k| k.elapsed()).unwrap_or_default();
         // Recovered when every accepted turn has finished.
         let client = db.pool.get().await.expect("db");
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -112,8 +110,10 @@ async fn main() {
         let recovery = killed_at.map(|k| k.elapsed()).unwrap_or_default();
         max_recovery = max_recovery.max(recovery);
         println!(
-            "iteration {iteration}: killed {} , all answered {:.2} s after the kill",
+            "iteration {iteration}: killed {}; sends done {:.2} s, restarted {:.2} s, all answered {:.2} s after the kill",
             names[victim],
+            sent_after.as_secs_f64(),
+            restarted_after.as_secs_f64(),
             recovery.as_secs_f64()
         );
     }

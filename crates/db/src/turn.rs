@@ -267,6 +267,93 @@ pub async fn set_session(client: &impl GenericClient, turn_id: Uuid, session_id:
     Ok(())
 }
 
+/// What [`complete`] stores when a turn succeeds.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    /// The turn, which must still be `running`.
+    pub turn_id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// The session it ran in.
+    pub session_id: Uuid,
+    /// The assistant session ID to store on the session, when it changed.
+    pub assistant_session_id: Option<&'a str>,
+    /// The reply.
+    pub content: &'a str,
+    /// The reply's metadata (usage, cost, tool calls).
+    pub metadata: &'a serde_json::Value,
+    /// Events not yet written, in order.
+    pub events: &'a [crate::event::Event],
+    /// The final event; `message_id` is added to its data.
+    pub final_event: &'a crate::event::Event,
+}
+
+/// Completes a running turn in one statement (one round trip, one commit): marks it
+/// `completed` with its session, stores the assistant message, the session's
+/// assistant session ID and a cleared `last_error`, and the remaining events with the
+/// final one. Returns the assistant message id, or `None` — with nothing written — when
+/// the turn was no longer running (the sweeper took it back).
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResult<Option<i64>> {
+    let stmt = client
+        .prepare_cached(
+            "with t as ( \
+                 update turn set status = 'completed', error = null, finished_at = now(), lease_until = null, \
+                     session_id = $3 \
+                 where turn_id = $1 and status = 'running' returning turn_id), \
+             m as ( \
+                 insert into message (conversation_id, turn_id, role, content, metadata) \
+                 select $2, t.turn_id, 'assistant', $5, $6 from t returning message_id), \
+             s as ( \
+                 update session set assistant_session_id = coalesce($4, assistant_session_id), last_error = null \
+                 where session_id = $3 and exists (select 1 from t) \
+                   and (last_error is not null or ($4::text is not null and assistant_session_id is distinct from $4))), \
+             e as ( \
+                 insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
+                 select u.* from unnest($7::uuid[], $8::bigint[], $9::uuid[], $10::text[], $11::jsonb[], \
+                                        $12::timestamptz[]) u \
+                 where exists (select 1 from t) \
+                 union all \
+                 select $2, $13, $1, $14, $15::jsonb || jsonb_build_object('message_id', m.message_id), $16 from m) \
+             select message_id from m",
+        )
+        .await?;
+    let ev = c.events;
+    let conversation_ids: Vec<Uuid> = ev.iter().map(|e| e.conversation_id).collect();
+    let seqs: Vec<i64> = ev.iter().map(|e| e.seq).collect();
+    let turn_ids: Vec<Option<Uuid>> = ev.iter().map(|e| e.turn_id).collect();
+    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<&serde_json::Value> = ev.iter().map(|e| &e.data).collect();
+    let created: Vec<DateTime<Utc>> = ev.iter().map(|e| e.created_at).collect();
+    let f = c.final_event;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &c.turn_id,
+                &c.conversation_id,
+                &c.session_id,
+                &c.assistant_session_id,
+                &c.content,
+                c.metadata,
+                &conversation_ids,
+                &seqs,
+                &turn_ids,
+                &kinds,
+                &data,
+                &created,
+                &f.seq,
+                &f.kind,
+                &f.data,
+                &f.created_at,
+            ],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose().map_err(DbError::from)
+}
+
 /// Moves a running turn to a final status. Returns false when it was not running
 /// (for example because the sweeper already took it back).
 ///

@@ -223,6 +223,8 @@ struct TurnRun<'a> {
     conversation: Conversation,
     turn: Turn,
     user_message: Message,
+    /// The conversation's active session as read at claim time.
+    active_session: Option<Session>,
     control: TurnControl,
     emitter: Emitter,
     reply: Reply,
@@ -456,9 +458,13 @@ impl Orchestrator {
 
     /// Runs a claimed turn to its end. Returns the final status.
     async fn drive(&self, t: Turn, first_event_seq: i64, control: TurnControl) -> DbResult<&'static str> {
+        // Three reads pipelined on one connection: one round trip.
         let client = self.pool().get().await?;
-        let conversation = conversation::get(&client, t.conversation_id).await?;
-        let user_message = message::get(&client, t.user_message_id).await?;
+        let (conversation, user_message, active_session) = futures::try_join!(
+            conversation::get(&client, t.conversation_id),
+            message::get(&client, t.user_message_id),
+            session::active(&client, t.conversation_id),
+        )?;
         drop(client);
         let sink = self
             .inner
@@ -478,6 +484,7 @@ impl Orchestrator {
             conversation,
             turn: t,
             user_message,
+            active_session,
             control,
             reply: Reply::default(),
             sink,
@@ -534,7 +541,15 @@ impl TurnRun<'_> {
 
     /// The conversation's active session for `assistant`, started when there is none
     /// (or when the conversation moved to another assistant).
-    async fn resolve_session(&self, assistant: &str) -> DbResult<Session> {
+    ///
+    /// The common case — the active session read at claim time runs this assistant —
+    /// needs no database work: the turn records its session when it finishes.
+    async fn resolve_session(&mut self, assistant: &str) -> DbResult<Session> {
+        if let Some(active) = self.active_session.take()
+            && active.assistant == assistant
+        {
+            return Ok(active);
+        }
         let mut client = self.orch.pool().get().await?;
         let conversation_id = self.conversation.conversation_id;
         for _ in 0..3 {
@@ -798,39 +813,62 @@ impl TurnRun<'_> {
         }
     }
 
+    /// Stores a successful turn in one statement (see [`turn::complete`]).
+    async fn complete(&mut self, session: &Session) -> DbResult<&'static str> {
+        self.reserve(1).await?;
+        let conversation_id = self.conversation.conversation_id;
+        let turn_id = self.turn.turn_id;
+        let client = self.orch.pool().get().await?;
+        let stored_id = session.assistant_session_id.as_deref();
+        let final_event = self.emitter.event(
+            "turn_completed",
+            json!({
+                "usage": self.reply.usage,
+                "cost_usd": self.reply.cost_usd,
+                "duration_ms": self.reply.duration_ms,
+            }),
+        );
+        let changed_id = self.reply.completed_session_id.as_deref().filter(|id| Some(*id) != stored_id);
+        let completed = turn::complete(
+            &client,
+            &turn::Completion {
+                turn_id,
+                conversation_id,
+                session_id: session.session_id,
+                assistant_session_id: changed_id,
+                content: &self.reply.text,
+                metadata: &self.reply.metadata(),
+                events: &self.emitter.unflushed,
+                final_event: &final_event,
+            },
+        )
+        .await?;
+        let Some(message_id) = completed else {
+            warn!("the turn was no longer running when it finished; its result is dropped");
+            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
+            return Ok("lost");
+        };
+        let mut final_event = final_event;
+        final_event.data["message_id"] = json!(message_id);
+        self.after_commit(final_event);
+        if let Some(sink) = self.sink.take() {
+            sink.finish(self.reply.update(turn_id, ReplyStatus::Completed)).await;
+        }
+        Ok(TurnStatus::Completed.as_str())
+    }
+
     async fn finish_once(&mut self, session: &Session, outcome: &Outcome) -> DbResult<&'static str> {
+        if matches!(outcome, Outcome::Completed) {
+            return self.complete(session).await;
+        }
         self.reserve(2).await?;
         let conversation_id = self.conversation.conversation_id;
         let turn_id = self.turn.turn_id;
         let mut client = self.orch.pool().get().await?;
         let tx = client.transaction().await?;
+        turn::set_session(&tx, turn_id, session.session_id).await?;
         let (status, final_event, update) = match outcome {
-            Outcome::Completed => {
-                let msg = message::insert(
-                    &tx,
-                    conversation_id,
-                    Some(turn_id),
-                    Role::Assistant,
-                    &self.reply.text,
-                    &self.reply.metadata(),
-                )
-                .await?;
-                if let Some(id) = &self.reply.completed_session_id
-                    && session.assistant_session_id.as_deref() != Some(id.as_str())
-                {
-                    session::set_assistant_session_id(&tx, session.session_id, id).await?;
-                }
-                if session.last_error.is_some() {
-                    session::set_last_error(&tx, session.session_id, None).await?;
-                }
-                let data = json!({
-                    "message_id": msg.message_id,
-                    "usage": self.reply.usage,
-                    "cost_usd": self.reply.cost_usd,
-                    "duration_ms": self.reply.duration_ms,
-                });
-                (TurnStatus::Completed, self.emitter.event("turn_completed", data), Some(ReplyStatus::Completed))
-            }
+            Outcome::Completed => unreachable!("completed turns are stored by complete()"),
             Outcome::Failed(err) => {
                 let text = err.to_string();
                 warn!(error = %text, "turn failed");

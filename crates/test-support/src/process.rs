@@ -28,7 +28,7 @@ impl Parley {
             .args(["serve", "--bind", "127.0.0.1:0", "--worker-id", worker_id])
             .args(extra)
             .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
