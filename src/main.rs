@@ -1,13 +1,14 @@
-//! The `parley` command: `serve`, `migrate` and `sessions`. Parses the command line and
+//! The `parley` command: `serve`, `migrate`, `sessions` and `tokens`. Parses the command line and
 //! calls library code; see `parley --help`.
 //!
 //! Exit codes: 0 success; 1 failure (database unreachable, server error); 2 usage error;
-//! 3 not found or refused (unknown session, deleting an active session).
+//! 3 not found or refused (unknown session or token, deleting an active session).
 
 #![forbid(unsafe_code)]
 
 mod serve;
 mod sessions;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Inspect and delete assistant sessions.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
+    /// Create, list and revoke API tokens of the web API.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
 }
 
 /// An error with the exit code it maps to.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(db, args).await,
             Command::Migrate => migrate(&db).await,
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
+            Command::Tokens(cmd) => tokens::run(&db, cmd).await,
         }
     });
     match result {

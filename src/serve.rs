@@ -13,6 +13,7 @@ use parley_assistant::{
 };
 use parley_orchestrator::{Config, Orchestrator};
 use parley_server::AppState;
+use parley_server::access::{Access, AccessConfig, AuthMode};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,9 +22,32 @@ use crate::Failure;
 /// Options of `parley serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without accounts, keep it on loopback.
+    /// Address to listen on. With `--auth off` it must be a loopback address.
     #[arg(long, env = "PARLEY_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
+    /// `on`: every /api request needs an API token (`parley tokens create`); `off`: no
+    /// tokens, every request acts as the admin principal `local` (loopback only).
+    #[arg(long, env = "PARLEY_AUTH", default_value = "on", value_parser = ["on", "off"], overrides_with = "auth")]
+    auth: String,
+    /// A browser origin allowed to call the API (CORS), e.g. https://chat.example.com;
+    /// repeat it for several. None by default: no CORS headers.
+    #[arg(long = "cors-origin", env = "PARLEY_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Longest message accepted, in characters.
+    #[arg(long, env = "PARLEY_MAX_MESSAGE_CHARS", default_value_t = Config::default().max_message_chars)]
+    max_message_chars: usize,
+    /// Messages one principal may post per minute on this replica (0 = no limit).
+    #[arg(long, env = "PARLEY_RATE_LIMIT_PER_MINUTE", default_value_t = 60)]
+    rate_limit_per_minute: u32,
+    /// Messages one principal may post in a burst before the per-minute rate applies.
+    #[arg(long, env = "PARLEY_RATE_LIMIT_BURST", default_value_t = 20)]
+    rate_limit_burst: u32,
+    /// Turns one conversation may have waiting before new messages are refused (0 = no limit).
+    #[arg(long, env = "PARLEY_MAX_QUEUED_TURNS", default_value_t = 100)]
+    max_queued_turns: usize,
+    /// Event streams (SSE) one principal may hold open on this replica (0 = no limit).
+    #[arg(long, env = "PARLEY_MAX_EVENT_STREAMS", default_value_t = 16)]
+    max_event_streams: usize,
     /// The assistant of new conversations: claude, codex, openai, openai-chat or demo.
     /// Default: claude when the `claude` CLI is found, else demo.
     #[arg(long, env = "PARLEY_ASSISTANT", value_parser = ASSISTANTS)]
@@ -254,6 +278,24 @@ async fn shutdown_signal() {
 
 /// Runs the server until a shutdown signal.
 pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Failure> {
+    let auth = if args.auth == "off" { AuthMode::Off } else { AuthMode::On };
+    if auth == AuthMode::Off && !args.bind.ip().is_loopback() {
+        return Err(Failure::failed(format!(
+            "refusing to serve on {} with --auth off: anyone who can reach it could read and drive every \
+             conversation. Bind a loopback address (127.0.0.1) or use --auth on with API tokens \
+             (`parley tokens create --principal NAME`)",
+            args.bind
+        )));
+    }
+    let access = Access::new(AccessConfig {
+        auth,
+        messages_per_minute: args.rate_limit_per_minute,
+        message_burst: args.rate_limit_burst,
+        max_event_streams: args.max_event_streams,
+        cors_origins: args.cors_origins.clone(),
+        ..AccessConfig::default()
+    })
+    .map_err(|e| Failure::failed(e.to_string()))?;
     db.pool_size = args.pool_size;
     parley_db::ensure_database(&db)
         .await
@@ -269,8 +311,15 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         .await
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", args.bind)))?;
     let local = listener.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
-    if !local.ip().is_loopback() {
-        warn!(%local, "listening on a non-loopback address without authentication: anyone who can reach it can read and drive every conversation");
+    if auth == AuthMode::On {
+        let client = pool.get().await.map_err(parley_db::DbError::from)?;
+        if parley_db::api_token::live_count(&client).await? == 0 {
+            warn!(
+                "authentication is on and no API token exists: every /api request will answer 401; create one with `parley tokens create --principal NAME`"
+            );
+        }
+    } else {
+        info!("authentication is off (--auth off): every request acts as the admin principal `local`");
     }
     let (assistant, why) = select_assistant(args.assistant.as_deref(), &args.assistants.claude_bin);
     let config = Config {
@@ -282,6 +331,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         lease: Duration::from_secs(args.lease_secs.max(1)),
         sweep_interval: Duration::from_secs(args.sweep_interval_secs.max(1)),
         max_attempts: args.max_attempts.max(1),
+        max_message_chars: args.max_message_chars.max(1),
+        max_queued_turns: args.max_queued_turns,
         ..Config::default()
     };
     let platforms = parley_platforms::PlatformsConfig::from_env()
@@ -307,8 +358,13 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         let stop = shutdown.clone();
         tokio::spawn(async move { orch.run_workers(stop).await })
     };
-    let state =
-        AppState { orchestrator, shutdown: shutdown.clone(), body_limit: args.body_limit, platforms: Some(platforms) };
+    let state = AppState {
+        orchestrator,
+        shutdown: shutdown.clone(),
+        body_limit: args.body_limit,
+        platforms: Some(platforms),
+        access,
+    };
     let server = tokio::spawn(parley_server::serve(listener, state, Duration::from_secs(5)));
     info!("Parley is listening on http://{local}");
     println!("Parley is listening on http://{local}  (stop with ctrl-c)");

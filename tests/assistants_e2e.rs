@@ -145,6 +145,7 @@ impl Parley {
             .env("LANG", "C.UTF-8")
             .env("DATABASE_URL", db.url())
             .env("PARLEY_BIND", "127.0.0.1:0")
+            .env("PARLEY_AUTH", "off")
             .env("PARLEY_WORKERS", "2")
             .env("PARLEY_SHUTDOWN_GRACE_SECS", "1")
             // A hung CLI fails the test in seconds, not after the production defaults.

@@ -1,9 +1,10 @@
 // The web API client: one fetch wrapper for every call.
 //
-// Accounts come later: when localStorage holds `parley.token`, every request carries it
-// as `Authorization: Bearer …`. EventSource cannot send headers, so `eventsUrl` is the
-// one place to add a token query parameter (or rely on a cookie) once the server
-// accepts one.
+// API tokens: when localStorage holds `parley.token`, every request carries it as
+// `Authorization: Bearer …`. EventSource cannot send headers, so `eventsUrl` adds it as
+// `?access_token=` (the server accepts that on the events stream only). When the server
+// answers 401, the handler set with `onUnauthorized` (the sign-in dialog) is asked for a
+// token and the request is sent again.
 
 const TOKEN_KEY = 'parley.token';
 
@@ -17,12 +18,44 @@ export class ApiError extends Error {
   }
 }
 
-function token() {
+/** The stored API token, or null. */
+export function token() {
   try {
     return localStorage.getItem(TOKEN_KEY);
   } catch {
     return null;
   }
+}
+
+/** Stores an API token (null removes it: sign out). */
+export function setToken(value) {
+  try {
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: the token lasts until the page closes
+  }
+}
+
+let unauthorizedHandler = null;
+let pendingSignIn = null;
+
+/**
+ * Sets what happens when the API answers 401: `handler(rejected)` resolves once a new
+ * token is stored (`rejected` is true when a stored token was refused). Concurrent 401s
+ * share one prompt.
+ */
+export function onUnauthorized(handler) {
+  unauthorizedHandler = handler;
+}
+
+function signIn(rejected) {
+  if (!pendingSignIn) {
+    pendingSignIn = Promise.resolve(unauthorizedHandler(rejected)).finally(() => {
+      pendingSignIn = null;
+    });
+  }
+  return pendingSignIn;
 }
 
 /** A random id for `Idempotency-Key` (crypto.randomUUID needs a secure context). */
@@ -38,15 +71,21 @@ export function randomKey() {
  * and with TypeError when the server cannot be reached.
  */
 export async function request(method, path, { body, headers = {}, signal } = {}) {
-  const h = { Accept: 'application/json', ...headers };
-  const t = token();
-  if (t) h.Authorization = `Bearer ${t}`;
-  const init = { method, headers: h, signal, credentials: 'same-origin', cache: 'no-store' };
-  if (body !== undefined) {
-    h['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(body);
+  let res;
+  for (;;) {
+    const h = { Accept: 'application/json', ...headers };
+    const t = token();
+    if (t) h.Authorization = `Bearer ${t}`;
+    const init = { method, headers: h, signal, credentials: 'same-origin', cache: 'no-store' };
+    if (body !== undefined) {
+      h['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    res = await fetch(`/api${path}`, init);
+    if (res.status !== 401 || !unauthorizedHandler) break;
+    // A token stored meanwhile (another request's sign-in) is tried before asking.
+    if (token() === t) await signIn(!!t);
   }
-  const res = await fetch(`/api${path}`, init);
   let data = null;
   if (res.status !== 204) {
     const text = await res.text();
@@ -90,5 +129,8 @@ export const api = {
   reset: (id) => request('POST', `/conversations/${enc(id)}/reset`).then((r) => r.data),
   sessions: (id) => request('GET', `/sessions?conversation_id=${enc(id)}`).then((r) => r.data.sessions),
   turn: (id) => request('GET', `/turns/${enc(id)}`).then((r) => r.data),
-  eventsUrl: (id, after) => `/api/conversations/${enc(id)}/events?after=${after}`,
+  eventsUrl: (id, after) => {
+    const t = token();
+    return `/api/conversations/${enc(id)}/events?after=${after}${t ? `&access_token=${enc(t)}` : ''}`;
+  },
 };

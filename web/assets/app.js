@@ -2,7 +2,7 @@
 // header actions and the session panel. The open conversation itself lives in
 // conversation.js.
 
-import { api, ApiError } from './api.js';
+import { api, ApiError, onUnauthorized, setToken, token } from './api.js';
 import { h, clear, relativeTime } from './dom.js';
 import { ConversationView } from './conversation.js';
 
@@ -32,6 +32,12 @@ const els = {
   scrim: $('scrim'),
   toggleSidebar: $('toggle-sidebar'),
   newConversation: $('new-conversation'),
+  account: $('account'),
+  signOut: $('sign-out'),
+  tokenDialog: $('token-dialog'),
+  tokenForm: $('token-form'),
+  tokenInput: $('token-input'),
+  tokenError: $('token-error'),
 };
 
 const state = {
@@ -299,6 +305,48 @@ async function submit() {
   }
 }
 
+// ----- API token (sign in / sign out) -----
+
+function paintAccount() {
+  els.account.hidden = !token();
+}
+
+/** Shows the sign-in dialog; resolves once a token is stored. */
+function askForToken(rejected) {
+  return new Promise((resolve) => {
+    els.tokenError.hidden = !rejected;
+    els.tokenError.textContent = rejected ? 'That token was not accepted (unknown or revoked). Enter another one.' : '';
+    els.tokenInput.setAttribute('aria-invalid', String(rejected));
+    els.tokenInput.value = '';
+    const done = (e) => {
+      e.preventDefault();
+      const value = els.tokenInput.value.trim();
+      if (!value) return;
+      els.tokenForm.removeEventListener('submit', done);
+      setToken(value);
+      els.tokenDialog.close();
+      paintAccount();
+      resolve();
+    };
+    els.tokenForm.addEventListener('submit', done);
+    if (!els.tokenDialog.open) els.tokenDialog.showModal();
+    els.tokenInput.focus();
+  });
+}
+
+function signOut() {
+  setToken(null);
+  paintAccount();
+  if (state.view) state.view.close();
+  state.view = null;
+  state.currentId = null;
+  state.conversations = [];
+  renderList();
+  location.hash = '#/';
+  // The next request answers 401 (when the server needs a token) and asks for one.
+  refreshList().then(route);
+}
+
 // ----- narrow screens -----
 
 function showSidebar(show) {
@@ -310,6 +358,11 @@ function showSidebar(show) {
 // ----- wiring -----
 
 function init() {
+  onUnauthorized(askForToken);
+  paintAccount();
+  // Without a token nothing works: Escape does not dismiss the sign-in dialog.
+  els.tokenDialog.addEventListener('cancel', (e) => e.preventDefault());
+  els.signOut.addEventListener('click', signOut);
   els.composer.addEventListener('submit', (e) => {
     e.preventDefault();
     submit();

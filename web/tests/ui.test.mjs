@@ -11,7 +11,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,8 +52,9 @@ async function waitReady(timeoutMs = 60000) {
   throw new Error('parley did not become ready');
 }
 
-async function startServer() {
-  server = spawn(BIN, ['serve', '--bind', `127.0.0.1:${PORT}`], {
+// Authentication is off (a loopback server) except in the test that turns it on.
+async function startServer(extra = ['--auth', 'off']) {
+  server = spawn(BIN, ['serve', '--bind', `127.0.0.1:${PORT}`, ...extra], {
     env: { ...process.env, DATABASE_URL, RUST_LOG: process.env.RUST_LOG || 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -82,8 +83,16 @@ async function apiGet(p) {
 
 // ----- page helpers -----
 
-async function newPage(viewport = { width: 1280, height: 860 }) {
-  const p = await context.newPage();
+/** Creates an API token for `principal` with the CLI and returns it. */
+function createToken(principal) {
+  return execFileSync(BIN, ['tokens', 'create', '--principal', principal], {
+    env: { ...process.env, DATABASE_URL, RUST_LOG: 'warn' },
+    encoding: 'utf8',
+  }).trim();
+}
+
+async function newPage(viewport = { width: 1280, height: 860 }, ctx = context) {
+  const p = await ctx.newPage();
   await p.setViewportSize(viewport);
   p.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
   p.on('console', (m) => {
@@ -422,6 +431,60 @@ test('screenshots of the conversation view (desktop and phone width)', async () 
   await phone.getByRole('button', { name: 'Show conversations' }).click();
   await phone.locator('.conversation-item.active').waitFor({ state: 'visible' });
   await phone.close();
+});
+
+test('with auth on, the page asks for a token, a valid one works, and other principals\' conversations stay hidden', async () => {
+  await stopServer();
+  const alice = createToken('ui-alice');
+  const bob = createToken('ui-bob');
+  await startServer(['--auth', 'on']);
+  const ctx = await browser.newContext({ colorScheme: 'light' });
+  try {
+    const bobs = await fetch(`${BASE}/api/conversations`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${bob}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ title: 'Bob private plans' }),
+    });
+    assert.equal(bobs.status, 201);
+    const bobId = (await bobs.json()).conversation_id;
+    assert.equal((await fetch(`${BASE}/api/conversations`)).status, 401);
+
+    const p = await newPage(undefined, ctx);
+    await p.goto(`${BASE}/#/`);
+    const dialog = p.getByRole('dialog', { name: 'Sign in' });
+    await dialog.waitFor({ state: 'visible' });
+    const input = p.getByLabel('API token', { exact: true });
+    assert.equal(await input.evaluate((e) => e === document.activeElement), true, 'the token field has focus');
+    await p.screenshot({ path: path.join(ARTIFACTS, 'ui-sign-in.png') });
+    await input.fill('parley_not-a-real-token');
+    await input.press('Enter');
+    await p.locator('#token-error').waitFor({ state: 'visible' });
+    assert.match(await p.locator('#token-error').innerText(), /not accepted/);
+    await input.fill(alice);
+    await input.press('Enter');
+    await dialog.waitFor({ state: 'hidden' });
+    assert.equal(await p.evaluate(() => localStorage.getItem('parley.token')), alice);
+
+    // Alice talks: the conversation is hers and the reply streams (?access_token= on the events stream).
+    const id = await startConversation(p, 'Hello as alice');
+    await waitReply(p, 'Hello as alice');
+    const titles = await p.locator('.conversation-title').allInnerTexts();
+    assert.ok(titles.some((t) => t.includes('Hello as alice')), JSON.stringify(titles));
+    assert.ok(!titles.some((t) => t.includes('Bob')), `bob's conversation is listed: ${JSON.stringify(titles)}`);
+    await p.goto(`${BASE}/#/c/${bobId}`);
+    await p.getByText('This conversation does not exist').waitFor();
+    const asBob = await fetch(`${BASE}/api/conversations/${id}`, { headers: { Authorization: `Bearer ${bob}` } });
+    assert.equal(asBob.status, 404);
+
+    // Sign out forgets the token and asks again.
+    await p.getByRole('button', { name: /Sign out/ }).click();
+    await dialog.waitFor({ state: 'visible' });
+    assert.equal(await p.evaluate(() => localStorage.getItem('parley.token')), null);
+  } finally {
+    await ctx.close();
+    await stopServer();
+    await startServer();
+  }
 });
 
 test('no page errors or CSP violations', () => {

@@ -11,8 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_token;
 pub mod conversation;
 mod error;
+pub mod ingest;
 pub mod event;
 pub mod inbound_delivery;
 pub mod message;

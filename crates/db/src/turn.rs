@@ -432,6 +432,16 @@ pub async fn queued(client: &impl GenericClient, conversation_id: Uuid) -> DbRes
     rows.iter().map(Turn::try_from).collect()
 }
 
+/// How many turns of the conversation wait in the queue (the ingest limit's count).
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn queued_count(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<i64> {
+    let stmt =
+        client.prepare_cached("select count(*) from turn where conversation_id = $1 and status = 'queued'").await?;
+    Ok(client.query_one(&stmt, &[&conversation_id]).await?.try_get(0)?)
+}
+
 /// The conversation's most recent turn that has finished (not queued or running).
 ///
 /// # Errors

@@ -4,8 +4,8 @@ use parley_db::DbError;
 use thiserror::Error;
 
 /// An error from an orchestrator entry point. Surfaces map it to their protocol:
-/// `NotFound` → 404, `InvalidInput` → 400, `Conflict` → 409, `Db(Unavailable)` → 503,
-/// anything else → 500.
+/// `NotFound` → 404, `InvalidInput` → 400, `Conflict` → 409, `TooManyQueued` → 429,
+/// `Db(Unavailable)` → 503, anything else → 500.
 #[derive(Debug, Error)]
 pub enum OrchestratorError {
     /// The conversation (or other named thing) does not exist.
@@ -17,6 +17,17 @@ pub enum OrchestratorError {
     /// The conversation's state does not allow the request; the message says why.
     #[error("{0}")]
     Conflict(String),
+    /// The conversation already has `limit` turns waiting ([`crate::Config::max_queued_turns`]);
+    /// the message was not stored. Retry once some have run.
+    #[error(
+        "this conversation already has {queued} messages waiting to be answered (the limit is {limit}); wait for them or /cancel"
+    )]
+    TooManyQueued {
+        /// Turns waiting now.
+        queued: i64,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Db(DbError),

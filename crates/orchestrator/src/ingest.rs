@@ -3,7 +3,7 @@
 //! is acknowledged before it is committed.
 
 use parley_db::message::{self, Role};
-use parley_db::{conversation, inbound_delivery, turn};
+use parley_db::{conversation, inbound_delivery, ingest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::command::{self, Command, CommandReply, Parsed};
 use crate::{Orchestrator, OrchestratorError};
 
-/// The longest message accepted, in characters.
+/// The default longest message accepted, in characters ([`crate::Config::max_message_chars`]).
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
 
 /// A message to post to a conversation.
@@ -19,13 +19,16 @@ pub const MAX_MESSAGE_CHARS: usize = 100_000;
 pub struct PostMessage {
     /// The conversation; it must exist.
     pub conversation_id: Uuid,
-    /// The text: not empty, at most [`MAX_MESSAGE_CHARS`] characters, no NUL.
+    /// The text: not empty, at most [`crate::Config::max_message_chars`] characters, no NUL.
     pub text: String,
     /// A dedupe key `(namespace, key)`: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
     /// webhooks use `(platform, delivery id)`. A repeat returns the first result.
     pub dedupe: Option<(String, String)>,
     /// Extra data stored on the user message (platform sender, message ids…).
     pub metadata: serde_json::Value,
+    /// Only accept it when the conversation belongs to this principal (`None`: any);
+    /// another principal's conversation is [`OrchestratorError::NotFound`].
+    pub owner: Option<String>,
 }
 
 /// What ingest did.
@@ -67,12 +70,12 @@ impl Ingested {
     }
 }
 
-/// Checks a message's text.
+/// Checks a message's text against a length limit of `max_chars` characters.
 ///
 /// # Errors
 /// [`OrchestratorError::InvalidInput`] when it is empty, too long, or contains NUL
 /// (PostgreSQL `text` cannot hold U+0000; rejecting it is clearer than altering it).
-pub fn validate_text(text: &str) -> Result<(), OrchestratorError> {
+pub fn validate_text(text: &str, max_chars: usize) -> Result<(), OrchestratorError> {
     if text.trim().is_empty() {
         return Err(OrchestratorError::InvalidInput("text must not be empty".into()));
     }
@@ -82,9 +85,9 @@ pub fn validate_text(text: &str) -> Result<(), OrchestratorError> {
         ));
     }
     let chars = text.chars().count();
-    if chars > MAX_MESSAGE_CHARS {
+    if chars > max_chars {
         return Err(OrchestratorError::InvalidInput(format!(
-            "text is {chars} characters long; the limit is {MAX_MESSAGE_CHARS}"
+            "text is {chars} characters long; the limit is {max_chars}"
         )));
     }
     Ok(())
@@ -93,16 +96,22 @@ pub fn validate_text(text: &str) -> Result<(), OrchestratorError> {
 impl Orchestrator {
     /// Stores a user message and queues a turn for it, or runs it as a chat command.
     ///
-    /// One transaction: dedupe record, conversation row lock (so messages of one
-    /// conversation commit in id order), user message, queued turn or command reply.
-    /// Workers are woken after the commit.
+    /// A plain message is one statement ([`parley_db::ingest::enqueue`]): conversation
+    /// row lock (so messages of one conversation commit in id order), owner and queue
+    /// checks, user message, queued turn and dedupe record. A chat command runs in one
+    /// transaction with the conversation locked. Workers are woken after the commit.
     ///
     /// # Errors
     /// [`OrchestratorError::InvalidInput`] for bad text (nothing stored),
+    /// [`OrchestratorError::TooManyQueued`] when the conversation's queue is full
+    /// (checked under the conversation's row lock; nothing stored),
     /// [`OrchestratorError::NotFound`] for an unknown conversation,
     /// [`OrchestratorError::Db`] when the store fails (nothing stored).
     pub async fn post_message(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
-        validate_text(&post.text)?;
+        validate_text(&post.text, self.config().max_message_chars)?;
+        if command::parse(&post.text) == Parsed::Message {
+            return self.enqueue(post).await;
+        }
         let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
         if let Some((namespace, key)) = &post.dedupe
@@ -116,15 +125,11 @@ impl Orchestrator {
                 .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()));
         }
         let conv = conversation::lock(&tx, post.conversation_id).await?;
+        if post.owner.as_deref().is_some_and(|o| o != conv.owner) {
+            return Err(OrchestratorError::NotFound("conversation"));
+        }
         let result = match command::parse(&post.text) {
-            Parsed::Message => {
-                let turn_id = Uuid::new_v4();
-                let msg =
-                    message::insert(&tx, conv.conversation_id, Some(turn_id), Role::User, &post.text, &post.metadata)
-                        .await?;
-                turn::insert_queued_with_id(&tx, turn_id, conv.conversation_id, msg.message_id).await?;
-                (Ingested::Turn { turn_id, message_id: msg.message_id, duplicate: false }, None)
-            }
+            Parsed::Message => unreachable!("plain messages are enqueued above"),
             parsed => {
                 let name = match &parsed {
                     Parsed::Command(c) => c.name().to_owned(),
@@ -168,6 +173,44 @@ impl Orchestrator {
             None => self.wake(),
         }
         Ok(result.0)
+    }
+
+    /// Stores a plain message and queues its turn in one statement.
+    async fn enqueue(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
+        let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
+        let turn_id = Uuid::new_v4();
+        let limit = self.config().max_queued_turns;
+        let dedupe = post.dedupe.as_ref().map(|(n, k)| (n.as_str(), k.as_str()));
+        let enqueued = ingest::enqueue(
+            &client,
+            &ingest::Enqueue {
+                conversation_id: post.conversation_id,
+                owner: post.owner.as_deref(),
+                turn_id,
+                content: &post.text,
+                metadata: &post.metadata,
+                max_queued: i64::try_from(limit).unwrap_or(i64::MAX),
+                dedupe,
+            },
+        )
+        .await;
+        match enqueued {
+            Ok(ingest::Enqueued::Stored { message_id }) => {
+                self.wake();
+                Ok(Ingested::Turn { turn_id, message_id, duplicate: false })
+            }
+            Ok(ingest::Enqueued::NotFound) => Err(OrchestratorError::NotFound("conversation")),
+            Ok(ingest::Enqueued::QueueFull { queued }) => Err(OrchestratorError::TooManyQueued { queued, limit }),
+            Err(e) if ingest::is_duplicate(&e) => {
+                let (namespace, key) = dedupe.unwrap_or_default();
+                inbound_delivery::response(&client, namespace, key)
+                    .await?
+                    .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
+                    .map(Ingested::mark_duplicate)
+                    .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs a command on a conversation without storing a message (the web API's

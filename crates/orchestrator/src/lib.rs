@@ -64,6 +64,12 @@ pub struct Config {
     /// How many times a turn is claimed before an expired lease marks it
     /// `interrupted` instead of re-queueing it.
     pub max_attempts: i32,
+    /// The longest message accepted by ingest, in characters (Unicode scalar values).
+    pub max_message_chars: usize,
+    /// How many turns one conversation may have waiting in the queue; a message beyond
+    /// that is refused with [`OrchestratorError::TooManyQueued`] (0 = no limit).
+    /// Chat commands are never refused, so `/cancel` and `/skip` still work.
+    pub max_queued_turns: usize,
 }
 
 impl Default for Config {
@@ -80,6 +86,8 @@ impl Default for Config {
             default_assistant: "demo".into(),
             sweep_interval: Duration::from_secs(5),
             max_attempts: 3,
+            max_message_chars: ingest::MAX_MESSAGE_CHARS,
+            max_queued_turns: 100,
         }
     }
 }

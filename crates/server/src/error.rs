@@ -5,7 +5,7 @@
 //! Internal details are logged, never sent: a 500 says only that something failed.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parley_db::DbError;
 use parley_orchestrator::OrchestratorError;
@@ -23,6 +23,10 @@ pub enum AppError {
         /// Readable explanation.
         message: String,
     },
+    /// 401: no valid API token (missing, unknown or revoked); answered with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 404: the thing does not exist (or is not the caller's to see).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -35,6 +39,17 @@ pub enum AppError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429: a limit was reached; `code` names which (`rate_limited`, `too_many_queued`,
+    /// `too_many_streams`). Answered with `Retry-After: retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Readable explanation.
+        message: String,
+        /// Seconds to wait before trying again (at least 1).
+        retry_after_secs: u64,
+    },
     /// 503: the database is unreachable; retry later.
     #[error("the database is unavailable; try again shortly")]
     Unavailable,
@@ -52,10 +67,12 @@ impl AppError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -72,8 +89,18 @@ impl IntoResponse for AppError {
         }
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self, Self::Unavailable) {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::TooManyRequests { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"parley\""));
+            }
+            _ => {}
         }
         response
     }
@@ -96,6 +123,9 @@ impl From<OrchestratorError> for AppError {
             OrchestratorError::NotFound(what) => Self::NotFound(what),
             OrchestratorError::InvalidInput(message) => Self::bad_request("invalid_text", message),
             OrchestratorError::Conflict(message) => Self::Conflict(message),
+            err @ OrchestratorError::TooManyQueued { .. } => {
+                Self::TooManyRequests { code: "too_many_queued", message: err.to_string(), retry_after_secs: 5 }
+            }
             OrchestratorError::Db(db) => db.into(),
         }
     }

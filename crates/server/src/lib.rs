@@ -3,9 +3,13 @@
 //! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a listener until
 //! a shutdown token fires. `main` and the tests start the same function, so tests can
 //! bind port 0.
+//!
+//! Every `/api/*` handler takes a [`access::Principal`]: authentication (API tokens),
+//! ownership of conversations and the per-principal limits live in [`access`].
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -38,6 +42,9 @@ pub struct AppState {
     pub body_limit: usize,
     /// The chat platforms whose webhooks are served (`None`: every webhook answers 404).
     pub platforms: Option<std::sync::Arc<parley_platforms::Platforms>>,
+    /// Authentication, per-principal limits and CORS of the web API
+    /// ([`access::Access::local`]: no tokens, for tests and loopback).
+    pub access: access::Access,
 }
 
 /// Builds the router.
@@ -54,7 +61,8 @@ pub fn app(state: AppState) -> Router {
         .route("/sessions", get(routes::sessions::index))
         .route("/sessions/{id}", get(routes::sessions::show).delete(routes::sessions::delete))
         .route("/turns/{id}", get(routes::turns::show));
-    Router::new()
+    let cors = state.access.cors_layer();
+    let router = Router::new()
         .nest("/api", api)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
@@ -73,7 +81,11 @@ pub fn app(state: AppState) -> Router {
             use axum::response::IntoResponse;
             AppError::Internal("handler panicked".into()).into_response()
         }))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Serves the app on `listener` until `state.shutdown` fires, then stops accepting,

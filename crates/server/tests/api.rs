@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+#[path = "api/auth.rs"]
+mod auth;
+
 struct TestApp {
     base: String,
     http: reqwest::Client,
@@ -33,14 +36,25 @@ impl TestApp {
     }
 
     async fn spawn_on(db: TestDb, demo_config: DemoConfig) -> Self {
+        Self::spawn_with(db, demo_config, parley_server::access::Access::local(), |_| {}).await
+    }
+
+    /// A server with the given access control, its orchestrator `Config` adjusted by `tweak`.
+    async fn spawn_with(
+        db: TestDb,
+        demo_config: DemoConfig,
+        access: parley_server::access::Access,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let demo = Demo::new(demo_config);
-        let config = Config {
+        let mut config = Config {
             worker_id: format!("test-{}", Uuid::new_v4()),
             workers: 4,
             idle_poll: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(2),
             ..Config::default()
         };
+        tweak(&mut config);
         let orchestrator = Orchestrator::builder(db.pool.clone(), config)
             .listen(db.config.clone())
             .assistant(Arc::new(demo.clone()))
@@ -54,6 +68,7 @@ impl TestApp {
             shutdown: shutdown.clone(),
             body_limit: 64 * 1024,
             platforms: None,
+            access,
         };
         let stop = shutdown.clone();
         let workers = tokio::spawn(async move { orchestrator.run_workers(stop).await });

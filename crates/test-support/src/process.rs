@@ -25,7 +25,8 @@ impl Parley {
     /// When the process cannot start or exits before listening.
     pub fn start(bin: &str, database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(bin)
-            .args(["serve", "--bind", "127.0.0.1:0", "--worker-id", worker_id])
+            // Loopback, single user: no API tokens (`--auth off`).
+            .args(["serve", "--bind", "127.0.0.1:0", "--auth", "off", "--worker-id", worker_id])
             .args(extra)
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))

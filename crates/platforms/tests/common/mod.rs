@@ -308,6 +308,7 @@ impl Parley {
             shutdown: shutdown.clone(),
             body_limit: parley_server::DEFAULT_BODY_LIMIT,
             platforms: Some(platforms),
+            access: parley_server::access::Access::local(),
         };
         let workers = {
             let orch = orchestrator.clone();

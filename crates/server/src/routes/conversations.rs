@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 
@@ -31,12 +32,13 @@ pub struct CreateBody {
     pub delivery: Option<Delivery>,
 }
 
-/// `POST /api/conversations` → `201` with the conversation.
+/// `POST /api/conversations` → `201` with the conversation, owned by the caller.
 ///
 /// # Errors
 /// 400 for an unknown assistant or a title with NUL; 503 when the database is down.
 pub async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let body = body.map_err(|e| match e.status() {
@@ -70,7 +72,7 @@ pub async fn create(
         &NewConversation {
             platform: "web".into(),
             external_id: String::new(),
-            owner: "local".into(),
+            owner: principal.name,
             title: title.chars().take(200).collect(),
             assistant,
             cwd: body.cwd,
@@ -91,35 +93,50 @@ pub struct ListQuery {
     pub offset: Option<i64>,
 }
 
-/// `GET /api/conversations` → `{"conversations": [...]}`, most recently active first.
+/// `GET /api/conversations` → `{"conversations": [...]}`, most recently active first:
+/// the caller's own (an admin's: everyone's).
 ///
 /// # Errors
 /// 503 when the database is down.
-pub async fn index(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, AppError> {
+pub async fn index(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, AppError> {
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let list: Vec<Conversation> = conversation::list(&client, None, limit, q.offset.unwrap_or(0).max(0)).await?;
+    let offset = q.offset.unwrap_or(0).max(0);
+    let list: Vec<Conversation> = conversation::list(&client, principal.owner_filter(), limit, offset).await?;
     Ok(Json(json!({ "conversations": list })))
 }
 
 /// `GET /api/conversations/{id}`.
 ///
 /// # Errors
-/// 400 for a malformed id, 404 for an unknown one.
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, AppError> {
+/// 400 for a malformed id, 404 for an unknown one (or another principal's).
+pub async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    Ok(Json(conversation::get(&client, id).await?))
+    Ok(Json(principal.conversation(&client, id).await?))
 }
 
 /// `DELETE /api/conversations/{id}` → `204`; a running turn is cancelled first.
 ///
 /// # Errors
-/// 400 for a malformed id, 404 for an unknown one.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, AppError> {
+/// 400 for a malformed id, 404 for an unknown one (or another principal's).
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     let orch = &state.orchestrator;
     let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+    principal.conversation(&client, id).await?;
     if let Some(running) = parley_db::turn::running(&client, id).await? {
         orch.cancel(running.turn_id);
     }
@@ -127,8 +144,17 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn action(state: &AppState, id: &str, command: Command) -> Result<Json<CommandReply>, AppError> {
+async fn action(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    command: Command,
+) -> Result<Json<CommandReply>, AppError> {
     let id = parse_id(id, "conversation")?;
+    {
+        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        principal.conversation(&client, id).await?;
+    }
     let reply = state.orchestrator.run_command(id, command).await?;
     if reply.ok { Ok(Json(reply)) } else { Err(AppError::Conflict(reply.text)) }
 }
@@ -136,31 +162,47 @@ async fn action(state: &AppState, id: &str, command: Command) -> Result<Json<Com
 /// `POST /api/conversations/{id}/cancel`: stops the running turn.
 ///
 /// # Errors
-/// 409 when nothing runs; 404 for an unknown conversation.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CommandReply>, AppError> {
-    action(&state, &id, Command::Cancel).await
+/// 409 when nothing runs; 404 for an unknown conversation (or another principal's).
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandReply>, AppError> {
+    action(&state, &principal, &id, Command::Cancel).await
 }
 
 /// `POST /api/conversations/{id}/reset`: ends the session.
 ///
 /// # Errors
-/// 409 when there is no session yet; 404 for an unknown conversation.
-pub async fn reset(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CommandReply>, AppError> {
-    action(&state, &id, Command::Reset).await
+/// 409 when there is no session yet; 404 for an unknown conversation (or another principal's).
+pub async fn reset(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandReply>, AppError> {
+    action(&state, &principal, &id, Command::Reset).await
 }
 
 /// `POST /api/conversations/{id}/pause`.
 ///
 /// # Errors
-/// 409 when already paused; 404 for an unknown conversation.
-pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CommandReply>, AppError> {
-    action(&state, &id, Command::Pause).await
+/// 409 when already paused; 404 for an unknown conversation (or another principal's).
+pub async fn pause(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandReply>, AppError> {
+    action(&state, &principal, &id, Command::Pause).await
 }
 
 /// `POST /api/conversations/{id}/resume`.
 ///
 /// # Errors
-/// 409 when not paused; 404 for an unknown conversation.
-pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CommandReply>, AppError> {
-    action(&state, &id, Command::Resume).await
+/// 409 when not paused; 404 for an unknown conversation (or another principal's).
+pub async fn resume(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CommandReply>, AppError> {
+    action(&state, &principal, &id, Command::Resume).await
 }

@@ -8,6 +8,10 @@
 //! `Last-Event-ID` header or `?after=SEQ`: missed events are replayed from the database,
 //! then live ones follow, with no gap and no duplicate. Comments keep the connection
 //! alive every 15 s. The stream ends when the server shuts down.
+//!
+//! Besides `Authorization: Bearer`, this endpoint accepts the token as
+//! `?access_token=` (a browser `EventSource` cannot send headers). Each open stream
+//! counts against its principal's `--max-event-streams` until it closes.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Path, Query, parse_id};
 
@@ -33,9 +38,11 @@ pub struct EventsQuery {
 /// Opens the stream.
 ///
 /// # Errors
-/// 400 for a malformed id or `Last-Event-ID`, 404 for an unknown conversation.
+/// 400 for a malformed id or `Last-Event-ID`, 404 for an unknown conversation (or
+/// another principal's), 429 `too_many_streams`.
 pub async fn stream(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
@@ -49,21 +56,26 @@ pub async fn stream(
     };
     {
         let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-        parley_db::conversation::get(&client, id).await?;
+        principal.conversation(&client, id).await?;
     }
-    let events = state.orchestrator.follow(id, after, state.shutdown.clone()).filter_map(|item| async move {
-        match item {
-            Ok(event) => {
-                let sse = SseEvent::default()
-                    .event(event.kind.clone())
-                    .id(event.seq.to_string())
-                    .json_data(&event.data)
-                    .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
-                Some(Ok::<_, Infallible>(sse))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream ended by a database error");
-                None
+    let guard = state.access.open_stream(&principal)?;
+    let events = state.orchestrator.follow(id, after, state.shutdown.clone()).filter_map(move |item| {
+        // The guard lives as long as the stream: dropping the connection releases it.
+        let _open = &guard;
+        async move {
+            match item {
+                Ok(event) => {
+                    let sse = SseEvent::default()
+                        .event(event.kind.clone())
+                        .id(event.seq.to_string())
+                        .json_data(&event.data)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
+                    Some(Ok::<_, Infallible>(sse))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream ended by a database error");
+                    None
+                }
             }
         }
     });

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 
@@ -28,15 +29,16 @@ pub struct ListQuery {
 /// oldest first. `next_after` is the `after` of the next page, null on the last page.
 ///
 /// # Errors
-/// 400 for a malformed id, 404 for an unknown conversation.
+/// 400 for a malformed id, 404 for an unknown conversation (or another principal's).
 pub async fn index(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    parley_db::conversation::get(&client, id).await?;
+    principal.conversation(&client, id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let messages = message::list(&client, id, q.after.unwrap_or(0), limit).await?;
     let next_after = if messages.len() as i64 == limit { messages.last().map(|m| m.message_id) } else { None };
@@ -46,7 +48,8 @@ pub async fn index(
 /// Body of `POST …/messages`.
 #[derive(Debug, Deserialize)]
 pub struct PostBody {
-    /// The message: not empty, no NUL (U+0000), at most 100,000 characters. A first
+    /// The message: not empty, no NUL (U+0000), at most `--max-message-chars`
+    /// characters (100,000 by default). A first
     /// word like `/status` runs a chat command.
     pub text: String,
 }
@@ -60,14 +63,18 @@ pub struct PostBody {
 /// (with `"duplicate": true`) instead of storing the message again.
 ///
 /// # Errors
-/// 400 `invalid_json`/`invalid_text`, 413 over the body limit, 404 unknown conversation.
+/// 400 `invalid_json`/`invalid_text`, 413 over the body limit, 404 unknown conversation
+/// (or another principal's), 429 `rate_limited` (the principal posts too fast) or
+/// `too_many_queued` (the conversation's queue is full; nothing stored).
 pub async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<PostBody>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
+    state.access.check_message_rate(&principal)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -82,7 +89,13 @@ pub async fn create(
     };
     let ingested = state
         .orchestrator
-        .post_message(PostMessage { conversation_id: id, text: body.text, dedupe: key, metadata: json!({}) })
+        .post_message(PostMessage {
+            conversation_id: id,
+            text: body.text,
+            dedupe: key,
+            metadata: json!({}),
+            owner: principal.owner_filter().map(str::to_owned),
+        })
         .await?;
     let status = match ingested {
         Ingested::Turn { .. } => StatusCode::ACCEPTED,

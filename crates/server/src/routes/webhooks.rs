@@ -234,6 +234,7 @@ async fn receive(
             text: message.text,
             dedupe: Some((platform.as_str().to_owned(), message.dedupe_key.clone())),
             metadata: message.metadata,
+            owner: None,
         })
         .await;
     let ingested = match posted {

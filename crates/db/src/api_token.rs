@@ -1,0 +1,174 @@
+//! The `api_token` table: bearer tokens of the web API, each mapped to a principal.
+//!
+//! A token is `parley_` followed by 32 random bytes in unpadded base64url (50
+//! characters). It is returned once, by [`create`]; the table keeps only its SHA-256
+//! ([`hash`]), so a database dump does not reveal usable tokens. A revoked token stays in
+//! the table (for `parley tokens list`) but no longer authenticates.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{DbError, DbResult};
+
+/// Every token starts with this, so a leaked one is easy to recognise (secret scanners).
+pub const TOKEN_PREFIX: &str = "parley_";
+
+/// The longest principal name, in characters (`api_token_principal_check`).
+pub const MAX_PRINCIPAL_CHARS: usize = 200;
+
+/// A token's plaintext: shown once, never logged (`Debug` prints `[redacted]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(String);
+
+impl TokenSecret {
+    /// Wraps a token as received from a client.
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The plaintext, for printing it once or sending it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A token row, without its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiToken {
+    /// Primary key; what `parley tokens revoke` takes.
+    pub api_token_id: Uuid,
+    /// The principal a request with this token acts as (owner of the conversations it
+    /// creates).
+    pub principal: String,
+    /// An admin token sees and acts on every conversation.
+    pub admin: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked; a revoked token no longer authenticates.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request (updated at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<&Row> for ApiToken {
+    type Error = DbError;
+
+    fn try_from(row: &Row) -> DbResult<Self> {
+        Ok(Self {
+            api_token_id: row.try_get("api_token_id")?,
+            principal: row.try_get("principal")?,
+            admin: row.try_get("admin")?,
+            created_at: row.try_get("created_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "api_token_id, principal, admin, created_at, revoked_at, last_used_at";
+
+/// The SHA-256 of a token's plaintext: what the table stores and looks up.
+#[must_use]
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new random token: [`TOKEN_PREFIX`] + 32 bytes from the operating system's random
+/// source, unpadded base64url.
+///
+/// # Errors
+/// [`DbError::Other`] when the operating system gives no random bytes.
+pub fn generate() -> DbResult<TokenSecret> {
+    use base64::Engine;
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| DbError::Other(format!("no random bytes for a token: {e}")))?;
+    Ok(TokenSecret(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))))
+}
+
+/// Creates a token for `principal` and returns its row and plaintext (the only time the
+/// plaintext exists outside the client).
+///
+/// # Errors
+/// [`DbError::Conflict`] on `api_token_principal_check` for an empty or over-long
+/// principal; [`DbError::Unavailable`] / [`DbError::Other`] otherwise.
+pub async fn create(client: &impl GenericClient, principal: &str, admin: bool) -> DbResult<(ApiToken, TokenSecret)> {
+    let token = generate()?;
+    let row = client
+        .query_one(
+            &format!(
+                "insert into api_token (api_token_id, principal, token_hash, admin) values ($1, $2, $3, $4) \
+                 returning {COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &principal, &hash(token.expose()).as_slice(), &admin],
+        )
+        .await?;
+    Ok((ApiToken::try_from(&row)?, token))
+}
+
+/// Every token, oldest first, revoked ones included.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn list(client: &impl GenericClient) -> DbResult<Vec<ApiToken>> {
+    let rows = client.query(&format!("select {COLUMNS} from api_token order by created_at, api_token_id"), &[]).await?;
+    rows.iter().map(ApiToken::try_from).collect()
+}
+
+/// Revokes a token; revoking a revoked token keeps its first `revoked_at`.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is no token with that id.
+pub async fn revoke(client: &impl GenericClient, api_token_id: Uuid) -> DbResult<ApiToken> {
+    let row = client
+        .query_opt(
+            &format!(
+                "update api_token set revoked_at = coalesce(revoked_at, now()) where api_token_id = $1 \
+                 returning {COLUMNS}"
+            ),
+            &[&api_token_id],
+        )
+        .await?
+        .ok_or(DbError::not_found("api token"))?;
+    ApiToken::try_from(&row)
+}
+
+/// The live (not revoked) token whose hash is `token_hash`, if any; marks it used
+/// (`last_used_at`, written at most once a minute per token).
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn authenticate(client: &impl GenericClient, token_hash: &[u8; 32]) -> DbResult<Option<ApiToken>> {
+    let stmt = client
+        .prepare_cached(&format!("select {COLUMNS} from api_token where token_hash = $1 and revoked_at is null"))
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&token_hash.as_slice()]).await? else {
+        return Ok(None);
+    };
+    let token = ApiToken::try_from(&row)?;
+    if token.last_used_at.is_none_or(|t| Utc::now() - t > chrono::TimeDelta::minutes(1)) {
+        let stmt = client.prepare_cached("update api_token set last_used_at = now() where api_token_id = $1").await?;
+        client.execute(&stmt, &[&token.api_token_id]).await?;
+    }
+    Ok(Some(token))
+}
+
+/// How many live (not revoked) tokens exist; `parley serve` warns when there are none.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn live_count(client: &impl GenericClient) -> DbResult<i64> {
+    let row = client.query_one("select count(*) from api_token where revoked_at is null", &[]).await?;
+    Ok(row.try_get(0)?)
+}

@@ -1,0 +1,382 @@
+//! Access control of the web API: who a request acts for ([`Principal`]), how much it
+//! may do (rate limit, open event streams) and which browser origins may call it (CORS).
+//!
+//! - **Authentication.** With [`AuthMode::On`] every `/api/*` request carries
+//!   `Authorization: Bearer <token>`; the events stream also accepts `?access_token=`,
+//!   because a browser's `EventSource` cannot set headers. Tokens are looked up by their
+//!   SHA-256 in `api_token` ([`parley_db::api_token`]); a lookup is cached for
+//!   [`AccessConfig::token_cache_ttl`] (5 s by default), so a revoked token stops working
+//!   within that time. Missing, unknown and revoked tokens are all `401 unauthorized`
+//!   with `WWW-Authenticate: Bearer`. With [`AuthMode::Off`] every request acts as the
+//!   admin principal `local` (a single-user server on loopback).
+//! - **Ownership.** A conversation belongs to the principal that created it
+//!   (`conversation.owner`); platform conversations belong to the platform's name
+//!   (`telegram`, …). A conversation the principal may not see answers exactly like a
+//!   missing one (`404 not_found`): see [`Principal::conversation`]. Admin tokens see all.
+//! - **Limits.** Posting messages is rate limited per principal with a token bucket
+//!   ([`AccessConfig::messages_per_minute`], [`AccessConfig::message_burst`]) kept in this
+//!   replica's memory (so N replicas allow up to N times the rate); open event streams
+//!   are limited per principal ([`AccessConfig::max_event_streams`]). Both answer `429`
+//!   with `Retry-After`. Both apply only with [`AuthMode::On`]: with authentication off
+//!   there is one trusted local user, and load tools drive such servers.
+//! - **CORS.** Off unless origins are configured ([`AccessConfig::cors_origins`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use parley_db::GenericClient;
+use parley_db::api_token;
+use parley_db::conversation::{self, Conversation};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// The principal of every request when authentication is off.
+pub const LOCAL_PRINCIPAL: &str = "local";
+
+/// Entries kept in the token cache and the rate limiter before expired ones are pruned.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Whether the web API requires API tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Every `/api/*` request needs a valid token (the default).
+    #[default]
+    On,
+    /// No tokens: every request acts as the admin principal [`LOCAL_PRINCIPAL`]. Only for
+    /// a server bound to loopback (`parley serve` refuses anything else).
+    Off,
+}
+
+/// Access settings of the web API.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Whether requests need a token.
+    pub auth: AuthMode,
+    /// How long a token lookup (valid or not) is reused; also the longest a revoked
+    /// token keeps working. Zero disables the cache.
+    pub token_cache_ttl: Duration,
+    /// Messages a principal may post per minute, on average, on this replica
+    /// (0 = no limit; not applied with [`AuthMode::Off`]).
+    pub messages_per_minute: u32,
+    /// Messages a principal may post at once before the rate applies (bucket size).
+    pub message_burst: u32,
+    /// Event streams (SSE) a principal may hold open at once on this replica
+    /// (0 = no limit; not applied with [`AuthMode::Off`]).
+    pub max_event_streams: usize,
+    /// Origins (`https://chat.example.com`) whose pages may call the API from a browser;
+    /// empty (the default) sends no CORS headers, so browsers allow same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            auth: AuthMode::On,
+            token_cache_ttl: Duration::from_secs(5),
+            messages_per_minute: 60,
+            message_burst: 20,
+            max_event_streams: 16,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+impl AccessConfig {
+    /// The default limits with authentication off: a local single-user server.
+    #[must_use]
+    pub fn local() -> Self {
+        Self { auth: AuthMode::Off, ..Self::default() }
+    }
+}
+
+/// A CORS origin that is not `http(s)://host[:port]`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid CORS origin {0:?}: give a scheme and host like https://chat.example.com, without a path")]
+pub struct InvalidOrigin(pub String);
+
+/// Who a request acts for. Extract it in a handler to require authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The principal's name: the token's `principal`, or [`LOCAL_PRINCIPAL`].
+    pub name: String,
+    /// Sees and acts on every conversation.
+    pub admin: bool,
+}
+
+impl Principal {
+    /// The owner to filter lists by: `None` (everyone's) for an admin.
+    #[must_use]
+    pub fn owner_filter(&self) -> Option<&str> {
+        if self.admin { None } else { Some(&self.name) }
+    }
+
+    /// Whether this principal may see and act on a thing owned by `owner`.
+    #[must_use]
+    pub fn may_access(&self, owner: &str) -> bool {
+        self.admin || self.name == owner
+    }
+
+    /// The conversation, when it exists and this principal may see it.
+    ///
+    /// # Errors
+    /// 404 `not_found` when it does not exist or belongs to another principal (the two
+    /// are indistinguishable on purpose); 503 when the database is down.
+    pub async fn conversation(&self, client: &impl GenericClient, id: Uuid) -> Result<Conversation, AppError> {
+        let conv = conversation::get(client, id).await?;
+        if self.may_access(&conv.owner) { Ok(conv) } else { Err(AppError::NotFound("conversation")) }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.access.authenticate(parts, state.orchestrator.pool()).await
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// A cached token lookup: the principal it authenticated (`None`: not valid) and when.
+type CachedLookup = (Option<Principal>, Instant);
+
+#[derive(Default)]
+struct Inner {
+    /// Token hash → the principal it authenticated (`None`: not valid) and when looked up.
+    tokens: Mutex<HashMap<[u8; 32], CachedLookup>>,
+    /// Principal → message rate bucket.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Principal → open event streams.
+    streams: Mutex<HashMap<String, usize>>,
+}
+
+/// The web API's access state: configuration, token cache, rate buckets and stream
+/// counts. Cheap to clone (shared). `Debug` shows the configuration only, never the
+/// cached token hashes.
+#[derive(Clone)]
+pub struct Access {
+    config: Arc<AccessConfig>,
+    cors: Option<CorsLayer>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// Access state for `config`.
+    ///
+    /// # Errors
+    /// [`InvalidOrigin`] when a CORS origin is not `http(s)://host[:port]`.
+    pub fn new(config: AccessConfig) -> Result<Self, InvalidOrigin> {
+        let cors = if config.cors_origins.is_empty() {
+            None
+        } else {
+            let origins = config
+                .cors_origins
+                .iter()
+                .map(|o| {
+                    let o = o.trim().trim_end_matches('/');
+                    let valid = (o.starts_with("https://") || o.starts_with("http://"))
+                        && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+                    HeaderValue::from_str(o).ok().filter(|_| valid).ok_or_else(|| InvalidOrigin(o.to_owned()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(
+                CorsLayer::new()
+                    .allow_origin(AllowOrigin::list(origins))
+                    .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                    .allow_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        HeaderName::from_static("idempotency-key"),
+                        HeaderName::from_static("last-event-id"),
+                    ])
+                    .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+                    .max_age(Duration::from_secs(600)),
+            )
+        };
+        Ok(Self { config: Arc::new(config), cors, inner: Arc::default() })
+    }
+
+    /// Access with authentication off and default limits (tests, local use).
+    #[must_use]
+    pub fn local() -> Self {
+        Self { config: Arc::new(AccessConfig::local()), cors: None, inner: Arc::default() }
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn config(&self) -> &AccessConfig {
+        &self.config
+    }
+
+    /// The CORS layer, when origins are configured.
+    #[must_use]
+    pub fn cors_layer(&self) -> Option<CorsLayer> {
+        self.cors.clone()
+    }
+
+    /// Authenticates a request (see the module docs for where the token may be).
+    ///
+    /// # Errors
+    /// 401 `unauthorized` for a missing, malformed, unknown or revoked token; 503 when
+    /// the database is down.
+    pub async fn authenticate(&self, parts: &Parts, pool: &parley_db::Pool) -> Result<Principal, AppError> {
+        if self.config.auth == AuthMode::Off {
+            return Ok(Principal { name: LOCAL_PRINCIPAL.to_owned(), admin: true });
+        }
+        let token = bearer_token(parts)?;
+        let hash = api_token::hash(&token);
+        let ttl = self.config.token_cache_ttl;
+        if !ttl.is_zero() {
+            let cache = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((principal, at)) = cache.get(&hash)
+                && at.elapsed() < ttl
+            {
+                return principal.clone().ok_or_else(invalid_token);
+            }
+        }
+        let client = pool.get().await.map_err(parley_db::DbError::from)?;
+        let principal =
+            api_token::authenticate(&client, &hash).await?.map(|t| Principal { name: t.principal, admin: t.admin });
+        if !ttl.is_zero() {
+            let mut cache = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= MAX_ENTRIES {
+                cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                if cache.len() >= MAX_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(hash, (principal.clone(), Instant::now()));
+        }
+        principal.ok_or_else(invalid_token)
+    }
+
+    /// Takes one message from the principal's rate bucket.
+    ///
+    /// # Errors
+    /// 429 `rate_limited` with the seconds until a message is allowed again.
+    pub fn check_message_rate(&self, principal: &Principal) -> Result<(), AppError> {
+        let per_minute = self.config.messages_per_minute;
+        if per_minute == 0 || self.config.auth == AuthMode::Off {
+            return Ok(());
+        }
+        let rate = f64::from(per_minute) / 60.0;
+        let capacity = f64::from(self.config.message_burst.max(1));
+        let now = Instant::now();
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_ENTRIES {
+            // A bucket that has refilled is the same as no bucket.
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < capacity);
+        }
+        let bucket = buckets.entry(principal.name.clone()).or_insert(Bucket { tokens: capacity, updated: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = ((1.0 - bucket.tokens) / rate).ceil();
+        // `wait` is at most 60 / rate ≤ 60 s: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let retry_after_secs = (wait as u64).max(1);
+        Err(AppError::TooManyRequests {
+            code: "rate_limited",
+            message: format!(
+                "too many messages: the limit is {per_minute} a minute (bursts of {}); try again in {retry_after_secs} s",
+                self.config.message_burst.max(1)
+            ),
+            retry_after_secs,
+        })
+    }
+
+    /// Counts an event stream opened by the principal until the guard is dropped.
+    ///
+    /// # Errors
+    /// 429 `too_many_streams` when the principal already holds the maximum.
+    pub fn open_stream(&self, principal: &Principal) -> Result<StreamGuard, AppError> {
+        let max = self.config.max_event_streams;
+        let mut streams = self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(principal.name.clone()).or_insert(0);
+        if max > 0 && self.config.auth == AuthMode::On && *open >= max {
+            return Err(AppError::TooManyRequests {
+                code: "too_many_streams",
+                message: format!("{open} event streams are already open for this principal; the limit is {max}"),
+                retry_after_secs: 5,
+            });
+        }
+        *open += 1;
+        Ok(StreamGuard { inner: Arc::clone(&self.inner), principal: principal.name.clone() })
+    }
+}
+
+/// One open event stream, counted against its principal until dropped.
+pub struct StreamGuard {
+    inner: Arc<Inner>,
+    principal: String,
+}
+
+impl std::fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamGuard").field("principal", &self.principal).finish_non_exhaustive()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut streams = self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.principal) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.principal);
+            }
+        }
+    }
+}
+
+fn invalid_token() -> AppError {
+    AppError::Unauthorized("the API token is not valid (unknown or revoked)".into())
+}
+
+/// The token of a request: `Authorization: Bearer …`, or `?access_token=` on the events
+/// stream.
+fn bearer_token(parts: &Parts) -> Result<String, AppError> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default().trim();
+        return match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+                Ok(token.trim().to_owned())
+            }
+            _ => Err(AppError::Unauthorized("the Authorization header must be `Bearer <token>`".into())),
+        };
+    }
+    if parts.method == Method::GET && parts.uri.path().ends_with("/events") {
+        #[derive(serde::Deserialize)]
+        struct TokenQuery {
+            access_token: Option<String>,
+        }
+        if let Ok(Query(TokenQuery { access_token: Some(token) })) = Query::<TokenQuery>::try_from_uri(&parts.uri)
+            && !token.is_empty()
+        {
+            return Ok(token);
+        }
+    }
+    Err(AppError::Unauthorized(
+        "this API needs a token: send `Authorization: Bearer <token>` (create one with `parley tokens create`)".into(),
+    ))
+}
