@@ -108,6 +108,70 @@ pub enum Chunk {
     },
 }
 
+/// What replaces NUL (U+0000) in assistant output made storable: U+FFFD REPLACEMENT
+/// CHARACTER, the same mark invalid UTF-8 gets.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// Replaces every NUL in `s` by [`NUL_REPLACEMENT`].
+fn replace_nul(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
+    }
+}
+
+/// Replaces every NUL in the strings and object keys of `v` by [`NUL_REPLACEMENT`]. Two
+/// keys that become equal keep the value of the later one.
+fn replace_nul_in_json(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => replace_nul(s),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul_in_json),
+        Value::Object(map) if map.keys().any(|k| k.contains('\0')) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(mut k, mut v)| {
+                    replace_nul(&mut k);
+                    replace_nul_in_json(&mut v);
+                    (k, v)
+                })
+                .collect();
+        }
+        Value::Object(map) => map.values_mut().for_each(replace_nul_in_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+impl Chunk {
+    /// This chunk with every NUL (U+0000) in its strings — text, IDs, names, tool input
+    /// keys and values, tool output — replaced by [`NUL_REPLACEMENT`].
+    ///
+    /// PostgreSQL `text` and `jsonb` cannot hold U+0000, and an assistant may print it
+    /// (a `\u0000` escape in a JSON line, a raw byte from a tool); whatever stores a
+    /// run's output applies this first, so such output cannot fail the write.
+    #[must_use]
+    pub fn without_nul(mut self) -> Self {
+        match &mut self {
+            Self::SessionStarted { id } => replace_nul(id),
+            Self::Text { text } | Self::Thinking { text } => replace_nul(text),
+            Self::ToolUse { id, name, input } => {
+                replace_nul(id);
+                replace_nul(name);
+                replace_nul_in_json(input);
+            }
+            Self::ToolResult { id, output, .. } => {
+                replace_nul(id);
+                replace_nul(output);
+            }
+            Self::Completed { session_id, .. } => {
+                if let Some(id) = session_id {
+                    replace_nul(id);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// Why a run failed. The orchestrator branches on the variant.
 #[derive(Debug, Clone, Error, PartialEq)]
 pub enum AssistantError {
@@ -149,6 +213,26 @@ pub enum AssistantError {
     /// The run stopped for a reason of its own (maximum turns, budget…).
     #[error("{0}")]
     Refused(String),
+}
+
+impl AssistantError {
+    /// This error with every NUL (U+0000) in its text replaced by [`NUL_REPLACEMENT`]:
+    /// its message is stored as the turn's and the session's error (see
+    /// [`Chunk::without_nul`]).
+    #[must_use]
+    pub fn without_nul(mut self) -> Self {
+        match &mut self {
+            Self::StaleSession { session_id, detail } => {
+                replace_nul(session_id);
+                replace_nul(detail);
+            }
+            Self::Api { message, .. } => replace_nul(message),
+            Self::Exited { stderr, .. } => replace_nul(stderr),
+            Self::Timeout(text) | Self::Protocol(text) | Self::Refused(text) => replace_nul(text),
+            Self::Cancelled => {}
+        }
+        self
+    }
 }
 
 /// An AI assistant that can answer a prompt, streaming [`Chunk`]s.

@@ -139,7 +139,9 @@ pub struct ProcessSpec {
 /// One line of output, or the end of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// A stdout line without its line terminator (invalid UTF-8 replaced).
+    /// A stdout line without its line terminator (invalid UTF-8 replaced by U+FFFD, so
+    /// it holds at most [`ProcessLimits::max_line_bytes`] characters, though up to three
+    /// times as many bytes).
     Line(String),
     /// A line longer than [`ProcessLimits::max_line_bytes`] was skipped.
     Oversized {
@@ -538,6 +540,90 @@ mod tests {
         assert_eq!(reader.next_line().await.ok(), Some(Output::Line("ok".into())));
         assert_eq!(reader.next_line().await.ok(), Some(Output::Oversized { bytes: 20 }));
         assert_eq!(reader.next_line().await.ok(), Some(Output::Eof));
+    }
+
+    /// A reader handing out its bytes in pieces of the given sizes (cycled), as a pipe
+    /// does, so lines straddle buffer refills.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        pieces: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let piece = self.pieces[self.turn % self.pieces.len()].max(1);
+            self.turn += 1;
+            let n = piece.min(buf.remaining()).min(self.data.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the reader must make of one line (without its `\n`) under `max`.
+    fn expected(line: &[u8], max: usize) -> Output {
+        if line.len() > max {
+            return Output::Oversized { bytes: line.len() };
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Output::Line(String::from_utf8_lossy(line).into_owned())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes, any bound, any piece sizes: each line comes out whole when it fits
+        /// the bound (invalid UTF-8 replaced, at most `max` characters), else as
+        /// `Oversized` with its exact length, in order, then `Eof`.
+        #[test]
+        fn lines_are_capped_at_the_bound_and_reading_goes_on(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(), proptest::prelude::Just(b'\r'), proptest::prelude::Just(0u8)
+                ], 0..300),
+                0..12,
+            ),
+            max in 0usize..200,
+            pieces in proptest::collection::vec(1usize..64, 1..8),
+            final_newline in proptest::prelude::any::<bool>(),
+        ) {
+            let lines: Vec<Vec<u8>> =
+                lines.into_iter().map(|l| l.into_iter().filter(|b| *b != b'\n').collect()).collect();
+            let mut data = lines.join(&b'\n');
+            if final_newline && !lines.is_empty() {
+                data.push(b'\n');
+            }
+            // A last line with no bytes and no newline is not a line.
+            let mut want: Vec<Output> = lines.iter().map(|l| expected(l, max)).collect();
+            if !final_newline && lines.last().is_some_and(Vec::is_empty) {
+                want.pop();
+            }
+            want.push(Output::Eof);
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let got = rt.block_on(async {
+                let mut reader = LineReader::new(Trickle { data, pos: 0, pieces, turn: 0 }, max);
+                let mut got = Vec::new();
+                loop {
+                    let out = reader.next_line().await.expect("read");
+                    if let Output::Line(l) = &out {
+                        assert!(l.chars().count() <= max, "a line longer than the bound came out");
+                    }
+                    let eof = out == Output::Eof;
+                    got.push(out);
+                    if eof || got.len() > want.len() {
+                        break got;
+                    }
+                }
+            });
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[tokio::test]

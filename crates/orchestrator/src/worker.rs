@@ -671,7 +671,8 @@ impl TurnRun<'_> {
             cwd: self.conversation.cwd.as_ref().map(Into::into),
             cancel: self.control.token.child_token(),
         };
-        let mut stream = assistant.run(request);
+        // PostgreSQL cannot store NUL (U+0000): assistant output is made storable here, where it enters.
+        let mut stream = assistant.run(request).map(|r| r.map(Chunk::without_nul).map_err(AssistantError::without_nul));
         loop {
             let next = tokio::select! {
                 biased;

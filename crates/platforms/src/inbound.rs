@@ -4,7 +4,9 @@
 //! events Parley does not handle).
 //!
 //! Pure functions over the body bytes and header values; they run only after
-//! [`crate::verify`] accepted the request.
+//! [`crate::verify`] accepted the request. Any body — malformed, truncated, huge, not
+//! UTF-8 — gives a [`ParseError`] or an [`Inbound`], never a panic, and a returned
+//! [`InboundMessage`] is storable: no NUL (U+0000) outside its text (see `storable`).
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -86,11 +88,11 @@ fn strip_mention(text: &str, mention: &str) -> String {
     if mention.is_empty() {
         return text.trim().to_owned();
     }
-    let lower = text.to_lowercase();
-    let needle = mention.to_lowercase();
-    // Lowercasing can change byte lengths outside ASCII; fall back to an exact match then.
-    let (haystack, needle) =
-        if lower.len() == text.len() { (lower, needle) } else { (text.to_owned(), mention.to_owned()) };
+    // ASCII case folding keeps every byte offset, so positions found in `haystack` are
+    // char boundaries of `text` (Unicode lowercasing can move them: `İ` grows, `ẞ` shrinks).
+    // Platform bot names are ASCII; other letters of a mention match exactly.
+    let haystack = text.to_ascii_lowercase();
+    let needle = mention.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
     while let Some(i) = haystack[pos..].find(&needle) {
@@ -104,6 +106,58 @@ fn strip_mention(text: &str, mention: &str) -> String {
     }
     out.push_str(&text[pos..]);
     out.trim().to_owned()
+}
+
+/// Whether `v` holds NUL (U+0000) in a string or an object key.
+fn json_has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// `s` with every NUL (U+0000) replaced by U+FFFD.
+fn replace_nul(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// `v` with every NUL in its strings and keys replaced by U+FFFD.
+fn replace_nul_in_json(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(replace_nul(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(replace_nul_in_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (replace_nul(&k), replace_nul_in_json(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// A parsed message made storable: PostgreSQL `text` and `jsonb` cannot hold NUL
+/// (U+0000). Identifiers (external id, dedupe key, reply target) holding one are refused,
+/// as are empty ones (an empty dedupe key would make every such delivery a repeat);
+/// in descriptive fields (title, sender, metadata) it becomes U+FFFD. The text is kept as
+/// sent: ingest refuses NUL there with a message the user is told.
+fn storable(mut m: InboundMessage) -> Result<Inbound, ParseError> {
+    for (field, id) in [("the conversation id", &m.external_id), ("the delivery id", &m.dedupe_key)] {
+        if id.is_empty() {
+            return Err(ParseError::Invalid(format!("{field} is empty")));
+        }
+        if id.contains('\0') {
+            return Err(ParseError::Invalid(format!("{field} contains a NUL character (U+0000)")));
+        }
+    }
+    if json_has_nul(&m.reply_target) {
+        return Err(ParseError::Invalid("the reply target contains a NUL character (U+0000)".into()));
+    }
+    m.title = replace_nul(&m.title);
+    m.sender = replace_nul(&m.sender);
+    if json_has_nul(&m.metadata) {
+        m.metadata = replace_nul_in_json(m.metadata);
+    }
+    Ok(Inbound::Message(m))
 }
 
 /// Telegram Bot API `Update` (core.telegram.org/bots/api#update): `message` updates with
@@ -171,7 +225,7 @@ pub fn telegram(body: &[u8], bot_username: Option<&str>) -> Result<Inbound, Pars
     if let (Some(t), true) = (thread, topic) {
         reply_target["message_thread_id"] = json!(t);
     }
-    Ok(Inbound::Message(InboundMessage {
+    storable(InboundMessage {
         platform: Platform::Telegram,
         external_id,
         title,
@@ -180,7 +234,7 @@ pub fn telegram(body: &[u8], bot_username: Option<&str>) -> Result<Inbound, Pars
         text,
         dedupe_key: update_id.to_string(),
         reply_target,
-    }))
+    })
 }
 
 /// Replaces Slack's three escaped characters (api.slack.com "Formatting text").
@@ -263,7 +317,7 @@ pub fn slack(body: &[u8], bot_user_id: Option<&str>) -> Result<Inbound, ParseErr
         (None, Some("im")) => (channel.to_owned(), None),
         (None, _) => (format!("{channel}/{ts}"), Some(ts)),
     };
-    Ok(Inbound::Message(InboundMessage {
+    storable(InboundMessage {
         platform: Platform::Slack,
         external_id,
         title: String::new(),
@@ -272,7 +326,7 @@ pub fn slack(body: &[u8], bot_user_id: Option<&str>) -> Result<Inbound, ParseErr
         text,
         dedupe_key: event_id.to_owned(),
         reply_target: json!({ "channel": channel, "thread_ts": reply_thread }),
-    }))
+    })
 }
 
 /// The chat commands a Discord application command may be named after.
@@ -347,7 +401,7 @@ pub fn discord(body: &[u8], now_unix: i64) -> Result<Inbound, ParseError> {
         .or_else(|| user.get("id").and_then(id_string))
         .unwrap_or_else(|| "unknown".into());
     let title = v.pointer("/channel/name").and_then(Value::as_str).unwrap_or_default().to_owned();
-    Ok(Inbound::Message(InboundMessage {
+    storable(InboundMessage {
         platform: Platform::Discord,
         external_id: channel_id.clone(),
         title,
@@ -362,7 +416,7 @@ pub fn discord(body: &[u8], now_unix: i64) -> Result<Inbound, ParseError> {
             "channel_id": channel_id,
             "received_at": now_unix,
         }),
-    }))
+    })
 }
 
 /// GitHub webhook delivery (docs.github.com "Webhook events and payloads"), by
@@ -430,7 +484,7 @@ pub fn github(headers: &HeaderMap, body: &[u8], bot_login: Option<&str>) -> Resu
     if text.is_empty() {
         return Ok(Inbound::Ignored("empty message".into()));
     }
-    Ok(Inbound::Message(InboundMessage {
+    storable(InboundMessage {
         platform: Platform::Github,
         external_id: format!("{repo}#{number}"),
         title: title.to_owned(),
@@ -439,7 +493,7 @@ pub fn github(headers: &HeaderMap, body: &[u8], bot_login: Option<&str>) -> Resu
         dedupe_key: delivery.to_owned(),
         reply_target: json!({ "repo": repo, "number": number, "kind": kind, "comment_id": comment_id }),
         metadata: json!({ "platform": "github", "sender": sender_login, "event": event, "delivery": delivery }),
-    }))
+    })
 }
 
 /// The longest generic `conversation_id`, in bytes.
@@ -473,7 +527,7 @@ pub fn generic(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> 
         Some(_) => return Err(ParseError::Invalid("callback_url must be an http:// or https:// URL".into())),
     };
     let sender = v.get("sender").and_then(Value::as_str).unwrap_or("generic").to_owned();
-    Ok(Inbound::Message(InboundMessage {
+    storable(InboundMessage {
         platform: Platform::Generic,
         external_id: conversation.to_owned(),
         title: v.get("title").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -482,7 +536,7 @@ pub fn generic(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> 
         text: text.to_owned(),
         dedupe_key: delivery.to_owned(),
         reply_target: json!({ "callback_url": callback, "conversation_id": conversation }),
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub mod verify;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod proptests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -102,7 +102,8 @@ pub fn slack(
 ) -> Result<(), VerifyError> {
     let ts_str = timestamp.ok_or(VerifyError::MissingHeader("X-Slack-Request-Timestamp"))?.trim();
     let ts: i64 = ts_str.parse().map_err(|_| VerifyError::Malformed("X-Slack-Request-Timestamp"))?;
-    if (now_unix - ts).abs() > SLACK_MAX_AGE_SECS {
+    // `abs_diff`: a timestamp near `i64::MIN` / `i64::MAX` must not overflow.
+    if now_unix.abs_diff(ts) > SLACK_MAX_AGE_SECS.unsigned_abs() {
         return Err(VerifyError::Stale);
     }
     verify_prefixed_hmac(

@@ -8,6 +8,7 @@
 mod claude;
 mod cli;
 mod codex;
+mod hostile;
 mod openai;
 
 use std::path::{Path, PathBuf};
