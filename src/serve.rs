@@ -307,6 +307,14 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         }
     }
     let pool = parley_db::connect(&db).await?;
+    // Claims, lease extensions and notifications: losing one in a database crash is
+    // harmless (the turn is claimed again), so they do not wait for a WAL flush.
+    let coordination = parley_db::connect(&parley_db::DbConfig {
+        pool_size: args.workers + 2,
+        synchronous_commit: false,
+        ..db.clone()
+    })
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", args.bind)))?;
@@ -342,7 +350,7 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
     let a = &args.assistants;
     let orchestrator = platforms
-        .register(Orchestrator::builder(pool, config).listen(db.clone()))
+        .register(Orchestrator::builder(pool, config).listen(db.clone()).coordination_pool(coordination))
         .assistant(Arc::new(demo))
         .assistant(Arc::new(Claude::new(a.claude())))
         .assistant(Arc::new(Codex::new(a.codex())))

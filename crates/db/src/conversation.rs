@@ -11,6 +11,7 @@ use crate::{DbError, DbResult};
 /// How a conversation's replies reach the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Delivery {
     /// Streamed while the assistant generates (SSE, message edits).
     #[default]
@@ -41,7 +42,8 @@ impl Delivery {
 }
 
 /// A conversation row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conversation {
     /// Primary key.
     pub conversation_id: Uuid,
@@ -69,13 +71,15 @@ pub struct Conversation {
     /// When it last changed (a message arrived, a setting changed).
     pub updated_at: DateTime<Utc>,
     /// Turn state for lists; filled by [`list`] only, flattened into the JSON.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(flatten, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub summary: Option<ConversationSummary>,
 }
 
 /// A conversation's turn state as [`list`] reports it (the web UI's badges and stream
 /// cursor), read in one statement so the fields agree with each other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
     /// Status of the turn of the newest user message (`queued`, `running`, `completed`,
     /// `failed`, …); `None` before the first turn.
@@ -153,29 +157,7 @@ pub struct NewConversation {
 /// [`DbError::Conflict`] on `conversation_platform_external_id_key` when the platform
 /// thread already has one.
 pub async fn create(client: &impl GenericClient, new: &NewConversation) -> DbResult<Conversation> {
-    let id = Uuid::new_v4();
-    let external_id = if new.external_id.is_empty() { id.to_string() } else { new.external_id.clone() };
-    let row = client
-        .query_one(
-            &format!(
-                "insert into conversation (conversation_id, platform, external_id, owner, title, \
-                 assistant, cwd, delivery, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 returning {COLUMNS}"
-            ),
-            &[
-                &id,
-                &new.platform,
-                &external_id,
-                &new.owner,
-                &new.title,
-                &new.assistant,
-                &new.cwd,
-                &new.delivery.as_str(),
-                &new.reply_target,
-            ],
-        )
-        .await?;
-    Conversation::try_from(&row)
+    insert(client, new, "").await
 }
 
 /// Returns the conversation of a platform thread, creating it when absent; an existing
@@ -184,18 +166,30 @@ pub async fn create(client: &impl GenericClient, new: &NewConversation) -> DbRes
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn upsert_by_external_id(client: &impl GenericClient, new: &NewConversation) -> DbResult<Conversation> {
+    insert(
+        client,
+        new,
+        "on conflict (platform, external_id) do update set reply_target = excluded.reply_target, updated_at = now()",
+    )
+    .await
+}
+
+/// Inserts `new` with a random id (and `external_id` = that id when empty), with an
+/// optional `on conflict` clause.
+async fn insert(client: &impl GenericClient, new: &NewConversation, on_conflict: &str) -> DbResult<Conversation> {
+    let id = Uuid::new_v4();
+    let external_id = if new.external_id.is_empty() { id.to_string() } else { new.external_id.clone() };
     let row = client
         .query_one(
             &format!(
                 "insert into conversation (conversation_id, platform, external_id, owner, title, \
                  assistant, cwd, delivery, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 on conflict (platform, external_id) do update set reply_target = excluded.reply_target, \
-                 updated_at = now() returning {COLUMNS}"
+                 {on_conflict} returning {COLUMNS}"
             ),
             &[
-                &Uuid::new_v4(),
+                &id,
                 &new.platform,
-                &new.external_id,
+                &external_id,
                 &new.owner,
                 &new.title,
                 &new.assistant,

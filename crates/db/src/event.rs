@@ -27,6 +27,7 @@ pub async fn reserve_block(client: &impl GenericClient) -> DbResult<i64> {
 
 /// An event row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// The conversation.
     pub conversation_id: Uuid,

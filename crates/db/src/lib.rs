@@ -14,9 +14,9 @@
 pub mod api_token;
 pub mod conversation;
 mod error;
-pub mod ingest;
 pub mod event;
 pub mod inbound_delivery;
+pub mod ingest;
 pub mod message;
 pub mod migrate;
 mod pool;

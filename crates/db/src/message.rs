@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -14,6 +14,7 @@ use crate::{DbError, DbResult};
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// The person.
     User,
@@ -36,7 +37,8 @@ impl Role {
 }
 
 /// A message row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// Monotonic id: the conversation's order.
     pub message_id: i64,
@@ -94,16 +96,6 @@ pub async fn insert(
         .await?;
     let row = client.query_one(&stmt, &[&conversation_id, &turn_id, &role.as_str(), &content, metadata]).await?;
     Message::try_from(&row)
-}
-
-/// Sets the turn a message belongs to.
-///
-/// # Errors
-/// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn set_turn(client: &impl GenericClient, message_id: i64, turn_id: Uuid) -> DbResult<()> {
-    let stmt = client.prepare_cached("update message set turn_id = $2 where message_id = $1").await?;
-    client.execute(&stmt, &[&message_id, &turn_id]).await?;
-    Ok(())
 }
 
 /// A page of a conversation's messages, oldest first, with `message_id > after`.

@@ -18,6 +18,10 @@ pub struct DbConfig {
     pub pool_size: usize,
     /// How long a caller waits for a pooled connection, or for a new connection to open.
     pub connect_timeout: Duration,
+    /// `false` opens connections with `synchronous_commit = off`: for coordination
+    /// writes whose loss in a database crash is harmless (turn claims, lease extensions,
+    /// notifications), never for conversation data.
+    pub synchronous_commit: bool,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -31,6 +35,7 @@ impl std::fmt::Debug for DbConfig {
             .field("url", &shown)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("synchronous_commit", &self.synchronous_commit)
             .finish()
     }
 }
@@ -39,7 +44,7 @@ impl DbConfig {
     /// A configuration with a pool of 16 and a 5 s connect timeout.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), pool_size: 16, connect_timeout: Duration::from_secs(5) }
+        Self { url: url.into(), pool_size: 16, connect_timeout: Duration::from_secs(5), synchronous_commit: true }
     }
 
     /// The parsed URL.
@@ -54,6 +59,10 @@ impl DbConfig {
         }
         if cfg.get_application_name().is_none() {
             cfg.application_name("parley");
+        }
+        if !self.synchronous_commit {
+            let options = cfg.get_options().map_or_else(String::new, |o| format!("{o} "));
+            cfg.options(format!("{options}-c synchronous_commit=off"));
         }
         Ok(cfg)
     }

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -53,7 +53,8 @@ impl Transition {
 }
 
 /// A session row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Session {
     /// Primary key.
     pub session_id: Uuid,
@@ -333,6 +334,7 @@ pub async fn delete(client: &impl GenericClient, session_id: Uuid) -> DbResult<(
 /// (`usage.input_tokens`, `usage.output_tokens`, `cost_usd`), as the assistant reported
 /// them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageTotals {
     /// Sum of input tokens.
     pub input_tokens: i64,

@@ -19,6 +19,7 @@ use crate::{DbError, DbResult};
 /// A turn's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TurnStatus {
     /// Waiting for a worker.
     Queued,
@@ -54,6 +55,7 @@ impl TurnStatus {
 
 /// A turn row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Turn {
     /// Primary key.
     pub turn_id: Uuid,
@@ -112,37 +114,32 @@ fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Queues a turn with a chosen id for a stored user message (the message may already
-/// name the turn: `message.turn_id` is checked at commit).
-///
-/// # Errors
-/// [`DbError::Conflict`] on a foreign key when the conversation or message is gone.
-pub async fn insert_queued_with_id(
-    client: &impl GenericClient,
-    turn_id: Uuid,
-    conversation_id: Uuid,
-    user_message_id: i64,
-) -> DbResult<()> {
-    let stmt = client
-        .prepare_cached("insert into turn (turn_id, conversation_id, user_message_id) values ($1, $2, $3)")
-        .await?;
-    client.execute(&stmt, &[&turn_id, &conversation_id, &user_message_id]).await?;
-    Ok(())
-}
-
-/// A turn just claimed, with the first number of the event block reserved for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A turn just claimed, with what its worker needs to run it, read in the same
+/// statement.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
     /// The turn, now `running`.
     pub turn: Turn,
     /// The first of [`crate::event::BLOCK_SIZE`] event numbers reserved for this run.
     pub first_event_seq: i64,
+    /// The turn's conversation.
+    pub conversation: crate::conversation::Conversation,
+    /// The user message the turn answers.
+    pub user_message: crate::message::Message,
+    /// The conversation's active session, if it has one.
+    pub active_session: Option<crate::session::Session>,
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
+    let value: Option<serde_json::Value> = row.try_get(column)?;
+    value.map(|v| serde_json::from_value(v).map_err(|e| DbError::Other(format!("{column}: {e}")))).transpose()
 }
 
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
 /// paused, marks it `running` for `worker_id` with a lease of `lease`, increments
-/// `attempt`, and reserves an event-number block. Returns `None` when there is nothing
-/// to claim. One statement, one commit.
+/// `attempt`, reserves an event-number block, and reads the conversation, the user
+/// message and the active session. Returns `None` when there is nothing to claim. One
+/// statement: one round trip, one commit.
 ///
 /// Uses `for update skip locked`; the running-turn unique index turns a lost race into
 /// `None` rather than a double claim.
@@ -152,25 +149,38 @@ pub struct Claimed {
 pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Claimed>> {
     let stmt = client
         .prepare_cached(&format!(
-            "update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
-                 lease_until = now() + make_interval(secs => $2), started_at = now(), cancel_requested = false \
-             where turn_id = ( \
-                 select t.turn_id from turn t join conversation c using (conversation_id) \
-                 where t.status = 'queued' and not c.paused \
-                   and not exists (select 1 from turn r where r.conversation_id = t.conversation_id and r.status = 'running') \
-                   and not exists (select 1 from turn e where e.conversation_id = t.conversation_id \
-                                   and e.status = 'queued' and e.user_message_id < t.user_message_id) \
-                 order by t.user_message_id \
-                 limit 1 \
-                 for update of t skip locked) \
-             returning {COLUMNS}, nextval('event_block') * {} as first_event_seq",
+            "with claimed as ( \
+                 update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
+                     lease_until = now() + make_interval(secs => $2), started_at = now(), cancel_requested = false \
+                 where turn_id = ( \
+                     select t.turn_id from turn t join conversation c using (conversation_id) \
+                     where t.status = 'queued' and not c.paused \
+                       and not exists (select 1 from turn r where r.conversation_id = t.conversation_id \
+                                       and r.status = 'running') \
+                       and not exists (select 1 from turn e where e.conversation_id = t.conversation_id \
+                                       and e.status = 'queued' and e.user_message_id < t.user_message_id) \
+                     order by t.user_message_id \
+                     limit 1 \
+                     for update of t skip locked) \
+                 returning {COLUMNS}, nextval('event_block') * {} as first_event_seq) \
+             select claimed.*, \
+                 (select to_jsonb(c) from conversation c where c.conversation_id = claimed.conversation_id) \
+                     as conversation, \
+                 (select to_jsonb(m) from message m where m.message_id = claimed.user_message_id) as user_message, \
+                 (select to_jsonb(s) from session s where s.conversation_id = claimed.conversation_id and s.active) \
+                     as active_session \
+             from claimed",
             crate::event::BLOCK_SIZE
         ))
         .await?;
     match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease)]).await {
-        Ok(Some(row)) => {
-            Ok(Some(Claimed { turn: Turn::try_from(&row)?, first_event_seq: row.try_get("first_event_seq")? }))
-        }
+        Ok(Some(row)) => Ok(Some(Claimed {
+            turn: Turn::try_from(&row)?,
+            first_event_seq: row.try_get("first_event_seq")?,
+            conversation: from_json(&row, "conversation")?.ok_or(DbError::not_found("conversation"))?,
+            user_message: from_json(&row, "user_message")?.ok_or(DbError::not_found("message"))?,
+            active_session: from_json(&row, "active_session")?,
+        })),
         Ok(None) => Ok(None),
         Err(e) => {
             let err = DbError::from(e);
@@ -192,6 +202,20 @@ pub struct Swept {
     pub attempt: i32,
 }
 
+impl TryFrom<&Row> for Swept {
+    type Error = DbError;
+
+    /// From a row of `turn_id, conversation_id, status, attempt`.
+    fn try_from(r: &Row) -> DbResult<Self> {
+        Ok(Self {
+            turn_id: r.try_get(0)?,
+            conversation_id: r.try_get(1)?,
+            status: r.try_get(2)?,
+            attempt: r.try_get(3)?,
+        })
+    }
+}
+
 /// Takes back running turns whose lease expired (their worker died or lost the
 /// database): re-queued while `attempt < max_attempts`, else marked `interrupted`.
 ///
@@ -211,16 +235,7 @@ pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> Db
             &[&max_attempts],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Swept {
-                turn_id: r.try_get(0)?,
-                conversation_id: r.try_get(1)?,
-                status: r.try_get(2)?,
-                attempt: r.try_get(3)?,
-            })
-        })
-        .collect()
+    rows.iter().map(Swept::try_from).collect()
 }
 
 /// What [`extend_lease`] learned.
@@ -270,8 +285,10 @@ pub async fn set_session(client: &impl GenericClient, turn_id: Uuid, session_id:
 /// What [`complete`] stores when a turn succeeds.
 #[derive(Debug, Clone)]
 pub struct Completion<'a> {
-    /// The turn, which must still be `running`.
+    /// The turn, which must still be `running` for `worker_id`.
     pub turn_id: Uuid,
+    /// The worker that claimed it.
+    pub worker_id: &'a str,
     /// Its conversation.
     pub conversation_id: Uuid,
     /// The session it ran in.
@@ -302,7 +319,7 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
             "with t as ( \
                  update turn set status = 'completed', error = null, finished_at = now(), lease_until = null, \
                      session_id = $3 \
-                 where turn_id = $1 and status = 'running' returning turn_id), \
+                 where turn_id = $1 and status = 'running' and worker_id = $17 returning turn_id), \
              m as ( \
                  insert into message (conversation_id, turn_id, role, content, metadata) \
                  select $2, t.turn_id, 'assistant', $5, $6 from t returning message_id), \
@@ -348,6 +365,7 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                 &f.kind,
                 &f.data,
                 &f.created_at,
+                &c.worker_id,
             ],
         )
         .await?;
@@ -430,16 +448,6 @@ pub async fn queued(client: &impl GenericClient, conversation_id: Uuid) -> DbRes
         )
         .await?;
     rows.iter().map(Turn::try_from).collect()
-}
-
-/// How many turns of the conversation wait in the queue (the ingest limit's count).
-///
-/// # Errors
-/// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn queued_count(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<i64> {
-    let stmt =
-        client.prepare_cached("select count(*) from turn where conversation_id = $1 and status = 'queued'").await?;
-    Ok(client.query_one(&stmt, &[&conversation_id]).await?.try_get(0)?)
 }
 
 /// The conversation's most recent turn that has finished (not queued or running).
@@ -525,14 +533,5 @@ pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbRe
             &[&worker_id],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Swept {
-                turn_id: r.try_get(0)?,
-                conversation_id: r.try_get(1)?,
-                status: r.try_get(2)?,
-                attempt: r.try_get(3)?,
-            })
-        })
-        .collect()
+    rows.iter().map(Swept::try_from).collect()
 }

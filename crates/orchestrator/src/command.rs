@@ -17,6 +17,7 @@ use uuid::Uuid;
 /// A chat command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Command {
     /// Lists the commands.
     Help,
@@ -101,6 +102,7 @@ pub fn parse(text: &str) -> Parsed {
 
 /// A command's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandReply {
     /// The command.
     pub command: Command,

@@ -31,6 +31,9 @@ impl Orchestrator {
         async_stream::try_stream! {
             let mut subscription = orch.hub().subscribe(conversation_id);
             let mut last = after;
+            // True while the last event yielded ended a turn: then a new turn's start
+            // cannot have earlier events still on their way from another replica.
+            let mut settled = after == 0;
             'catch_up: loop {
                 subscription.generation.borrow_and_update();
                 let pending = subscription.pending();
@@ -41,6 +44,7 @@ impl Orchestrator {
                     let full = page.len() as i64 == PAGE;
                     for e in page {
                         last = e.seq;
+                        settled = ends_turn(&e.kind);
                         yield Arc::new(e);
                     }
                     if !full {
@@ -50,6 +54,7 @@ impl Orchestrator {
                 for e in pending {
                     if e.seq > last {
                         last = e.seq;
+                        settled = ends_turn(&e.kind);
                         yield e;
                     }
                 }
@@ -66,7 +71,7 @@ impl Orchestrator {
                     };
                     match received {
                         Ok(e) if e.seq > last => {
-                            if e.kind == "turn_started" {
+                            if e.kind == "turn_started" && !settled {
                                 // Every event of earlier turns was committed before this
                                 // turn could be claimed, but another replica's may still
                                 // be on its way here: read them from the database first.
@@ -78,6 +83,7 @@ impl Orchestrator {
                                 }
                             }
                             last = e.seq;
+                            settled = ends_turn(&e.kind);
                             yield e;
                         }
                         Ok(_) => {}
@@ -88,4 +94,9 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// True for the event kinds that end a turn.
+fn ends_turn(kind: &str) -> bool {
+    matches!(kind, "turn_completed" | "turn_failed" | "turn_cancelled" | "turn_interrupted")
 }

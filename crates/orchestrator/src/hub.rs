@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 /// How many live events a slow follower may fall behind before it resynchronises from
 /// the database.
-const CHANNEL_CAPACITY: usize = 256;
+/// Small on purpose: every followed conversation allocates it up front, and a follower
+/// that lags catches up from the database without losing anything.
+const CHANNEL_CAPACITY: usize = 32;
 
 #[derive(Debug)]
 struct Pending {

@@ -101,6 +101,7 @@ struct RunningTurn {
 
 pub(crate) struct Inner {
     pool: Pool,
+    coordination: Pool,
     config: Config,
     assistants: HashMap<String, Arc<dyn Assistant>>,
     sinks: HashMap<String, Arc<dyn ReplySink>>,
@@ -134,9 +135,22 @@ pub struct Builder {
     assistants: HashMap<String, Arc<dyn Assistant>>,
     sinks: HashMap<String, Arc<dyn ReplySink>>,
     listen: Option<parley_db::DbConfig>,
+    coordination: Option<Pool>,
 }
 
 impl Builder {
+    /// A pool for coordination writes whose loss in a database crash is harmless —
+    /// turn claims (an unclaimed turn is simply claimed again), lease extensions and
+    /// notifications — typically opened with `synchronous_commit = off`
+    /// ([`parley_db::DbConfig::synchronous_commit`]) so they do not wait for a WAL
+    /// flush. Conversation data (messages, replies, sessions, events) always goes
+    /// through the main pool. Without it, the main pool serves both.
+    #[must_use]
+    pub fn coordination_pool(mut self, pool: Pool) -> Self {
+        self.coordination = Some(pool);
+        self
+    }
+
     /// Listens for other replicas' notifications (wake-ups, live events, cancels) on a
     /// dedicated connection to this database while the workers run. Without it the
     /// replica works alone, polling for turns every [`Config::idle_poll`].
@@ -177,6 +191,7 @@ impl Builder {
                 notifier,
                 outbox: Mutex::new(Some(outbox)),
                 listen: self.listen,
+                coordination: self.coordination.unwrap_or_else(|| self.pool.clone()),
                 pool: self.pool,
                 config: self.config,
                 assistants: self.assistants,
@@ -193,7 +208,7 @@ impl Orchestrator {
     /// Starts building an orchestrator over a migrated database.
     #[must_use]
     pub fn builder(pool: Pool, config: Config) -> Builder {
-        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new(), listen: None }
+        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new(), listen: None, coordination: None }
     }
 
     /// The connection pool.
@@ -228,8 +243,10 @@ impl Orchestrator {
         self.signal(notify::Signal::Wake);
     }
 
+    /// Wakes one idle worker here (or the next to wait); a worker that claims a turn
+    /// wakes another, so a burst of queued turns fans out without a thundering herd.
     fn wake_local(&self) {
-        self.inner.wake.notify_waiters();
+        self.inner.wake.notify_one();
     }
 
     /// Cancels a turn wherever it runs: here at once, elsewhere through a notification

@@ -60,11 +60,11 @@ pub enum Signal {
 struct Envelope {
     /// The sending replica's random id, to ignore our own notifications.
     origin: Uuid,
-    #[serde(flatten)]
-    signal: Signal,
+    /// The signals, in the order they were sent.
+    signals: Vec<Signal>,
 }
 
-/// The sending half: a queue drained by [`run_sender`].
+/// The sending half: a queue of encoded signals drained by [`Orchestrator::run_sender`].
 #[derive(Debug, Clone)]
 pub(crate) struct Notifier {
     origin: Uuid,
@@ -81,17 +81,43 @@ impl Notifier {
         self.origin
     }
 
+    /// The start of every payload this replica sends.
+    fn prefix(&self) -> String {
+        format!("{{\"origin\":\"{}\",\"signals\":[", self.origin)
+    }
+
     /// Queues a signal for the other replicas. Oversized events are not relayed live;
     /// followers elsewhere read them from the database when they are stored.
     pub(crate) fn send(&self, signal: Signal) {
-        let envelope = Envelope { origin: self.origin, signal };
-        match serde_json::to_string(&envelope) {
-            Ok(payload) if payload.len() <= MAX_PAYLOAD => {
-                let _ = self.tx.send(payload);
+        match serde_json::to_string(&signal) {
+            Ok(encoded) if encoded.len() + self.prefix().len() + 2 <= MAX_PAYLOAD => {
+                let _ = self.tx.send(encoded);
             }
-            Ok(payload) => debug!(bytes = payload.len(), "notification too large to relay live"),
+            Ok(encoded) => debug!(bytes = encoded.len(), "notification too large to relay live"),
             Err(e) => warn!(error = %e, "cannot encode notification"),
         }
+    }
+
+    /// Packs encoded signals, in order, into as few payloads as fit PostgreSQL's limit.
+    fn pack(&self, signals: &[String]) -> Vec<String> {
+        let prefix = self.prefix();
+        let mut payloads = Vec::new();
+        let mut current = prefix.clone();
+        for s in signals {
+            if current.len() > prefix.len() && current.len() + s.len() + 2 > MAX_PAYLOAD {
+                current.push_str("]}");
+                payloads.push(std::mem::replace(&mut current, prefix.clone()));
+            }
+            if current.len() > prefix.len() {
+                current.push(',');
+            }
+            current.push_str(s);
+        }
+        if current.len() > prefix.len() {
+            current.push_str("]}");
+            payloads.push(current);
+        }
+        payloads
     }
 }
 
@@ -107,12 +133,15 @@ impl Orchestrator {
                     if rx.recv_many(&mut batch, MAX_BATCH).await == 0 { return }
                 }
             }
-            let sent = match self.pool().get().await {
-                Ok(client) => client
-                    .execute("select pg_notify($1, p) from unnest($2::text[]) p", &[&CHANNEL, &batch])
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+            // Everything queued since the last round trip, in as few notifications as fit.
+            let payloads = self.inner.notifier.pack(&batch);
+            let sent = match self.inner.coordination.get().await {
+                Ok(client) => match client.prepare_cached("select pg_notify($1, p) from unnest($2::text[]) p").await {
+                    Ok(stmt) => {
+                        client.execute(&stmt, &[&CHANNEL, &payloads]).await.map(|_| ()).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = sent {
@@ -127,7 +156,8 @@ impl Orchestrator {
     /// Listens for other replicas' notifications on a dedicated connection until `stop`
     /// fires, reconnecting with backoff.
     pub(crate) async fn run_listener(&self, db: parley_db::DbConfig, stop: CancellationToken) {
-        let origin = self.inner.notifier.origin();
+        // `origin` is the envelope's first field, so our own payloads start with this.
+        let own_prefix = self.inner.notifier.prefix();
         let mut backoff = Duration::from_millis(200);
         let mut first = true;
         loop {
@@ -171,7 +201,7 @@ impl Orchestrator {
                         tokio::select! {
                             () = stop.cancelled() => { driver.abort(); return; }
                             payload = rx.recv() => match payload {
-                                Some(p) => self.on_notification(origin, &p),
+                                Some(p) => self.on_notification(&own_prefix, &p),
                                 None => break,
                             }
                         }
@@ -189,20 +219,23 @@ impl Orchestrator {
         }
     }
 
-    fn on_notification(&self, origin: Uuid, payload: &str) {
+    fn on_notification(&self, own_prefix: &str, payload: &str) {
+        // Our own notifications come back too: skip them before parsing.
+        if payload.starts_with(own_prefix) {
+            return;
+        }
         let Ok(envelope) = serde_json::from_str::<Envelope>(payload) else {
             debug!("ignoring an unreadable notification");
             return;
         };
-        if envelope.origin == origin {
-            return;
-        }
-        match envelope.signal {
-            Signal::Wake => self.wake_local(),
-            Signal::Event { event, persisted } => self.hub().publish(Arc::new(event), persisted, true),
-            Signal::Persisted { conversation_id, seq } => self.hub().persisted(conversation_id, seq),
-            Signal::Cancel { turn_id } => {
-                self.cancel_local(turn_id);
+        for signal in envelope.signals {
+            match signal {
+                Signal::Wake => self.wake_local(),
+                Signal::Event { event, persisted } => self.hub().publish(Arc::new(event), persisted, true),
+                Signal::Persisted { conversation_id, seq } => self.hub().persisted(conversation_id, seq),
+                Signal::Cancel { turn_id } => {
+                    self.cancel_local(turn_id);
+                }
             }
         }
     }
@@ -210,5 +243,66 @@ impl Orchestrator {
     /// Sends a signal to the other replicas.
     pub(crate) fn signal(&self, signal: Signal) {
         self.inner.notifier.send(signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_packed_in_order_into_payloads_that_fit_and_carry_the_origin() {
+        let (notifier, mut rx) = Notifier::new();
+        let big = "x".repeat(3_000);
+        for i in 0..10 {
+            notifier.send(Signal::Cancel { turn_id: Uuid::from_u128(i) });
+            notifier.send(Signal::Persisted { conversation_id: Uuid::nil(), seq: i64::try_from(i).expect("small") });
+        }
+        notifier.send(Signal::Event {
+            event: Event {
+                conversation_id: Uuid::nil(),
+                seq: 1,
+                turn_id: None,
+                kind: "text".into(),
+                data: serde_json::json!({ "text": big }),
+                created_at: chrono::Utc::now(),
+            },
+            persisted: false,
+        });
+        let mut encoded = Vec::new();
+        while let Ok(s) = rx.try_recv() {
+            encoded.push(s);
+        }
+        let payloads = notifier.pack(&encoded);
+        let mut decoded = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= MAX_PAYLOAD, "{} bytes", p.len());
+            assert!(p.starts_with(&notifier.prefix()));
+            let envelope: Envelope = serde_json::from_str(p).expect("valid JSON");
+            assert_eq!(envelope.origin, notifier.origin());
+            decoded.extend(envelope.signals);
+        }
+        assert_eq!(decoded.len(), 21, "nothing lost");
+        assert!(matches!(decoded[0], Signal::Cancel { turn_id } if turn_id == Uuid::from_u128(0)));
+        assert!(matches!(decoded[20], Signal::Event { .. }), "order kept");
+        let other = Envelope { origin: Uuid::new_v4(), signals: vec![Signal::Wake] };
+        assert!(!serde_json::to_string(&other).expect("json").starts_with(&notifier.prefix()));
+    }
+
+    #[test]
+    fn an_oversized_signal_is_not_queued() {
+        let (notifier, mut rx) = Notifier::new();
+        notifier.send(Signal::Event {
+            event: Event {
+                conversation_id: Uuid::nil(),
+                seq: 1,
+                turn_id: None,
+                kind: "text".into(),
+                data: serde_json::json!({ "text": "y".repeat(MAX_PAYLOAD) }),
+                created_at: chrono::Utc::now(),
+            },
+            persisted: false,
+        });
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -13,7 +13,7 @@ use parley_db::event::{self, Event};
 use parley_db::message::{self, Message, Role};
 use parley_db::session::{self, NewSession, Session, Transition};
 use parley_db::turn::{self, Claimed, LeaseState, Turn, TurnStatus};
-use parley_db::{DbError, DbResult, GenericClient, conversation};
+use parley_db::{DbError, DbResult, GenericClient};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -26,7 +26,15 @@ use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
 use crate::{Orchestrator, RunningTurn, prompt};
 
 /// Longest tool output kept in an event, in characters.
-const TOOL_OUTPUT_CHARS: usize = 4_000;
+const TOOL_OUTPUT_CHARS: usize = 1_000;
+/// Longest text in one `text` or `thinking` event, in characters: longer chunks become
+/// several events. Together with [`TOOL_OUTPUT_CHARS`] and [`TOOL_INPUT_BYTES`] this keeps
+/// every event small enough to relay live to other replicas in one notification (even
+/// at six bytes a character once JSON-escaped).
+const EVENT_TEXT_CHARS: usize = 1_000;
+/// Largest tool input shown whole in a `tool_use` event, in bytes of JSON; a larger one
+/// is shown as a preview (the full input is kept in the reply's metadata).
+const TOOL_INPUT_BYTES: usize = 3_000;
 /// How long a finished turn waits for its platform reply to be delivered.
 const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -94,8 +102,11 @@ struct Emitter {
 
 impl Emitter {
     fn event(&mut self, kind: &str, mut data: Value) -> Event {
+        let now = Utc::now();
         if let Some(obj) = data.as_object_mut() {
             obj.insert("turn_id".into(), json!(self.turn_id));
+            // When it was produced, in Unix microseconds: clients measure relay latency with it.
+            obj.insert("ts".into(), json!(now.timestamp_micros()));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -105,7 +116,7 @@ impl Emitter {
             turn_id: Some(self.turn_id),
             kind: kind.into(),
             data,
-            created_at: Utc::now(),
+            created_at: now,
         }
     }
 }
@@ -164,6 +175,29 @@ fn tool_line(name: &str, input: &Value) -> String {
         });
     let detail: String = detail.chars().take(80).collect();
     if detail.is_empty() { name.to_owned() } else { format!("{name}: {detail}") }
+}
+
+/// Splits text into pieces of at most `max` characters (one piece when it is shorter).
+fn pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// A tool input as a `tool_use` event shows it: whole when small, else a preview.
+fn shown_input(input: &Value) -> Value {
+    let encoded = input.to_string();
+    if encoded.len() <= TOOL_INPUT_BYTES {
+        return input.clone();
+    }
+    json!({ "truncated": true, "preview": truncate(&encoded, EVENT_TEXT_CHARS) })
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -374,13 +408,15 @@ impl Orchestrator {
             let notified = self.inner.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = match self.pool().get().await {
+            let claimed = match self.inner.coordination.get().await {
                 Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease).await,
                 Err(e) => Err(DbError::from(e)),
             };
             match claimed {
                 Ok(Some(claimed)) => {
                     backoff = Duration::from_millis(100);
+                    // More may be queued: let one more idle worker look (a cascade, not a herd).
+                    self.wake_local();
                     self.run_turn(claimed).await;
                 }
                 Ok(None) => {
@@ -403,7 +439,7 @@ impl Orchestrator {
     }
 
     async fn run_turn(&self, claimed: Claimed) {
-        let Claimed { turn: t, first_event_seq } = claimed;
+        let t = claimed.turn.clone();
         let span = info_span!("turn", conversation_id = %t.conversation_id, turn_id = %t.turn_id, attempt = t.attempt);
         async {
             let control = TurnControl::default();
@@ -414,7 +450,7 @@ impl Orchestrator {
                 .insert(t.conversation_id, RunningTurn { turn_id: t.turn_id, control: control.clone() });
             let lease = tokio::spawn(self.clone().keep_lease(t.turn_id, control.clone()).in_current_span());
             let started = Instant::now();
-            let result = self.drive(t.clone(), first_event_seq, control).await;
+            let result = self.drive(claimed, control).await;
             lease.abort();
             self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             match result {
@@ -426,8 +462,8 @@ impl Orchestrator {
                     }
                 }
             }
-            // The conversation's next queued turn is claimable now.
-            self.wake();
+            // This worker claims again at once, so the conversation's next queued turn
+            // needs no wake-up (nor a notification to other replicas).
         }
         .instrument(span)
         .await;
@@ -439,7 +475,7 @@ impl Orchestrator {
         let lease = self.config().lease;
         loop {
             tokio::time::sleep(lease / 3).await;
-            let state = match self.pool().get().await {
+            let state = match self.inner.coordination.get().await {
                 Ok(client) => turn::extend_lease(&client, turn_id, &self.config().worker_id, lease).await,
                 Err(e) => Err(DbError::from(e)),
             };
@@ -457,15 +493,9 @@ impl Orchestrator {
     }
 
     /// Runs a claimed turn to its end. Returns the final status.
-    async fn drive(&self, t: Turn, first_event_seq: i64, control: TurnControl) -> DbResult<&'static str> {
-        // Three reads pipelined on one connection: one round trip.
-        let client = self.pool().get().await?;
-        let (conversation, user_message, active_session) = futures::try_join!(
-            conversation::get(&client, t.conversation_id),
-            message::get(&client, t.user_message_id),
-            session::active(&client, t.conversation_id),
-        )?;
-        drop(client);
+    async fn drive(&self, claimed: Claimed, control: TurnControl) -> DbResult<&'static str> {
+        // The claim read the conversation, the message and the active session too.
+        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session } = claimed;
         let sink = self
             .inner
             .sinks
@@ -702,16 +732,21 @@ impl TurnRun<'_> {
                 }
                 Chunk::Text { text } => {
                     self.reply.text.push_str(&text);
-                    self.emit("text", json!({ "text": text })).await;
+                    for piece in pieces(&text, EVENT_TEXT_CHARS) {
+                        self.emit("text", json!({ "text": piece })).await;
+                    }
                     self.progress();
                 }
                 Chunk::Thinking { text } => {
-                    self.emit("thinking", json!({ "text": text })).await;
+                    for piece in pieces(&text, EVENT_TEXT_CHARS) {
+                        self.emit("thinking", json!({ "text": piece })).await;
+                    }
                 }
                 Chunk::ToolUse { id, name, input } => {
                     self.reply.tools.push(tool_line(&name, &input));
+                    let shown = shown_input(&input);
                     self.reply.tool_calls.push(json!({ "id": id, "name": name, "input": input }));
-                    self.emit("tool_use", json!({ "id": id, "name": name, "input": input })).await;
+                    self.emit("tool_use", json!({ "id": id, "name": name, "input": shown })).await;
                     self.progress();
                 }
                 Chunk::ToolResult { id, is_error, output } => {
@@ -834,6 +869,7 @@ impl TurnRun<'_> {
             &client,
             &turn::Completion {
                 turn_id,
+                worker_id: &self.orch.config().worker_id,
                 conversation_id,
                 session_id: session.session_id,
                 assistant_session_id: changed_id,
@@ -951,5 +987,30 @@ impl TurnRun<'_> {
         hub.publish(Arc::new(final_event.clone()), true, false);
         self.orch.signal(Signal::Persisted { conversation_id, seq: final_event.seq });
         self.orch.signal(Signal::Event { event: final_event, persisted: true });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_split_into_event_sized_pieces_keeping_every_character() {
+        let text = "é".repeat(2_500);
+        let parts: Vec<&str> = pieces(&text, EVENT_TEXT_CHARS).collect();
+        assert_eq!(parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(), vec![1_000, 1_000, 500]);
+        assert_eq!(parts.concat(), text);
+        assert_eq!(pieces("short", EVENT_TEXT_CHARS).collect::<Vec<_>>(), vec!["short"]);
+        assert_eq!(pieces("", EVENT_TEXT_CHARS).count(), 0);
+    }
+
+    #[test]
+    fn large_tool_inputs_are_previewed_and_small_ones_kept() {
+        let small = json!({ "command": "ls" });
+        assert_eq!(shown_input(&small), small);
+        let large = json!({ "content": "\u{1}".repeat(5_000) });
+        let shown = shown_input(&large);
+        assert_eq!(shown["truncated"], true);
+        assert!(shown.to_string().len() < 7_000, "{} bytes", shown.to_string().len());
     }
 }
