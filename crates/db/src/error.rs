@@ -11,6 +11,8 @@ use thiserror::Error;
 ///   `turn_one_running_per_conversation`.
 /// - [`DbError::Unavailable`]: the database could not be reached or the pool timed out;
 ///   retry later (map to HTTP 503).
+/// - [`DbError::Retryable`]: the transaction lost a deadlock or serialization race and
+///   was rolled back; running it again is safe.
 /// - [`DbError::Other`]: anything else; a bug or an unexpected server error.
 #[derive(Debug, Error)]
 pub enum DbError {
@@ -29,6 +31,10 @@ pub enum DbError {
     /// The database could not be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The transaction was rolled back to break a deadlock or a serialization conflict
+    /// (SQLSTATE 40P01 / 40001); it may simply be run again.
+    #[error("transaction rolled back by a concurrent one: {0}")]
+    Retryable(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Other(String),
@@ -59,6 +65,9 @@ impl From<tokio_postgres::Error> for DbError {
                 || *code == SqlState::EXCLUSION_VIOLATION
             {
                 return Self::Conflict { constraint: db.constraint().unwrap_or("unknown").to_owned() };
+            }
+            if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE {
+                return Self::Retryable(db.message().to_owned());
             }
             if *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CRASH_SHUTDOWN

@@ -77,10 +77,6 @@ impl Notifier {
         (Self { origin: Uuid::new_v4(), tx }, rx)
     }
 
-    pub(crate) fn origin(&self) -> Uuid {
-        self.origin
-    }
-
     /// The start of every payload this replica sends.
     fn prefix(&self) -> String {
         format!("{{\"origin\":\"{}\",\"signals\":[", self.origin)
@@ -279,7 +275,7 @@ mod tests {
             assert!(p.len() <= MAX_PAYLOAD, "{} bytes", p.len());
             assert!(p.starts_with(&notifier.prefix()));
             let envelope: Envelope = serde_json::from_str(p).expect("valid JSON");
-            assert_eq!(envelope.origin, notifier.origin());
+            assert_eq!(envelope.origin, notifier.origin);
             decoded.extend(envelope.signals);
         }
         assert_eq!(decoded.len(), 21, "nothing lost");

@@ -455,6 +455,10 @@ impl Orchestrator {
             self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             match result {
                 Ok(status) => info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished"),
+                Err(DbError::Conflict { constraint }) if constraint.ends_with("conversation_id_fkey") => {
+                    // The conversation was deleted while its turn ran: nothing is left to store.
+                    info!("the conversation was deleted during the turn; its result is dropped");
+                }
                 Err(e) => {
                     error!(error = %e, "turn could not be finished; re-queueing it");
                     if let Ok(client) = self.pool().get().await {
@@ -839,7 +843,7 @@ impl TurnRun<'_> {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.finish_once(session, &outcome).await {
-                Err(DbError::Unavailable(e)) if Instant::now() < deadline => {
+                Err(DbError::Unavailable(e) | DbError::Retryable(e)) if Instant::now() < deadline => {
                     warn!(error = %e, "database unavailable while finishing the turn; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

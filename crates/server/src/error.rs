@@ -9,7 +9,27 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parley_db::DbError;
 use parley_orchestrator::OrchestratorError;
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code: `invalid_json`, `invalid_text`, `invalid_id`,
+    /// `invalid_query`, `unauthorized`, `not_found`, `conflict`, `payload_too_large`,
+    /// `rate_limited`, `too_many_queued`, `too_many_streams`, `unavailable`, …
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// Readable explanation (never internal details).
+    #[schema(example = "conversation not found")]
+    pub message: String,
+}
 
 /// An error answered by the web API.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +107,7 @@ impl IntoResponse for AppError {
             Self::Unavailable => tracing::warn!("request failed: database unavailable"),
             _ => {}
         }
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() } };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
@@ -112,7 +132,7 @@ impl From<DbError> for AppError {
             DbError::NotFound { what } => Self::NotFound(what),
             DbError::Unavailable(_) => Self::Unavailable,
             DbError::Conflict { constraint } => Self::Conflict(format!("conflict on {constraint}")),
-            DbError::Other(detail) => Self::Internal(detail),
+            DbError::Other(detail) | DbError::Retryable(detail) => Self::Internal(detail),
         }
     }
 }

@@ -6,12 +6,17 @@
 //!
 //! Every `/api/*` handler takes a [`access::Principal`]: authentication (API tokens),
 //! ownership of conversations and the per-principal limits live in [`access`].
+//!
+//! The web API's routes are registered from their handlers' `#[utoipa::path]`
+//! attributes ([`documented_routes`]), which also make the OpenAPI document served at
+//! `GET /api/openapi.json` ([`openapi`]).
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 
 use std::time::Duration;
@@ -19,12 +24,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use parley_orchestrator::Orchestrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::AppError;
 
@@ -47,25 +54,40 @@ pub struct AppState {
     pub access: access::Access,
 }
 
+/// The documented routes: the web API under `/api`, the probes and the OpenAPI document.
+/// Each `routes!` group is one path; its handlers' `#[utoipa::path]` attributes give the
+/// methods, so the router and [`openapi::document`] cannot disagree.
+pub fn documented_routes() -> OpenApiRouter<AppState> {
+    use routes::{conversations, events, health, messages, sessions, turns};
+    let api = OpenApiRouter::new()
+        // /api/conversations, /api/conversations/{id}
+        .routes(routes!(conversations::create, conversations::index))
+        .routes(routes!(conversations::show, conversations::delete))
+        // /api/conversations/{id}/messages, …/events
+        .routes(routes!(messages::index, messages::create))
+        .routes(routes!(events::stream))
+        // /api/conversations/{id}/{cancel,reset,pause,resume}
+        .routes(routes!(conversations::cancel))
+        .routes(routes!(conversations::reset))
+        .routes(routes!(conversations::pause))
+        .routes(routes!(conversations::resume))
+        // /api/sessions, /api/sessions/{id}
+        .routes(routes!(sessions::index))
+        .routes(routes!(sessions::show, sessions::delete))
+        // /api/turns/{id}
+        .routes(routes!(turns::show));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api", api)
+        .routes(routes!(openapi::show))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/conversations", post(routes::conversations::create).get(routes::conversations::index))
-        .route("/conversations/{id}", get(routes::conversations::show).delete(routes::conversations::delete))
-        .route("/conversations/{id}/messages", get(routes::messages::index).post(routes::messages::create))
-        .route("/conversations/{id}/events", get(routes::events::stream))
-        .route("/conversations/{id}/cancel", post(routes::conversations::cancel))
-        .route("/conversations/{id}/reset", post(routes::conversations::reset))
-        .route("/conversations/{id}/pause", post(routes::conversations::pause))
-        .route("/conversations/{id}/resume", post(routes::conversations::resume))
-        .route("/sessions", get(routes::sessions::index))
-        .route("/sessions/{id}", get(routes::sessions::show).delete(routes::sessions::delete))
-        .route("/turns/{id}", get(routes::turns::show));
+    let (documented, _) = documented_routes().split_for_parts();
     let cors = state.access.cors_layer();
-    let router = Router::new()
-        .nest("/api", api)
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
+    let router = documented
         .merge(routes::webhooks::router())
         .merge(routes::ui::router())
         .fallback(|| async { AppError::NotFound("route") })

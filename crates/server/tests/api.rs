@@ -1,5 +1,6 @@
 //! Web API tests against real PostgreSQL: the turn pipeline, stale-session recovery,
-//! SSE replay, idempotency, bad input and chat commands.
+//! SSE replay, idempotency, bad input and chat commands; accounts and limits (`auth`);
+//! the OpenAPI document (`openapi`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use uuid::Uuid;
 
 #[path = "api/auth.rs"]
 mod auth;
+#[path = "api/openapi.rs"]
+mod openapi;
 
 struct TestApp {
     base: String,

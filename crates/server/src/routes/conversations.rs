@@ -4,28 +4,33 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use parley_db::conversation::{self, Conversation, Delivery, NewConversation};
+use parley_db::DbError;
+use parley_db::conversation::{self, Conversation, ConversationSummary, Delivery, NewConversation};
 use parley_orchestrator::command::{Command, CommandReply};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
+use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 
 /// Body of `POST /api/conversations`; every field is optional.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// A title; empty by default.
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00]*$")]
     pub title: Option<String>,
     /// Which assistant answers; the server's default when absent.
     #[serde(default)]
     pub assistant: Option<String>,
     /// The assistant's working directory.
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00]*$")]
     pub cwd: Option<String>,
     /// `stream` (default) or `batch`.
     #[serde(default)]
@@ -36,6 +41,20 @@ pub struct CreateBody {
 ///
 /// # Errors
 /// 400 for an unknown assistant or a title with NUL; 503 when the database is down.
+#[utoipa::path(
+    post,
+    operation_id = "conversations_create",
+    path = "/conversations",
+    tag = "conversations",
+    request_body(content = Option<CreateBody>, description = "Every field is optional; no body at all means every default"),
+    responses(
+        (status = 201, description = "Created, owned by the caller", body = Conversation),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -85,19 +104,54 @@ pub async fn create(
 }
 
 /// Query of `GET /api/conversations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page size, 1–200 (default 50).
+    /// Page size, 1–200 (default 50; other values are clamped into range).
     pub limit: Option<i64>,
-    /// How many to skip.
+    /// How many to skip (default 0; negative counts as 0).
     pub offset: Option<i64>,
+}
+
+/// Body of `GET /api/conversations`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    /// Most recently active first, each with its turn state.
+    #[schema(value_type = Vec<ListedConversation>)]
+    pub conversations: Vec<Conversation>,
+}
+
+/// A conversation as [`ConversationList`] shows it: the conversation and its turn state
+/// (`last_turn_status`, `running`, `queued`, `resume_after_seq`) side by side. Only the
+/// document uses this type: the list serialises [`Conversation`] with its `summary`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedConversation {
+    /// The conversation.
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    /// Its turn state.
+    #[serde(flatten)]
+    pub summary: ConversationSummary,
 }
 
 /// `GET /api/conversations` → `{"conversations": [...]}`, most recently active first:
 /// the caller's own (an admin's: everyone's).
 ///
 /// # Errors
-/// 503 when the database is down.
+/// 400 for a malformed query; 503 when the database is down.
+#[utoipa::path(
+    get,
+    operation_id = "conversations_index",
+    path = "/conversations",
+    tag = "conversations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's conversations (an admin's: everyone's)", body = ConversationList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn index(
     State(state): State<AppState>,
     principal: Principal,
@@ -106,14 +160,28 @@ pub async fn index(
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     let offset = q.offset.unwrap_or(0).max(0);
-    let list: Vec<Conversation> = conversation::list(&client, principal.owner_filter(), limit, offset).await?;
-    Ok(Json(json!({ "conversations": list })))
+    let conversations = conversation::list(&client, principal.owner_filter(), limit, offset).await?;
+    Ok(Json(ConversationList { conversations }))
 }
 
 /// `GET /api/conversations/{id}`.
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or another principal's).
+#[utoipa::path(
+    get,
+    operation_id = "conversations_show",
+    path = "/conversations/{id}",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "The conversation", body = Conversation),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -128,6 +196,20 @@ pub async fn show(
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or another principal's).
+#[utoipa::path(
+    delete,
+    operation_id = "conversations_delete",
+    path = "/conversations/{id}",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 204, description = "Deleted with its messages, turns, sessions and events"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -140,9 +222,24 @@ pub async fn delete(
     if let Some(running) = parley_db::turn::running(&client, id).await? {
         orch.cancel(running.turn_id);
     }
-    conversation::delete(&client, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // The delete cascades to the turn a worker may still be finishing; PostgreSQL may pick
+    // this statement as the victim of the lock cycle. Deadlock victims are meant to retry.
+    let mut attempt = 1;
+    loop {
+        match conversation::delete(&client, id).await {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Err(e @ DbError::Retryable(_)) if attempt < DELETE_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "deleting the conversation lost a race; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
+
+/// How many times `DELETE /api/conversations/{id}` tries the delete.
+const DELETE_ATTEMPTS: u32 = 4;
 
 async fn action(
     state: &AppState,
@@ -163,6 +260,21 @@ async fn action(
 ///
 /// # Errors
 /// 409 when nothing runs; 404 for an unknown conversation (or another principal's).
+#[utoipa::path(
+    post,
+    operation_id = "conversations_cancel",
+    path = "/conversations/{id}/cancel",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "Cancelled: the running turn stops", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -175,6 +287,21 @@ pub async fn cancel(
 ///
 /// # Errors
 /// 409 when there is no session yet; 404 for an unknown conversation (or another principal's).
+#[utoipa::path(
+    post,
+    operation_id = "conversations_reset",
+    path = "/conversations/{id}/reset",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "Reset: the session ended; the next message starts a new one", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn reset(
     State(state): State<AppState>,
     principal: Principal,
@@ -187,6 +314,21 @@ pub async fn reset(
 ///
 /// # Errors
 /// 409 when already paused; 404 for an unknown conversation (or another principal's).
+#[utoipa::path(
+    post,
+    operation_id = "conversations_pause",
+    path = "/conversations/{id}/pause",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "Paused", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     principal: Principal,
@@ -199,6 +341,21 @@ pub async fn pause(
 ///
 /// # Errors
 /// 409 when not paused; 404 for an unknown conversation (or another principal's).
+#[utoipa::path(
+    post,
+    operation_id = "conversations_resume",
+    path = "/conversations/{id}/resume",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "Resumed", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     principal: Principal,

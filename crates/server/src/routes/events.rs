@@ -22,14 +22,17 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::StreamExt;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Path, Query, parse_id};
+use crate::openapi::{BadRequest, NotFound, TooManyRequests, Unauthorized, Unavailable};
 
 /// Query of the events stream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Replay events with `seq` greater than this; `Last-Event-ID` wins when both are given.
     pub after: Option<i64>,
@@ -40,6 +43,31 @@ pub struct EventsQuery {
 /// # Errors
 /// 400 for a malformed id or `Last-Event-ID`, 404 for an unknown conversation (or
 /// another principal's), 429 `too_many_streams`.
+#[utoipa::path(
+    get,
+    operation_id = "events_stream",
+    path = "/conversations/{id}/events",
+    tag = "messages",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The conversation's id"),
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header,
+            description = "Resume after this event seq (sent by `EventSource` on reconnect); wins over `after`"),
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "Server-Sent Events that never end on their own: `event:` the kind (`turn_started`, `text`, \
+                           `thinking`, `tool_use`, `tool_result`, `session_reset`, `turn_completed`, `turn_failed`, \
+                           `turn_cancelled`, `turn_interrupted`), `id:` its seq, `data:` its JSON payload (with \
+                           `turn_id`); `: keep-alive` comments every 15 s"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,

@@ -3,24 +3,63 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use parley_db::session::{self, StatusFilter};
-use serde::Deserialize;
-use serde_json::json;
+use parley_db::session::{self, Session, StatusFilter, UsageTotals};
+use parley_db::turn::Turn;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
+use crate::openapi::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
 
 /// Query of `GET /api/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `active`, `ended`, `failed` (`last_error` set) or `all` (default).
+    #[param(value_type = Option<SessionStatus>, inline)]
     pub status: Option<String>,
     /// Only this conversation's sessions.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub conversation_id: Option<String>,
-    /// Page size, 1–1000 (default 200).
+    /// Page size, 1–1000 (default 200; other values are clamped into range).
     pub limit: Option<i64>,
+}
+
+/// The `status` filter of `GET /api/sessions` (parsed by [`StatusFilter::parse`]; this
+/// type describes the values in the OpenAPI document).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// Only the active ones.
+    Active,
+    /// Only the ended ones.
+    Ended,
+    /// Only those whose last turn failed.
+    Failed,
+    /// All (the default).
+    All,
+}
+
+/// Body of `GET /api/sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Oldest first.
+    pub sessions: Vec<Session>,
+}
+
+/// Body of `GET /api/sessions/{id}`: the session's fields, its turns and usage totals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionDetail {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// The turns that ran in it, oldest first.
+    pub turns: Vec<Turn>,
+    /// Token and cost totals of its assistant messages.
+    pub usage: UsageTotals,
 }
 
 /// `GET /api/sessions?status=…&conversation_id=…` → `{"sessions": [...]}`, oldest first:
@@ -28,6 +67,19 @@ pub struct ListQuery {
 ///
 /// # Errors
 /// 400 for an unknown status or malformed conversation id.
+#[utoipa::path(
+    get,
+    operation_id = "sessions_index",
+    path = "/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Sessions of the caller's conversations (an admin's: everyone's)", body = SessionList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn index(
     State(state): State<AppState>,
     principal: Principal,
@@ -42,7 +94,7 @@ pub async fn index(
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
     let sessions = session::list(&client, status, conversation_id, principal.owner_filter(), limit).await?;
-    Ok(Json(json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
 /// `GET /api/sessions/{id}` → the session with its `turns` and `usage` totals.
@@ -50,6 +102,20 @@ pub async fn index(
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or one of another principal's
 /// conversations).
+#[utoipa::path(
+    get,
+    operation_id = "sessions_show",
+    path = "/sessions/{id}",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session with its turns and usage totals", body = SessionDetail),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -57,13 +123,10 @@ pub async fn show(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    let s = visible(&client, &principal, id).await?;
+    let session = visible(&client, &principal, id).await?;
     let turns = parley_db::turn::list_for_session(&client, id).await?;
     let usage = session::usage_totals(&client, id).await?;
-    let mut value = serde_json::to_value(&s).map_err(|e| AppError::Internal(e.to_string()))?;
-    value["turns"] = json!(turns);
-    value["usage"] = json!(usage);
-    Ok(Json(value))
+    Ok(Json(SessionDetail { session, turns, usage }))
 }
 
 /// `DELETE /api/sessions/{id}` → `204`.
@@ -71,6 +134,21 @@ pub async fn show(
 /// # Errors
 /// 404 for an unknown session (or one of another principal's conversations); 409 for
 /// the conversation's active session (reset first).
+#[utoipa::path(
+    delete,
+    operation_id = "sessions_delete",
+    path = "/sessions/{id}",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id")),
+    responses(
+        (status = 204, description = "Deleted; its turns keep their messages"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -93,7 +171,7 @@ async fn visible(
     client: &impl parley_db::GenericClient,
     principal: &Principal,
     id: uuid::Uuid,
-) -> Result<session::Session, AppError> {
+) -> Result<Session, AppError> {
     let s = session::get(client, id).await?;
     principal.conversation(client, s.conversation_id).await.map_err(|e| match e {
         AppError::NotFound(_) => AppError::NotFound("session"),
