@@ -274,8 +274,17 @@ const SUMMARY_COLUMNS: &str = "\
 /// # Errors
 /// [`DbError::NotFound`] when there is none with that id.
 pub async fn delete(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<()> {
-    let n = client.execute("delete from conversation where conversation_id = $1", &[&conversation_id]).await?;
-    if n == 0 {
+    // Events have no foreign key (they are written on every turn's hot path): they go
+    // in the same statement; everything else follows by cascade.
+    let row = client
+        .query_one(
+            "with c as (delete from conversation where conversation_id = $1 returning conversation_id), \
+                  e as (delete from event where conversation_id = $1 and exists (select 1 from c)) \
+             select count(*) from c",
+            &[&conversation_id],
+        )
+        .await?;
+    if row.try_get::<_, i64>(0)? == 0 {
         return Err(DbError::not_found("conversation"));
     }
     Ok(())

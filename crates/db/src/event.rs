@@ -59,7 +59,9 @@ impl TryFrom<&Row> for Event {
     }
 }
 
-/// Inserts a batch of events in one statement. An empty batch does nothing.
+/// Inserts a batch of events in one statement; events of a conversation that no longer
+/// exists are dropped (the table has no foreign key: see migration V4). An empty batch
+/// does nothing.
 ///
 /// # Errors
 /// [`DbError::Conflict`] on `event_pkey` when a `seq` is already used.
@@ -76,7 +78,9 @@ pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbRe
     let stmt = client
         .prepare_cached(
             "insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
-             select * from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::timestamptz[])",
+             select u.* from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
+                 as u (conversation_id, seq, turn_id, kind, data, created_at) \
+             where exists (select 1 from conversation c where c.conversation_id = u.conversation_id)",
         )
         .await?;
     client.execute(&stmt, &[&conversation_ids, &seqs, &turn_ids, &kinds, &data, &created]).await?;
