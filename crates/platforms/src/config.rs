@@ -10,29 +10,9 @@ use parley_db::conversation::Delivery;
 
 use crate::verify;
 
-/// A secret string (token, signing secret). `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    #[must_use]
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; use it only to sign, verify or authenticate.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A secret string (token, signing secret): the same type the assistants use for API
+/// keys; `Debug` and `Display` print `[redacted]`.
+pub use parley_assistant::Secret;
 
 /// Settings shared by every platform's reply sink.
 #[derive(Debug, Clone)]
