@@ -70,13 +70,21 @@ impl MockAnthropic {
     /// # Panics
     /// When it cannot listen on loopback.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the mock on `addr` (e.g. `127.0.0.1:18080`).
+    ///
+    /// # Panics
+    /// When it cannot listen there.
+    pub async fn start_on(addr: &str) -> Self {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .fallback(not_found)
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the mock Anthropic API");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the mock Anthropic API");
         let addr = listener.local_addr().expect("local address");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
