@@ -246,6 +246,18 @@ impl Orchestrator {
 mod tests {
     use super::*;
 
+    fn text_event(text: &str) -> Signal {
+        let event = Event {
+            conversation_id: Uuid::nil(),
+            seq: 1,
+            turn_id: None,
+            kind: "text".into(),
+            data: serde_json::json!({ "text": text }),
+            created_at: chrono::Utc::now(),
+        };
+        Signal::Event { event, persisted: false }
+    }
+
     #[test]
     fn signals_are_packed_in_order_into_payloads_that_fit_and_carry_the_origin() {
         let (notifier, mut rx) = Notifier::new();
@@ -254,17 +266,7 @@ mod tests {
             notifier.send(Signal::Cancel { turn_id: Uuid::from_u128(i) });
             notifier.send(Signal::Persisted { conversation_id: Uuid::nil(), seq: i64::try_from(i).expect("small") });
         }
-        notifier.send(Signal::Event {
-            event: Event {
-                conversation_id: Uuid::nil(),
-                seq: 1,
-                turn_id: None,
-                kind: "text".into(),
-                data: serde_json::json!({ "text": big }),
-                created_at: chrono::Utc::now(),
-            },
-            persisted: false,
-        });
+        notifier.send(text_event(&big));
         let mut encoded = Vec::new();
         while let Ok(s) = rx.try_recv() {
             encoded.push(s);
@@ -288,17 +290,7 @@ mod tests {
     #[test]
     fn an_oversized_signal_is_not_queued() {
         let (notifier, mut rx) = Notifier::new();
-        notifier.send(Signal::Event {
-            event: Event {
-                conversation_id: Uuid::nil(),
-                seq: 1,
-                turn_id: None,
-                kind: "text".into(),
-                data: serde_json::json!({ "text": "y".repeat(MAX_PAYLOAD) }),
-                created_at: chrono::Utc::now(),
-            },
-            persisted: false,
-        });
+        notifier.send(text_event(&"y".repeat(MAX_PAYLOAD)));
         assert!(rx.try_recv().is_err());
     }
 }

@@ -11,6 +11,7 @@
 pub mod mock_anthropic;
 pub mod mock_openai;
 pub mod process;
+mod served;
 pub mod sse;
 
 use std::str::FromStr;

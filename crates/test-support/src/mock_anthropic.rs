@@ -21,7 +21,6 @@
 //! Every request body is recorded ([`MockAnthropic::requests`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +31,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+
+use crate::served::Served;
 
 /// The text of the default scenario.
 pub const HELLO: &str = "Hello! How can I help you today?";
@@ -53,15 +54,8 @@ struct MockState {
 /// A running mock; it stops when dropped.
 #[derive(Debug)]
 pub struct MockAnthropic {
-    addr: SocketAddr,
+    server: Served,
     state: Arc<MockState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MockAnthropic {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl MockAnthropic {
@@ -84,18 +78,13 @@ impl MockAnthropic {
             .route("/v1/messages/count_tokens", post(count_tokens))
             .fallback(not_found)
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the mock Anthropic API");
-        let addr = listener.local_addr().expect("local address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, state, task }
+        Self { server: Served::start(addr, app, "the mock Anthropic API").await, state }
     }
 
     /// The base URL for `ANTHROPIC_BASE_URL` (no trailing slash, no `/v1`).
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Every request received, oldest first.

@@ -25,7 +25,6 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +35,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+
+use crate::served::Served;
 
 pub use crate::mock_anthropic::{HELLO, Recorded};
 
@@ -48,15 +49,8 @@ struct MockState {
 /// A running mock; it stops when dropped.
 #[derive(Debug)]
 pub struct MockOpenAi {
-    addr: SocketAddr,
+    server: Served,
     state: Arc<MockState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MockOpenAi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl MockOpenAi {
@@ -71,18 +65,13 @@ impl MockOpenAi {
             .route("/v1/chat/completions", post(chat))
             .fallback(not_found)
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the mock OpenAI API");
-        let addr = listener.local_addr().expect("local address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, state, task }
+        Self { server: Served::start("127.0.0.1:0", app, "the mock OpenAI API").await, state }
     }
 
     /// The server's root URL (append `/v1` for a client's base URL).
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Every request received, oldest first.
