@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{FromRequestParts, MatchedPath, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use parley_db::GenericClient;
@@ -353,8 +353,12 @@ fn invalid_token() -> AppError {
     AppError::Unauthorized("the API token is not valid (unknown or revoked)".into())
 }
 
+/// The one route that accepts `?access_token=`: a conversation's events stream, which a
+/// browser's `EventSource` opens without headers.
+pub const QUERY_TOKEN_ROUTE: &str = "/api/conversations/{id}/events";
+
 /// The token of a request: `Authorization: Bearer …`, or `?access_token=` on the events
-/// stream.
+/// stream ([`QUERY_TOKEN_ROUTE`], matched by route, not by the path's ending).
 fn bearer_token(parts: &Parts) -> Result<String, AppError> {
     if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default().trim();
@@ -365,7 +369,8 @@ fn bearer_token(parts: &Parts) -> Result<String, AppError> {
             _ => Err(AppError::Unauthorized("the Authorization header must be `Bearer <token>`".into())),
         };
     }
-    if parts.method == Method::GET && parts.uri.path().ends_with("/events") {
+    let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+    if parts.method == Method::GET && route == Some(QUERY_TOKEN_ROUTE) {
         #[derive(serde::Deserialize)]
         struct TokenQuery {
             access_token: Option<String>,

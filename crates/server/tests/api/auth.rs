@@ -166,6 +166,40 @@ async fn every_api_endpoint_needs_a_valid_token_and_the_public_ones_do_not() {
 }
 
 #[tokio::test]
+async fn access_token_query_is_accepted_on_the_events_stream_only() {
+    let app = spawn_auth().await;
+    let alice = token(&app, "alice", false).await;
+    let (conv, session, turn) = answered_conversation(&app, &alice).await;
+    // Paths that end in `/events` but are not a conversation's stream: the `{id}` of a
+    // session, a turn or a conversation. A valid token in the query must not pass there
+    // (it used to: they answered 400 invalid_id or 404 instead of 401).
+    for path in [
+        "/api/sessions/events".to_owned(),
+        "/api/turns/events".to_owned(),
+        "/api/conversations/events".to_owned(),
+        format!("/api/sessions/{session}?x=/events"),
+        format!("/api/turns/{turn}"),
+        format!("/api/conversations/{conv}/messages"),
+    ] {
+        let (status, err, _) = call(&app, Method::GET, &format!("{path}?access_token={alice}"), None, None).await;
+        assert_eq!(status, 401, "GET {path}?access_token=<valid>: {err}");
+        assert_eq!(err["error"]["code"], "unauthorized");
+    }
+    // A POST to the stream's path is not the stream either.
+    let (status, _, _) =
+        call(&app, Method::POST, &format!("/api/conversations/{conv}/events?access_token={alice}"), None, None).await;
+    assert_ne!(status, 200);
+    // The stream itself takes it, and a bogus one is refused there.
+    let url = |t: &str| app.url(&format!("/api/conversations/{conv}/events?after=0&access_token={t}"));
+    let resp = app.http.get(url(&alice)).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let resp = app.http.get(url("parley_bogus")).send().await.expect("send");
+    assert_eq!(resp.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn another_principals_conversation_answers_404_like_a_missing_one_and_nothing_changes() {
     let app = spawn_auth().await;
     let alice = token(&app, "alice", false).await;
