@@ -1,16 +1,51 @@
 //! The `inbound_delivery` table: dedupe of webhook deliveries and web
-//! `Idempotency-Key`s, with the response first given so a repeat can return it.
+//! `Idempotency-Key`s, with the response first given so a repeat can return it, and a
+//! hash of the request the key was first used for ([`request_hash`]) so a key reused
+//! for another request can be refused.
 
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::DbResult;
 
-/// Records a delivery. Returns `true` when it is new, `false` when `(platform,
-/// delivery_id)` was seen before. Run it in the ingest transaction: a concurrent
-/// duplicate waits for that transaction and then sees the row.
+/// The SHA-256 of a request's parts (each prefixed by its length in bytes, so
+/// `["ab", "c"]` and `["a", "bc"]` differ): what `inbound_delivery.request_hash` holds.
+#[must_use]
+pub fn request_hash(parts: &[&str]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// A recorded delivery: the response first given (`None` until its transaction stored
+/// one) and the hash of the request it was for (`None` for rows written before hashes
+/// were kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The response first given.
+    pub response: Option<serde_json::Value>,
+    /// [`request_hash`] of the first request.
+    pub request_hash: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// True when this delivery was recorded for another request than `hash`. A row
+    /// without a hash matches any request.
+    #[must_use]
+    pub fn is_for_another_request(&self, hash: &[u8; 32]) -> bool {
+        self.request_hash.as_deref().is_some_and(|stored| stored != hash.as_slice())
+    }
+}
+
+/// Records a delivery with the hash of its request. Returns `true` when it is new,
+/// `false` when `(platform, delivery_id)` was seen before. Run it in the ingest
+/// transaction: a concurrent duplicate waits for that transaction and then sees the row.
 ///
 /// # Errors
 /// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.
@@ -19,14 +54,16 @@ pub async fn record(
     platform: &str,
     delivery_id: &str,
     conversation_id: Option<Uuid>,
+    request_hash: Option<&[u8; 32]>,
 ) -> DbResult<bool> {
     let stmt = client
         .prepare_cached(
-            "insert into inbound_delivery (platform, delivery_id, conversation_id) values ($1, $2, $3) \
-             on conflict do nothing",
+            "insert into inbound_delivery (platform, delivery_id, conversation_id, request_hash) \
+             values ($1, $2, $3, $4) on conflict do nothing",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&platform, &delivery_id, &conversation_id]).await? == 1)
+    let hash = request_hash.map(<[u8; 32]>::as_slice);
+    Ok(client.execute(&stmt, &[&platform, &delivery_id, &conversation_id, &hash]).await? == 1)
 }
 
 /// Stores the response given to a delivery.
@@ -46,18 +83,16 @@ pub async fn set_response(
     Ok(())
 }
 
-/// The response stored for a delivery, if any.
+/// The recorded delivery `(platform, delivery_id)`, if it was seen.
 ///
 /// # Errors
 /// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.
-pub async fn response(
-    client: &impl GenericClient,
-    platform: &str,
-    delivery_id: &str,
-) -> DbResult<Option<serde_json::Value>> {
-    let stmt =
-        client.prepare_cached("select response from inbound_delivery where platform = $1 and delivery_id = $2").await?;
-    Ok(client.query_opt(&stmt, &[&platform, &delivery_id]).await?.and_then(|r| r.get(0)))
+pub async fn stored(client: &impl GenericClient, platform: &str, delivery_id: &str) -> DbResult<Option<Stored>> {
+    let stmt = client
+        .prepare_cached("select response, request_hash from inbound_delivery where platform = $1 and delivery_id = $2")
+        .await?;
+    let row = client.query_opt(&stmt, &[&platform, &delivery_id]).await?;
+    Ok(row.map(|r| Stored { response: r.get(0), request_hash: r.get(1) }))
 }
 
 /// Deletes deliveries older than `retention`. Returns how many.

@@ -23,6 +23,8 @@ pub struct Enqueue<'a> {
     /// A dedupe key `(namespace, key)` recorded with the response, so a repeat can
     /// return it.
     pub dedupe: Option<(&'a str, &'a str)>,
+    /// The request's [`crate::inbound_delivery::request_hash`], recorded with the dedupe key.
+    pub request_hash: Option<&'a [u8; 32]>,
 }
 
 /// What [`enqueue`] did.
@@ -46,7 +48,7 @@ pub enum Enqueued {
 /// commit in autocommit mode): locks the conversation row first (so one conversation's
 /// message ids commit in the order assigned), checks the owner and the queue limit,
 /// inserts the message and the turn, and records the dedupe key with the response
-/// `{"kind":"turn","turn_id","message_id","duplicate":false}`.
+/// `{"kind":"turn","turn_id","message_id","duplicate":false}` and the request hash.
 ///
 /// The queue count is read from the statement's snapshot, so under concurrent posts to
 /// one conversation the limit is approximate by the number of concurrent posts.
@@ -70,19 +72,20 @@ pub async fn enqueue(client: &impl GenericClient, e: &Enqueue<'_>) -> DbResult<E
                  returning message_id), \
              t as (insert into turn (turn_id, conversation_id, user_message_id) select $3, $1, message_id from m), \
              d as ( \
-                 insert into inbound_delivery (platform, delivery_id, conversation_id, response) \
+                 insert into inbound_delivery (platform, delivery_id, conversation_id, response, request_hash) \
                  select $7, $8, $1, jsonb_build_object('kind', 'turn', 'turn_id', $3::uuid, \
-                                                       'message_id', m.message_id, 'duplicate', false) \
+                                                       'message_id', m.message_id, 'duplicate', false), $9 \
                  from m where $7::text is not null) \
              select (select count(*) from c) as found, (select queued from q) as queued, \
                     (select message_id from m) as message_id",
         )
         .await?;
     let (namespace, key) = e.dedupe.unzip();
+    let hash = e.request_hash.map(<[u8; 32]>::as_slice);
     let row = client
         .query_one(
             &stmt,
-            &[&e.conversation_id, &e.owner, &e.turn_id, &e.content, e.metadata, &e.max_queued, &namespace, &key],
+            &[&e.conversation_id, &e.owner, &e.turn_id, &e.content, e.metadata, &e.max_queued, &namespace, &key, &hash],
         )
         .await?;
     let found: i64 = row.try_get("found")?;

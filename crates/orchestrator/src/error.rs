@@ -4,8 +4,9 @@ use parley_db::DbError;
 use thiserror::Error;
 
 /// An error from an orchestrator entry point. Surfaces map it to their protocol:
-/// `NotFound` → 404, `InvalidInput` → 400, `Conflict` → 409, `TooManyQueued` → 429,
-/// `Db(Unavailable)` → 503, anything else → 500.
+/// `NotFound` → 404, `InvalidInput` → 400, `Conflict` → 409,
+/// `IdempotencyKeyReused` → 422, `TooManyQueued` → 429, `Db(Unavailable)` → 503,
+/// anything else → 500.
 #[derive(Debug, Error)]
 pub enum OrchestratorError {
     /// The conversation (or other named thing) does not exist.
@@ -28,6 +29,11 @@ pub enum OrchestratorError {
         /// The configured limit.
         limit: usize,
     },
+    /// The dedupe key (an `Idempotency-Key`, a generic webhook's `X-Delivery-Id`) was
+    /// first used for another request; nothing was stored. The first request's answer is
+    /// not returned: the caller sent different text under a key it already used.
+    #[error("this key was already used for a different request; send a new key for a new message (nothing was stored)")]
+    IdempotencyKeyReused,
     /// The store failed.
     #[error(transparent)]
     Db(DbError),

@@ -14,6 +14,47 @@ use crate::{Orchestrator, OrchestratorError};
 /// The default longest message accepted, in characters ([`crate::Config::max_message_chars`]).
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
 
+/// A dedupe key and the request it stands for: a repeat of the key with the same request
+/// returns the first answer; with another request it is
+/// [`OrchestratorError::IdempotencyKeyReused`] and nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedupe {
+    /// The key's namespace: `web` for `Idempotency-Key`s, the platform's name for
+    /// webhook deliveries.
+    pub namespace: String,
+    /// The key within the namespace (`<conversation>:<Idempotency-Key>`, a delivery id).
+    pub key: String,
+    /// [`parley_db::inbound_delivery::request_hash`] of what the request asks for.
+    pub request_hash: [u8; 32],
+}
+
+impl Dedupe {
+    /// A key for the request made of `request` (e.g. `[text]`, or
+    /// `[conversation external id, text]` for a webhook).
+    #[must_use]
+    pub fn new(namespace: impl Into<String>, key: impl Into<String>, request: &[&str]) -> Self {
+        Self {
+            namespace: namespace.into(),
+            key: key.into(),
+            request_hash: parley_db::inbound_delivery::request_hash(request),
+        }
+    }
+
+    /// What a recorded delivery of this key means for this request: the first answer
+    /// marked as a duplicate, or an error.
+    fn repeat(&self, stored: Option<inbound_delivery::Stored>) -> Result<Ingested, OrchestratorError> {
+        let stored = stored.ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()))?;
+        if stored.is_for_another_request(&self.request_hash) {
+            return Err(OrchestratorError::IdempotencyKeyReused);
+        }
+        stored
+            .response
+            .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
+            .map(Ingested::mark_duplicate)
+            .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()))
+    }
+}
+
 /// A message to post to a conversation.
 #[derive(Debug, Clone)]
 pub struct PostMessage {
@@ -21,9 +62,10 @@ pub struct PostMessage {
     pub conversation_id: Uuid,
     /// The text: not empty, at most [`crate::Config::max_message_chars`] characters, no NUL.
     pub text: String,
-    /// A dedupe key `(namespace, key)`: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
-    /// webhooks use `(platform, delivery id)`. A repeat returns the first result.
-    pub dedupe: Option<(String, String)>,
+    /// A dedupe key: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
+    /// webhooks use `(platform, delivery id)`. A repeat returns the first result; the key
+    /// reused for another request is refused ([`Dedupe`]).
+    pub dedupe: Option<Dedupe>,
     /// Extra data stored on the user message (platform sender, message ids…).
     pub metadata: serde_json::Value,
     /// Only accept it when the conversation belongs to this principal (`None`: any);
@@ -106,6 +148,8 @@ impl Orchestrator {
     /// [`OrchestratorError::TooManyQueued`] when the conversation's queue is full
     /// (checked under the conversation's row lock; nothing stored),
     /// [`OrchestratorError::NotFound`] for an unknown conversation,
+    /// [`OrchestratorError::IdempotencyKeyReused`] when the dedupe key was first used
+    /// for another request (nothing stored),
     /// [`OrchestratorError::Db`] when the store fails (nothing stored).
     pub async fn post_message(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
         validate_text(&post.text, self.config().max_message_chars)?;
@@ -114,15 +158,13 @@ impl Orchestrator {
         }
         let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
-        if let Some((namespace, key)) = &post.dedupe
-            && !inbound_delivery::record(&tx, namespace, key, Some(post.conversation_id)).await?
+        if let Some(d) = &post.dedupe
+            && !inbound_delivery::record(&tx, &d.namespace, &d.key, Some(post.conversation_id), Some(&d.request_hash))
+                .await?
         {
-            let stored = inbound_delivery::response(&tx, namespace, key).await?;
+            let stored = inbound_delivery::stored(&tx, &d.namespace, &d.key).await?;
             tx.rollback().await.map_err(parley_db::DbError::from)?;
-            return stored
-                .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
-                .map(Ingested::mark_duplicate)
-                .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()));
+            return d.repeat(stored);
         }
         let conv = conversation::lock(&tx, post.conversation_id).await?;
         if post.owner.as_deref().is_some_and(|o| o != conv.owner) {
@@ -163,9 +205,9 @@ impl Orchestrator {
                 (Ingested::Command { message_id: msg.message_id, command, ok, reply: text, duplicate: false }, reply)
             }
         };
-        if let Some((namespace, key)) = &post.dedupe {
+        if let Some(d) = &post.dedupe {
             let value = serde_json::to_value(&result.0).map_err(|e| OrchestratorError::InvalidInput(e.to_string()))?;
-            inbound_delivery::set_response(&tx, namespace, key, &value).await?;
+            inbound_delivery::set_response(&tx, &d.namespace, &d.key, &value).await?;
         }
         tx.commit().await.map_err(parley_db::DbError::from)?;
         match result.1 {
@@ -180,7 +222,7 @@ impl Orchestrator {
         let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         let turn_id = Uuid::new_v4();
         let limit = self.config().max_queued_turns;
-        let dedupe = post.dedupe.as_ref().map(|(n, k)| (n.as_str(), k.as_str()));
+        let dedupe = post.dedupe.as_ref().map(|d| (d.namespace.as_str(), d.key.as_str()));
         let enqueued = ingest::enqueue(
             &client,
             &ingest::Enqueue {
@@ -191,6 +233,7 @@ impl Orchestrator {
                 metadata: &post.metadata,
                 max_queued: i64::try_from(limit).unwrap_or(i64::MAX),
                 dedupe,
+                request_hash: post.dedupe.as_ref().map(|d| &d.request_hash),
             },
         )
         .await;
@@ -201,15 +244,27 @@ impl Orchestrator {
             }
             Ok(ingest::Enqueued::NotFound) => Err(OrchestratorError::NotFound("conversation")),
             Ok(ingest::Enqueued::QueueFull { queued }) => Err(OrchestratorError::TooManyQueued { queued, limit }),
-            Err(e) if ingest::is_duplicate(&e) => {
-                let (namespace, key) = dedupe.unwrap_or_default();
-                inbound_delivery::response(&client, namespace, key)
-                    .await?
-                    .and_then(|v| serde_json::from_value::<Ingested>(v).ok())
-                    .map(Ingested::mark_duplicate)
-                    .ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()))
-            }
+            Err(e) if ingest::is_duplicate(&e) => match &post.dedupe {
+                Some(d) => d.repeat(inbound_delivery::stored(&client, &d.namespace, &d.key).await?),
+                None => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The answer to a repeat of `dedupe`, when that key was already recorded: `Ok(None)`
+    /// for a new key. Lets a surface answer a redelivery before it creates anything (a
+    /// webhook's conversation).
+    ///
+    /// # Errors
+    /// [`OrchestratorError::IdempotencyKeyReused`] when the key was first used for another
+    /// request; [`OrchestratorError::Conflict`] when its first delivery is still being
+    /// stored; [`OrchestratorError::Db`] when the store fails.
+    pub async fn repeat_of(&self, dedupe: &Dedupe) -> Result<Option<Ingested>, OrchestratorError> {
+        let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
+        match inbound_delivery::stored(&client, &dedupe.namespace, &dedupe.key).await? {
+            None => Ok(None),
+            stored => dedupe.repeat(stored).map(Some),
         }
     }
 

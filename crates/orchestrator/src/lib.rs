@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use error::OrchestratorError;
-pub use ingest::{Ingested, PostMessage};
+pub use ingest::{Dedupe, Ingested, PostMessage, validate_text};
 pub use sink::{ReplySink, ReplyStatus, ReplyUpdate};
 
 /// Settings of the turn pipeline.

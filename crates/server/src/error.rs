@@ -22,8 +22,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable code: `invalid_json`, `invalid_text`, `invalid_id`,
-    /// `invalid_query`, `unauthorized`, `not_found`, `conflict`, `payload_too_large`,
-    /// `rate_limited`, `too_many_queued`, `too_many_streams`, `unavailable`, …
+    /// `invalid_query`, `invalid_cwd`, `unauthorized`, `not_found`, `conflict`,
+    /// `payload_too_large`, `request_timeout`, `idempotency_key_reused`, `rate_limited`,
+    /// `too_many_queued`, `too_many_streams`, `unavailable`, …
     #[schema(example = "not_found")]
     pub code: String,
     /// Readable explanation (never internal details).
@@ -59,6 +60,15 @@ pub enum AppError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 422: the request is well-formed but cannot be processed; `code` names why
+    /// (`idempotency_key_reused`).
+    #[error("{message}")]
+    Unprocessable {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Readable explanation.
+        message: String,
+    },
     /// 429: a limit was reached; `code` names which (`rate_limited`, `too_many_queued`,
     /// `too_many_streams`). Answered with `Retry-After: retry_after_secs`.
     #[error("{message}")]
@@ -92,6 +102,7 @@ impl AppError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -143,6 +154,9 @@ impl From<OrchestratorError> for AppError {
             OrchestratorError::NotFound(what) => Self::NotFound(what),
             OrchestratorError::InvalidInput(message) => Self::bad_request("invalid_text", message),
             OrchestratorError::Conflict(message) => Self::Conflict(message),
+            err @ OrchestratorError::IdempotencyKeyReused => {
+                Self::Unprocessable { code: "idempotency_key_reused", message: err.to_string() }
+            }
             err @ OrchestratorError::TooManyQueued { .. } => {
                 Self::TooManyRequests { code: "too_many_queued", message: err.to_string(), retry_after_secs: 5 }
             }

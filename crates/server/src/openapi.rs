@@ -42,7 +42,9 @@ use crate::error::ErrorBody;
             NotFound,
             Conflict,
             PayloadTooLarge,
+            RequestTimeout,
             UnsupportedMediaType,
+            UnprocessableEntity,
             TooManyRequests,
             Unavailable
         )
@@ -196,8 +198,9 @@ macro_rules! error_responses {
 
 error_responses! {
     /// 400: malformed or invalid input (`invalid_json`, `invalid_text`, `invalid_id`,
-    /// `invalid_query`, `invalid_path`, `invalid_header`, `invalid_assistant`, …).
-    BadRequest => "Malformed or invalid input; `error.code` says which (invalid_json, invalid_text, invalid_id, invalid_query, …)";
+    /// `invalid_query`, `invalid_path`, `invalid_header`, `invalid_assistant`,
+    /// `invalid_cwd`, …).
+    BadRequest => "Malformed or invalid input; `error.code` says which (invalid_json, invalid_text, invalid_id, invalid_query, invalid_cwd, …)";
     /// 401: no valid API token.
     Unauthorized => "No valid API token (missing, malformed, unknown or revoked)",
         "WWW-Authenticate": "`Bearer realm=\"parley\"`";
@@ -207,6 +210,12 @@ error_responses! {
     Conflict => "The conversation's or session's state does not allow this; `error.message` explains";
     /// 413: the body is over the limit.
     PayloadTooLarge => "The request body is larger than the limit (`--body-limit`, 1 MiB by default)";
+    /// 408: the request's headers or body did not arrive in time.
+    RequestTimeout => "The request's headers or body did not arrive in time (`--header-read-timeout-secs`, \
+                       `--body-read-timeout-secs`); `error.code` is `request_timeout`";
+    /// 422: well-formed but refused; `error.code` says why.
+    UnprocessableEntity => "The `Idempotency-Key` was already used for a different text \
+                            (`idempotency_key_reused`); nothing was stored";
     /// 415: the body is not declared as JSON.
     UnsupportedMediaType => "The body must be JSON, sent with `Content-Type: application/json`";
     /// 429: a limit was reached.

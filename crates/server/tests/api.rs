@@ -386,6 +386,46 @@ async fn sse_reconnect_with_last_event_id_gets_the_rest_exactly_once() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_reused_with_another_text_is_422_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let send = |key: &'static str, text: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app
+                .http
+                .post(app.url(&format!("/api/conversations/{conv}/messages")))
+                .header("Idempotency-Key", key)
+                .json(&json!({ "text": text }))
+                .send()
+                .await
+                .expect("post");
+            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, first) = send("key-1", "deploy staging").await;
+    assert_eq!(status, 202, "{first}");
+    app.wait_turn(first["turn_id"].as_str().expect("id").parse().expect("uuid")).await;
+    let before = app.messages(conv).await;
+    // Another text, another command, under the same key: refused, nothing stored.
+    for text in ["deploy production", "/reset"] {
+        let (status, err) = send("key-1", text).await;
+        assert_eq!(status, 422, "{text}: {err}");
+        assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    }
+    assert_eq!(app.messages(conv).await, before, "the new text was neither stored nor answered");
+    // The same text again is still the first answer.
+    let (status, repeat) = send("key-1", "deploy staging").await;
+    assert_eq!((status, &repeat["turn_id"], &repeat["duplicate"]), (202, &first["turn_id"], &json!(true)));
+    // A command's key works the same way.
+    let (status, _) = send("key-2", "/status").await;
+    assert_eq!(status, 200);
+    let (status, err) = send("key-2", "/help").await;
+    assert_eq!((status, err["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn same_idempotency_key_twice_makes_one_turn() {
     let app = TestApp::spawn().await;
     let conv = app.create_conversation().await;

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use parley_db::message::{self, Message};
 use parley_orchestrator::command::Command;
-use parley_orchestrator::{Ingested, PostMessage};
+use parley_orchestrator::{Dedupe, Ingested, PostMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +16,8 @@ use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{
-    BadRequest, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
+    BadRequest, NotFound, PayloadTooLarge, RequestTimeout, TooManyRequests, Unauthorized, Unavailable,
+    UnprocessableEntity, UnsupportedMediaType,
 };
 
 /// Longest accepted `Idempotency-Key`, in bytes.
@@ -119,12 +120,15 @@ pub struct CommandAnswered {
 /// - A chat command → `200 {"message_id", "command", "ok", "reply"}`.
 ///
 /// An `Idempotency-Key` header (≤ 255 bytes) makes a repeat return the first answer
-/// (with `"duplicate": true`) instead of storing the message again.
+/// (with `"duplicate": true`) instead of storing the message again. The key is kept with
+/// a hash of the text: the same key with another text is `422 idempotency_key_reused`
+/// and nothing is stored.
 ///
 /// # Errors
 /// 400 `invalid_json`/`invalid_text`, 413 over the body limit, 404 unknown conversation
-/// (or another principal's), 429 `rate_limited` (the principal posts too fast) or
-/// `too_many_queued` (the conversation's queue is full; nothing stored).
+/// (or another principal's), 422 `idempotency_key_reused`, 429 `rate_limited` (the
+/// principal posts too fast) or `too_many_queued` (the conversation's queue is full;
+/// nothing stored).
 #[utoipa::path(
     post,
     operation_id = "messages_create",
@@ -133,7 +137,8 @@ pub struct CommandAnswered {
     params(
         ("id" = Uuid, Path, description = "The conversation's id"),
         ("Idempotency-Key" = Option<String>, Header,
-            description = "1 to 255 visible ASCII bytes; a repeat returns the first answer with `duplicate: true`"),
+            description = "1 to 255 visible ASCII bytes; a repeat with the same text returns the first answer with \
+                           `duplicate: true`, with another text `422 idempotency_key_reused`"),
     ),
     request_body(content = PostBody, content_type = "application/json"),
     responses(
@@ -143,7 +148,9 @@ pub struct CommandAnswered {
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 413, response = PayloadTooLarge),
+        (status = 408, response = RequestTimeout),
         (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -166,7 +173,7 @@ pub async fn create(
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
                 return Err(AppError::bad_request("invalid_header", "Idempotency-Key must be 1 to 255 bytes"));
             }
-            Some(("web".to_owned(), format!("{id}:{key}")))
+            Some(Dedupe::new("web", format!("{id}:{key}"), &[&body.text]))
         }
     };
     let ingested = state
