@@ -2,13 +2,19 @@
 //! is absent is not configured: its webhook answers 404 and it has no reply sink.
 //!
 //! Secrets are [`Secret`]s: `Debug` prints `[redacted]`, and they are never logged.
+//!
+//! Each chat platform has an [`AllowList`] (see [`crate::allow`]), read from
+//! `PARLEY_<PLATFORM>_ALLOWED_*` and `PARLEY_<PLATFORM>_ALLOW_EVERYONE`; `parley serve`
+//! also takes them as flags. [`PlatformsConfig::check_allow_lists`] refuses a configured
+//! platform without one.
 
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use parley_db::conversation::Delivery;
 
-use crate::verify;
+use crate::allow::{self, AllowList, Association, Field};
+use crate::{Platform, verify};
 
 /// A secret string (token, signing secret): the same type the assistants use for API
 /// keys; `Debug` and `Display` print `[redacted]`.
@@ -63,6 +69,9 @@ pub struct TelegramConfig {
     pub parse_mode: Option<String>,
     /// `PARLEY_TELEGRAM_DELIVERY`: `stream` (default) or `batch`.
     pub delivery: Delivery,
+    /// Who may talk to the bot (`PARLEY_TELEGRAM_ALLOWED_*`, `PARLEY_TELEGRAM_ALLOW_EVERYONE`); the
+    /// default admits nobody.
+    pub allow: AllowList,
 }
 
 /// Slack Events API settings.
@@ -79,6 +88,9 @@ pub struct SlackConfig {
     pub bot_user_id: Option<String>,
     /// `PARLEY_SLACK_DELIVERY`: `stream` (default) or `batch`.
     pub delivery: Delivery,
+    /// Who may talk to the bot (`PARLEY_SLACK_ALLOWED_*`, `PARLEY_SLACK_ALLOW_EVERYONE`); the
+    /// default admits nobody.
+    pub allow: AllowList,
 }
 
 /// Discord interactions settings.
@@ -93,6 +105,9 @@ pub struct DiscordConfig {
     pub api_base: String,
     /// `PARLEY_DISCORD_DELIVERY`: `stream` (default) or `batch`.
     pub delivery: Delivery,
+    /// Who may talk to the bot (`PARLEY_DISCORD_ALLOWED_*`, `PARLEY_DISCORD_ALLOW_EVERYONE`); the
+    /// default admits nobody.
+    pub allow: AllowList,
 }
 
 /// GitHub webhook settings.
@@ -109,6 +124,9 @@ pub struct GithubConfig {
     pub bot_login: Option<String>,
     /// `PARLEY_GITHUB_DELIVERY`: `batch` (default) or `stream`.
     pub delivery: Delivery,
+    /// Who may talk to the bot (`PARLEY_GITHUB_ALLOWED_*`, `PARLEY_GITHUB_ALLOW_EVERYONE`); the
+    /// default admits nobody.
+    pub allow: AllowList,
 }
 
 /// Parley's generic signed webhook settings.
@@ -147,6 +165,54 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Configured chat platforms that do not say who may talk to them
+/// ([`PlatformsConfig::check_allow_lists`]). Its `Display` is the message `parley serve`
+/// prints before it exits: each platform with the flags and variables that fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowListError {
+    /// Platforms with neither an allow-list nor `--<platform>-allow-everyone`.
+    pub missing: Vec<Platform>,
+    /// Platforms with both.
+    pub contradictory: Vec<Platform>,
+}
+
+impl std::error::Error for AllowListError {}
+
+impl std::fmt::Display for AllowListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.missing.is_empty() {
+            let names: Vec<&str> = self.missing.iter().map(|p| p.as_str()).collect();
+            writeln!(
+                f,
+                "refusing to start: {} configured without an allow-list, so anyone who can message the bot \
+                 would drive an assistant that runs tools on this host. Say who may talk to it:",
+                names.join(", ")
+            )?;
+            for p in &self.missing {
+                let fields: Vec<String> =
+                    Field::of(*p).map(|field| format!("--{} ({})", field.flag(), field.env())).collect();
+                let mut how = fields.join(", ");
+                if *p == Platform::Github {
+                    how.push_str(&format!(
+                        ", --{} ({})",
+                        allow::GITHUB_MIN_ASSOCIATION_FLAG,
+                        allow::GITHUB_MIN_ASSOCIATION_ENV
+                    ));
+                }
+                if let (Some(flag), Some(env)) = (allow::allow_everyone_flag(*p), allow::allow_everyone_env(*p)) {
+                    writeln!(f, "  {p}: {how}; or --{flag} ({env}=true) to let anyone in")?;
+                }
+            }
+        }
+        for p in &self.contradictory {
+            if let Some(flag) = allow::allow_everyone_flag(*p) {
+                writeln!(f, "refusing to start: {p} has both an allow-list and --{flag}; keep one")?;
+            }
+        }
+        f.write_str("See docs/platforms.md, \"Who may talk to the bot\".")
+    }
+}
+
 fn delivery(
     lookup: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -170,6 +236,38 @@ fn base(lookup: &impl Fn(&str) -> Option<String>, var: &'static str, default: &s
 
 fn opt(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
     lookup(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Parses a boolean variable: `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`.
+fn flag(lookup: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<bool, ConfigError> {
+    match opt(lookup, var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError { var, message: format!("must be true or false, not {other:?}") }),
+    }
+}
+
+/// The allow-list of `platform` from its variables: comma-separated values per field.
+fn allow_list(lookup: &impl Fn(&str) -> Option<String>, platform: Platform) -> Result<AllowList, ConfigError> {
+    let mut list = AllowList::default();
+    for field in Field::of(platform) {
+        if let Some(values) = opt(lookup, field.env()) {
+            list = list.allow(field, values.split(','));
+        }
+    }
+    if let Some(var) = allow::allow_everyone_env(platform) {
+        list.everyone = flag(lookup, var)?;
+    }
+    if platform == Platform::Github
+        && let Some(v) = opt(lookup, allow::GITHUB_MIN_ASSOCIATION_ENV)
+    {
+        let min = Association::parse(&v).ok_or_else(|| ConfigError {
+            var: allow::GITHUB_MIN_ASSOCIATION_ENV,
+            message: format!("must be one of {}, not {v:?}", Association::ALL.map(Association::as_str).join(", ")),
+        })?;
+        list = list.min_association(Some(min));
+    }
+    Ok(list)
 }
 
 impl PlatformsConfig {
@@ -197,6 +295,7 @@ impl PlatformsConfig {
                     .map(|u| u.trim_start_matches('@').to_owned()),
                 parse_mode: opt(&lookup, "PARLEY_TELEGRAM_PARSE_MODE"),
                 delivery: delivery(&lookup, "PARLEY_TELEGRAM_DELIVERY", Delivery::Stream)?,
+                allow: allow_list(&lookup, Platform::Telegram)?,
             }),
         };
         let slack = match opt(&lookup, "PARLEY_SLACK_SIGNING_SECRET") {
@@ -207,6 +306,7 @@ impl PlatformsConfig {
                 api_base: base(&lookup, "PARLEY_SLACK_API_BASE", "https://slack.com/api")?,
                 bot_user_id: opt(&lookup, "PARLEY_SLACK_BOT_USER_ID"),
                 delivery: delivery(&lookup, "PARLEY_SLACK_DELIVERY", Delivery::Stream)?,
+                allow: allow_list(&lookup, Platform::Slack)?,
             }),
         };
         let discord = match opt(&lookup, "PARLEY_DISCORD_PUBLIC_KEY") {
@@ -217,6 +317,7 @@ impl PlatformsConfig {
                 bot_token: opt(&lookup, "PARLEY_DISCORD_BOT_TOKEN").map(Secret::new),
                 api_base: base(&lookup, "PARLEY_DISCORD_API_BASE", "https://discord.com/api/v10")?,
                 delivery: delivery(&lookup, "PARLEY_DISCORD_DELIVERY", Delivery::Stream)?,
+                allow: allow_list(&lookup, Platform::Discord)?,
             }),
         };
         let github = match opt(&lookup, "PARLEY_GITHUB_WEBHOOK_SECRET") {
@@ -227,6 +328,7 @@ impl PlatformsConfig {
                 api_base: base(&lookup, "PARLEY_GITHUB_API_BASE", "https://api.github.com")?,
                 bot_login: opt(&lookup, "PARLEY_GITHUB_BOT_LOGIN").map(|u| u.trim_start_matches('@').to_owned()),
                 delivery: delivery(&lookup, "PARLEY_GITHUB_DELIVERY", Delivery::Batch)?,
+                allow: allow_list(&lookup, Platform::Github)?,
             }),
         };
         let generic = match opt(&lookup, "PARLEY_GENERIC_SECRET") {
@@ -248,6 +350,56 @@ impl PlatformsConfig {
             sink.show_tools = !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off");
         }
         Ok(Self { telegram, slack, discord, github, generic, sink })
+    }
+
+    /// The allow-list of `platform` when it is configured (`None` for the generic
+    /// webhook, which trusts its secret).
+    #[must_use]
+    pub fn allow_list(&self, platform: Platform) -> Option<&AllowList> {
+        match platform {
+            Platform::Telegram => self.telegram.as_ref().map(|c| &c.allow),
+            Platform::Slack => self.slack.as_ref().map(|c| &c.allow),
+            Platform::Discord => self.discord.as_ref().map(|c| &c.allow),
+            Platform::Github => self.github.as_ref().map(|c| &c.allow),
+            Platform::Generic => None,
+        }
+    }
+
+    /// Replaces the allow-list of `platform` (what `parley serve`'s flags say); nothing
+    /// happens when the platform is not configured or is the generic webhook.
+    pub fn set_allow_list(&mut self, platform: Platform, list: AllowList) {
+        let slot = match platform {
+            Platform::Telegram => self.telegram.as_mut().map(|c| &mut c.allow),
+            Platform::Slack => self.slack.as_mut().map(|c| &mut c.allow),
+            Platform::Discord => self.discord.as_mut().map(|c| &mut c.allow),
+            Platform::Github => self.github.as_mut().map(|c| &mut c.allow),
+            Platform::Generic => None,
+        };
+        if let Some(slot) = slot {
+            *slot = list;
+        }
+    }
+
+    /// Checks that every configured chat platform says who may talk to it: an
+    /// allow-list, or `--<platform>-allow-everyone` — not both.
+    ///
+    /// # Errors
+    /// [`AllowListError`] naming each platform at fault and the flags that fix it.
+    pub fn check_allow_lists(&self) -> Result<(), AllowListError> {
+        let mut missing = Vec::new();
+        let mut contradictory = Vec::new();
+        for platform in Platform::ALL {
+            match self.allow_list(platform) {
+                Some(list) if list.everyone && list.has_restrictions() => contradictory.push(platform),
+                Some(list) if !list.everyone && !list.has_restrictions() => missing.push(platform),
+                _ => {}
+            }
+        }
+        if missing.is_empty() && contradictory.is_empty() {
+            Ok(())
+        } else {
+            Err(AllowListError { missing, contradictory })
+        }
     }
 
     /// The names of the configured platforms.

@@ -12,6 +12,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::Platform;
+use crate::allow::{Association, Field, Origin};
 
 /// A chat message from a platform, ready for ingest.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,9 @@ pub struct InboundMessage {
     pub reply_target: Value,
     /// Stored on the user message (`message.metadata`).
     pub metadata: Value,
+    /// Who sent it and where, as the platform's allow-list checks it (empty for the
+    /// generic webhook).
+    pub origin: Origin,
 }
 
 /// What a verified webhook request is.
@@ -225,7 +229,12 @@ pub fn telegram(body: &[u8], bot_username: Option<&str>) -> Result<Inbound, Pars
     if let (Some(t), true) = (thread, topic) {
         reply_target["message_thread_id"] = json!(t);
     }
+    let mut ids = vec![(Field::TelegramChat, chat_id.to_string())];
+    if let Some(user) = from.get("id").and_then(id_string) {
+        ids.push((Field::TelegramUser, user));
+    }
     storable(InboundMessage {
+        origin: Origin { ids, association: None },
         platform: Platform::Telegram,
         external_id,
         title,
@@ -317,7 +326,15 @@ pub fn slack(body: &[u8], bot_user_id: Option<&str>) -> Result<Inbound, ParseErr
         (None, Some("im")) => (channel.to_owned(), None),
         (None, _) => (format!("{channel}/{ts}"), Some(ts)),
     };
+    let mut ids = vec![(Field::SlackChannel, channel.to_owned()), (Field::SlackUser, user.to_owned())];
+    let teams = [v.get("team_id"), event.get("team"), event.get("user_team"), event.get("source_team")];
+    for team in teams.into_iter().flatten().filter_map(Value::as_str).filter(|t| !t.is_empty()) {
+        if !ids.iter().any(|(f, v)| *f == Field::SlackTeam && v == team) {
+            ids.push((Field::SlackTeam, team.to_owned()));
+        }
+    }
     storable(InboundMessage {
+        origin: Origin { ids, association: None },
         platform: Platform::Slack,
         external_id,
         title: String::new(),
@@ -401,7 +418,15 @@ pub fn discord(body: &[u8], now_unix: i64) -> Result<Inbound, ParseError> {
         .or_else(|| user.get("id").and_then(id_string))
         .unwrap_or_else(|| "unknown".into());
     let title = v.pointer("/channel/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut ids = vec![(Field::DiscordChannel, channel_id.clone())];
+    if let Some(guild) = v.get("guild_id").and_then(id_string) {
+        ids.push((Field::DiscordGuild, guild));
+    }
+    if let Some(user) = user.get("id").and_then(id_string) {
+        ids.push((Field::DiscordUser, user));
+    }
     storable(InboundMessage {
+        origin: Origin { ids, association: None },
         platform: Platform::Discord,
         external_id: channel_id.clone(),
         title,
@@ -484,7 +509,17 @@ pub fn github(headers: &HeaderMap, body: &[u8], bot_login: Option<&str>) -> Resu
     if text.is_empty() {
         return Ok(Inbound::Ignored("empty message".into()));
     }
+    // The association of whoever wrote the text: the comment's, or the issue's when it
+    // was opened.
+    let author = if event == "issues" {
+        v.pointer("/issue/author_association")
+    } else {
+        v.pointer("/comment/author_association")
+    };
+    let association = author.and_then(Value::as_str).map(|a| Association::parse(a).unwrap_or(Association::None));
+    let ids = vec![(Field::GithubRepository, repo.to_owned()), (Field::GithubSender, sender_login.to_owned())];
     storable(InboundMessage {
+        origin: Origin { ids, association },
         platform: Platform::Github,
         external_id: format!("{repo}#{number}"),
         title: title.to_owned(),
@@ -528,6 +563,7 @@ pub fn generic(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> 
     };
     let sender = v.get("sender").and_then(Value::as_str).unwrap_or("generic").to_owned();
     storable(InboundMessage {
+        origin: Origin::default(),
         platform: Platform::Generic,
         external_id: conversation.to_owned(),
         title: v.get("title").and_then(Value::as_str).unwrap_or_default().to_owned(),

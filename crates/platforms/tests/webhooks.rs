@@ -497,3 +497,271 @@ async fn discord_falls_back_to_a_channel_message_when_the_interaction_token_expi
     assert_eq!(post.headers["authorization"], "Bot discord-bot-token");
     p.stop().await;
 }
+
+// ---- allow-lists: who may talk to the bot ----
+
+/// Everything a refused message must not have created.
+async fn stored_rows(p: &Parley) -> [i64; 4] {
+    [
+        p.count("select count(*) from conversation").await,
+        p.count("select count(*) from message").await,
+        p.count("select count(*) from turn").await,
+        p.count("select count(*) from inbound_delivery").await,
+    ]
+}
+
+fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_once_an_hour() {
+    let p = Parley::start(Options {
+        extra_env: env(&[
+            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+            // The fixture's sender (a private chat: the chat ID is the user's ID).
+            ("PARLEY_TELEGRAM_ALLOWED_USERS", "218485655, 5964236329"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    // A stranger (user 42) in a private chat, three times: nothing stored, one notice.
+    for update_id in [7001, 7002, 7003] {
+        let (headers, body) = telegram_update(update_id, 42, "run rm -rf / please", false);
+        let (status, body) = p.post("/webhooks/telegram", &headers, body).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["refused"].as_str().is_some_and(|r| r.contains("Telegram user ID 42")), "{body}");
+    }
+    // The stranger's own command is refused the same way: no /status for strangers.
+    let (headers, body) = telegram_update(7004, 42, "/status", false);
+    assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_rows(&p).await, [0, 0, 0, 0], "a refused message stores nothing, not even its conversation");
+    let notices = p.mock.calls_to("/sendMessage");
+    assert_eq!(notices.len(), 1, "one notice per sender per hour: {:#?}", summarize(&p.mock.calls()));
+    assert_eq!(notices[0].body["chat_id"], 42);
+    let text = notices[0].body["text"].as_str().unwrap();
+    assert!(text.contains("not allowed") && text.contains("42"), "{text}");
+    assert!(p.mock.calls_to("/sendChatAction").is_empty(), "no turn started");
+
+    // The listed user is answered as usual.
+    let (status, body) = p.replay("telegram", "update_private_text").await;
+    assert_eq!((status, body), (200, json!({ "ok": true, "duplicate": false })));
+    p.wait_idle(LONG).await;
+    assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 1);
+    assert_eq!(p.count("select count(*) from conversation where external_id = '42'").await, 0);
+    p.stop().await;
+
+    // Chats and users together: a listed user in an unlisted group is refused.
+    let p = Parley::start(Options {
+        extra_env: env(&[
+            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+            ("PARLEY_TELEGRAM_ALLOWED_USERS", "5964236329"),
+            ("PARLEY_TELEGRAM_ALLOWED_CHATS", "-100777"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = p.replay("telegram", "update_supergroup_command_reply").await;
+    assert_eq!(status, 200);
+    assert!(body["refused"].as_str().is_some_and(|r| r.contains("chat ID -1001293752024")), "{body}");
+    assert_eq!(stored_rows(&p).await, [0, 0, 0, 0]);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slack_allow_list_checks_team_channel_and_user_and_answers_strangers_privately() {
+    let p = Parley::start(Options {
+        extra_env: env(&[
+            ("PARLEY_SLACK_ALLOW_EVERYONE", "false"),
+            ("PARLEY_SLACK_ALLOWED_TEAMS", "T0AB12CD3"),
+            ("PARLEY_SLACK_ALLOWED_USERS", "U0USR12345"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    // The fixtures' user in the listed team: answered.
+    let (status, _) = p.replay("slack", "message_im").await;
+    assert_eq!(status, 200);
+    p.wait_idle(LONG).await;
+    assert_eq!(p.count("select count(*) from turn").await, 1);
+    let before = stored_rows(&p).await;
+
+    // Another user of the same workspace, twice.
+    for (id, ts) in [("EvSTRANGER1", "1767225700.000100"), ("EvSTRANGER2", "1767225701.000100")] {
+        let mut event = slack_mention(id, ts, "hello");
+        event["event"]["user"] = json!("U0STRANGER");
+        let (headers, body) = slack_signed(&event, SLACK_NOW);
+        let (status, body) = p.post("/webhooks/slack", &headers, body).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["refused"].as_str().is_some_and(|r| r.contains("U0STRANGER")), "{body}");
+    }
+    // The listed user, posting from another workspace in a Slack Connect channel.
+    let mut event = slack_mention("EvCONNECT1", "1767225702.000100", "hello");
+    event["event"]["user_team"] = json!("T0OTHERORG");
+    let (headers, body) = slack_signed(&event, SLACK_NOW);
+    let (status, body) = p.post("/webhooks/slack", &headers, body).await;
+    assert_eq!(status, 200);
+    assert!(body["refused"].as_str().is_some_and(|r| r.contains("T0OTHERORG")), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_rows(&p).await, before, "refused mentions store nothing");
+
+    let ephemeral = p.mock.calls_to("chat.postEphemeral");
+    assert_eq!(ephemeral.len(), 2, "one private notice per sender: {:#?}", summarize(&p.mock.calls()));
+    let stranger = ephemeral.iter().find(|c| c.body["user"] == "U0STRANGER").expect("the stranger is told");
+    assert_eq!(stranger.body["channel"], "C0CHAN1234");
+    assert_eq!(stranger.body["thread_ts"], "1767225700.000100");
+    assert!(stranger.body["text"].as_str().unwrap().contains("not allowed"));
+    assert_eq!(p.mock.calls_to("chat.postMessage").len(), 1, "only the allowed user's reply was posted");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discord_allow_list_answers_a_stranger_with_one_private_interaction_response() {
+    let p = Parley::start(Options {
+        extra_env: env(&[
+            ("PARLEY_DISCORD_ALLOW_EVERYONE", "false"),
+            ("PARLEY_DISCORD_ALLOWED_GUILDS", "290926798626357999"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    // The fixture comes from the listed guild.
+    let (status, body) = p.replay("discord", "application_command_ask").await;
+    assert_eq!((status, body), (200, json!({ "type": 5 })));
+    p.wait_idle(LONG).await;
+    let before = stored_rows(&p).await;
+    // A direct message has no guild: refused, told once privately, then 403.
+    let (headers, body) = discord_signed(&discord_command("3001", "ask", Some("hi")));
+    let (status, body) = p.post("/webhooks/discord", &headers, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["type"], 4, "{body}");
+    assert_eq!(body["data"]["flags"], 64, "ephemeral: only the sender sees it");
+    assert!(body["data"]["content"].as_str().unwrap().contains("not allowed"), "{body}");
+    let (headers, body) = discord_signed(&discord_command("3002", "status", None));
+    let (status, body) = p.post("/webhooks/discord", &headers, body).await;
+    assert_eq!(status, 403, "no second notice within the hour: {body}");
+    assert_eq!(body["error"]["code"], "not_allowed");
+    // Another guild is refused too.
+    let mut other = discord_command("3003", "ask", Some("hi"));
+    other["guild_id"] = json!("111111111111111111");
+    other["member"]["user"]["id"] = json!("222222222222222222");
+    let (headers, body) = discord_signed(&other);
+    let (status, body) = p.post("/webhooks/discord", &headers, body).await;
+    assert_eq!((status, body["data"]["flags"].clone()), (200, json!(64)), "{body}");
+    assert_eq!(stored_rows(&p).await, before, "refused interactions store nothing");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_allow_list_checks_repository_sender_and_association_and_never_comments_on_a_refusal() {
+    let p = Parley::start(Options {
+        extra_env: env(&[
+            ("PARLEY_GITHUB_ALLOW_EVERYONE", "false"),
+            ("PARLEY_GITHUB_ALLOWED_REPOS", "codertocat/hello-world"),
+            ("PARLEY_GITHUB_MIN_ASSOCIATION", "collaborator"),
+        ]),
+        ..Options::default()
+    })
+    .await;
+    // The fixture: the repository's OWNER.
+    let (status, _) = p.replay("github", "issue_comment_created").await;
+    assert_eq!(status, 200);
+    p.wait_idle(LONG).await;
+    p.mock.wait_for("the answer comment", LONG, |c| c.len() == 1).await;
+    let before = stored_rows(&p).await;
+
+    // Another repository.
+    let (headers, body) = github_signed("issue_comment", "d-other-repo", &github_comment("hi", "octocat", "User"));
+    let (status, body) = p.post("/webhooks/github", &headers, body).await;
+    assert_eq!(status, 200);
+    assert!(body["refused"].as_str().is_some_and(|r| r.contains("acme/widgets")), "{body}");
+    // The right repository, a CONTRIBUTOR, then no association at all.
+    for (delivery, association) in [("d-contributor", Some("CONTRIBUTOR")), ("d-none", None)] {
+        let mut comment = github_comment("please run this", "octocat", "User");
+        comment["repository"]["full_name"] = json!("Codertocat/Hello-World");
+        if let Some(a) = association {
+            comment["comment"]["author_association"] = json!(a);
+        }
+        let (headers, body) = github_signed("issue_comment", delivery, &comment);
+        let (status, body) = p.post("/webhooks/github", &headers, body).await;
+        assert_eq!(status, 200);
+        assert!(body["refused"].as_str().is_some_and(|r| r.contains("below the required COLLABORATOR")), "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_rows(&p).await, before, "refused deliveries store nothing");
+    assert_eq!(p.mock.calls().len(), 1, "no public comment for a refusal: {:#?}", summarize(&p.mock.calls()));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_platform_without_an_allow_list_admits_nobody() {
+    let p =
+        Parley::start(Options { extra_env: env(&[("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false")]), ..Options::default() })
+            .await;
+    let (status, body) = p.replay("telegram", "update_private_text").await;
+    assert_eq!(status, 200);
+    assert!(body["refused"].as_str().is_some_and(|r| r.contains("no allow-list")), "{body}");
+    assert_eq!(stored_rows(&p).await, [0, 0, 0, 0]);
+    p.stop().await;
+}
+
+// ---- refused text stores nothing ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_message_with_unstorable_text_stores_nothing_on_any_platform() {
+    let p = Parley::start(Options::default()).await;
+    let too_long = "x".repeat(100_001);
+    for (n, text) in ["nul \u{0} inside", too_long.as_str()].into_iter().enumerate() {
+        // Generic: 400 invalid_text.
+        let body = json!({ "conversation_id": format!("ticket-{n}"), "text": text });
+        let (headers, raw) = generic_signed(&format!("bad-{n}"), &body);
+        let (status, answer) = p.post("/webhooks/generic", &headers, raw).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_text");
+        // Telegram: acknowledged (or it retries), the sender told why.
+        let (headers, raw) = telegram_update(8000 + n as i64, 4242 + n as i64, text, false);
+        let (status, answer) = p.post("/webhooks/telegram", &headers, raw).await;
+        assert_eq!(status, 200, "{answer}");
+        // Discord: told in the interaction response.
+        let (headers, raw) = discord_signed(&discord_command(&format!("400{n}"), "ask", Some(text)));
+        let (status, answer) = p.post("/webhooks/discord", &headers, raw).await;
+        assert_eq!((status, answer["type"].clone()), (200, json!(4)), "{answer}");
+        // GitHub: a comment saying why (as before), nothing stored.
+        let (headers, raw) =
+            github_signed("issue_comment", &format!("gh-bad-{n}"), &github_comment(text, "octocat", "User"));
+        assert_eq!(p.post("/webhooks/github", &headers, raw).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_rows(&p).await, [0, 0, 0, 0], "no conversation, message, turn or delivery");
+    let told = p.mock.calls_to("/sendMessage");
+    assert_eq!(told.len(), 2, "{:#?}", summarize(&p.mock.calls()));
+    assert!(told[0].body["text"].as_str().unwrap().contains("could not accept"));
+    p.stop().await;
+}
+
+// ---- a generic delivery id reused for another request ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generic_delivery_id_reused_for_another_message_is_422_and_stores_nothing() {
+    let p = Parley::start(Options::default()).await;
+    let first = json!({ "conversation_id": "ticket-1", "text": "deploy staging" });
+    let (headers, raw) = generic_signed("d-1", &first);
+    let (status, answer) = p.post("/webhooks/generic", &headers, raw.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, repeat) = p.post("/webhooks/generic", &headers, raw).await;
+    assert_eq!((status, repeat["duplicate"].clone()), (200, json!(true)), "{repeat}");
+    assert_eq!(repeat["turn_id"], answer["turn_id"]);
+    let before = stored_rows(&p).await;
+    for other in [
+        json!({ "conversation_id": "ticket-1", "text": "deploy production" }),
+        json!({ "conversation_id": "ticket-2", "text": "deploy staging" }),
+    ] {
+        let (headers, raw) = generic_signed("d-1", &other);
+        let (status, answer) = p.post("/webhooks/generic", &headers, raw).await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["error"]["code"], "idempotency_key_reused");
+    }
+    assert_eq!(stored_rows(&p).await, before, "nothing stored, not even ticket-2's conversation");
+    p.stop().await;
+}

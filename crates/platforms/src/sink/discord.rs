@@ -7,7 +7,6 @@
 //! (`POST /channels/{channel}/messages`). Mentions are never pinged
 //! (`allowed_mentions.parse = []`).
 
-use parley_db::conversation::Conversation;
 use serde_json::{Value, json};
 
 use super::{MessageApi, SinkError};
@@ -131,8 +130,7 @@ impl MessageApi for DiscordApi {
         (DISCORD_LIMIT, Unit::Chars)
     }
 
-    fn target(&self, conversation: &Conversation) -> Result<DiscordTarget, SinkError> {
-        let rt = &conversation.reply_target;
+    fn target(&self, rt: &Value) -> Result<DiscordTarget, SinkError> {
         let s = |k: &str| rt.get(k).and_then(Value::as_str).map(str::to_owned);
         match (s("application_id"), s("token"), s("channel_id")) {
             (Some(application_id), Some(token), Some(channel_id)) => Ok(DiscordTarget {

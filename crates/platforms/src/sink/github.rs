@@ -5,7 +5,6 @@
 //! delivery by default: one comment when the turn ends; in stream mode the comment is
 //! edited (`PATCH …/issues/comments/{id}` or `…/pulls/comments/{id}`).
 
-use parley_db::conversation::Conversation;
 use serde_json::{Value, json};
 
 use super::{MessageApi, SinkError};
@@ -77,8 +76,7 @@ impl MessageApi for GithubApi {
         (GITHUB_LIMIT, Unit::Chars)
     }
 
-    fn target(&self, conversation: &Conversation) -> Result<GithubTarget, SinkError> {
-        let rt = &conversation.reply_target;
+    fn target(&self, rt: &Value) -> Result<GithubTarget, SinkError> {
         let repo = rt.get("repo").and_then(Value::as_str).filter(|r| r.contains('/'));
         let number = rt.get("number").and_then(Value::as_i64);
         let (Some(repo), Some(number)) = (repo, number) else {

@@ -24,6 +24,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use parley_db::conversation::Conversation;
 use parley_orchestrator::{ReplySink, ReplyStatus, ReplyUpdate};
+use serde_json::Value;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -54,11 +55,23 @@ pub trait MessageApi: Send + Sync + 'static {
     /// The message length limit and how it is counted.
     fn limit(&self) -> (usize, Unit);
 
-    /// Parses the conversation's reply target.
+    /// Parses a reply target (`conversation.reply_target`, or the one of a message not
+    /// stored, for a notice).
     ///
     /// # Errors
     /// [`SinkError::Target`] when it lacks what the platform needs.
-    fn target(&self, conversation: &Conversation) -> Result<Self::Target, SinkError>;
+    fn target(&self, reply_target: &Value) -> Result<Self::Target, SinkError>;
+
+    /// Posts a notice only `user` sees where the platform can (Slack
+    /// `chat.postEphemeral`); by default a plain [`MessageApi::post`].
+    fn post_private(
+        &self,
+        target: &Self::Target,
+        _user: &str,
+        text: &str,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async move { self.post(target, 0, text).await.map(|_| ()) }
+    }
 
     /// Shows that a reply is being written (Telegram `sendChatAction typing`); default:
     /// nothing.
@@ -139,7 +152,7 @@ impl<A: MessageApi> DriverInner<A> {
     }
 
     async fn deliver(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
-        let target = self.api.target(&conversation)?;
+        let target = self.api.target(&conversation.reply_target)?;
         let (limit, unit) = self.api.limit();
         let pieces = split_message(&render(&update, self.show_tools), limit, unit);
         let Some(turn_id) = update.turn_id.filter(|_| update.status != ReplyStatus::Notice) else {
@@ -207,6 +220,33 @@ impl<A: MessageApi> DriverInner<A> {
         }
         thread.last_write = Some(Instant::now());
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Posts a notice to the reply target of a message that was not stored (a message
+/// refused before ingest: a sender not on the allow-list, a text that cannot be stored).
+pub trait Notice: Send + Sync + 'static {
+    /// Posts `text` as a reply to `reply_target` ([`crate::InboundMessage::reply_target`]),
+    /// visible only to `user` where the platform allows it.
+    fn notice(&self, reply_target: &Value, user: &str, text: &str) -> BoxFuture<'static, Result<(), SinkError>>;
+}
+
+/// `driver` as both the reply sink of its conversations and the notice sender of
+/// refused messages.
+pub(crate) fn shared<A: MessageApi>(driver: Driver<A>) -> (Arc<dyn ReplySink>, Arc<dyn Notice>) {
+    let driver = Arc::new(driver);
+    (Arc::clone(&driver) as Arc<dyn ReplySink>, driver)
+}
+
+impl<A: MessageApi> Notice for Driver<A> {
+    fn notice(&self, reply_target: &Value, user: &str, text: &str) -> BoxFuture<'static, Result<(), SinkError>> {
+        let inner = Arc::clone(&self.inner);
+        let (reply_target, user, text) = (reply_target.clone(), user.to_owned(), text.to_owned());
+        async move {
+            let target = inner.api.target(&reply_target)?;
+            inner.api.post_private(&target, &user, &text).await
+        }
+        .boxed()
     }
 }
 

@@ -2,7 +2,6 @@
 //! then `chat.update` while streaming. Slack answers HTTP 200 with `"ok": false` and an
 //! `error` code on failure, and 429 with `Retry-After` when rate limited.
 
-use parley_db::conversation::Conversation;
 use serde_json::{Value, json};
 
 use super::{MessageApi, SinkError};
@@ -58,8 +57,7 @@ impl MessageApi for SlackApi {
         (SLACK_LIMIT, Unit::Chars)
     }
 
-    fn target(&self, conversation: &Conversation) -> Result<SlackTarget, SinkError> {
-        let rt = &conversation.reply_target;
+    fn target(&self, rt: &Value) -> Result<SlackTarget, SinkError> {
         let channel = rt
             .get("channel")
             .and_then(Value::as_str)
@@ -82,6 +80,15 @@ impl MessageApi for SlackApi {
             status: 200,
             detail: "no ts in the answer".into(),
         })
+    }
+
+    /// `chat.postEphemeral`: only `user` sees it, in the thread when there is one.
+    async fn post_private(&self, target: &SlackTarget, user: &str, text: &str) -> Result<(), SinkError> {
+        let mut body = json!({ "channel": target.channel, "user": user, "text": text });
+        if let Some(ts) = &target.thread_ts {
+            body["thread_ts"] = json!(ts);
+        }
+        self.call("slack chat.postEphemeral", "chat.postEphemeral", &body).await.map(|_| ())
     }
 
     async fn edit(&self, target: &SlackTarget, id: &str, text: &str) -> Result<(), SinkError> {

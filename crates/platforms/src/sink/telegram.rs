@@ -3,7 +3,6 @@
 //! "message is not modified" is success; a `parse_mode` entity error is sent again as
 //! plain text; 429 `parameters.retry_after` is honoured by [`crate::http`].
 
-use parley_db::conversation::Conversation;
 use serde_json::{Value, json};
 
 use super::{MessageApi, SinkError};
@@ -90,8 +89,7 @@ impl MessageApi for TelegramApi {
         (TELEGRAM_LIMIT, Unit::Utf16)
     }
 
-    fn target(&self, conversation: &Conversation) -> Result<TelegramTarget, SinkError> {
-        let rt = &conversation.reply_target;
+    fn target(&self, rt: &Value) -> Result<TelegramTarget, SinkError> {
         let chat_id = rt
             .get("chat_id")
             .and_then(Value::as_i64)

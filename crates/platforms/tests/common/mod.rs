@@ -275,6 +275,11 @@ impl Parley {
             ("PARLEY_GITHUB_API_BASE", mock.base("/gh")),
             ("PARLEY_GENERIC_SECRET", GENERIC_SECRET.to_owned()),
             ("PARLEY_PLATFORM_EDIT_INTERVAL_MS", options.edit_interval_ms.to_string()),
+            // Tests of the allow-lists set them (and `…_ALLOW_EVERYONE=false`) in `extra_env`.
+            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "true".to_owned()),
+            ("PARLEY_SLACK_ALLOW_EVERYONE", "true".to_owned()),
+            ("PARLEY_DISCORD_ALLOW_EVERYONE", "true".to_owned()),
+            ("PARLEY_GITHUB_ALLOW_EVERYONE", "true".to_owned()),
         ]);
         for (k, v) in &options.extra_env {
             env.insert(k, v.clone());

@@ -8,12 +8,17 @@
 //!    nothing is stored ([`parley_platforms::verify`]);
 //! 3. handshakes are answered (Slack `url_verification`, Discord PING, GitHub `ping`),
 //!    the bot's own messages and unhandled events are acknowledged and ignored;
-//! 4. the conversation is upserted by `(platform, external_id)` (owner = the platform's
+//! 4. the sender is checked against the platform's allow-list
+//!    ([`parley_platforms::Platforms::admit`]) and the text against the ingest rules;
+//!    a refused message stores nothing (no conversation either) and its sender is told
+//!    at most once an hour (see [`parley_platforms::allow`]); a repeated delivery id is
+//!    answered with its first answer before anything is written;
+//! 5. the conversation is upserted by `(platform, external_id)` (owner = the platform's
 //!    name, the orchestrator's default assistant, the platform's delivery mode) and the
 //!    message is ingested with the dedupe key `(platform, delivery id)` — a redelivery
 //!    (Slack `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and
 //!    never runs a second turn;
-//! 5. a chat command's reply is sent through the platform's reply sink as a notice (on
+//! 6. a chat command's reply is sent through the platform's reply sink as a notice (on
 //!    Discord it is the interaction response itself).
 //!
 //! Errors are JSON `{"error": {"code", "message"}}`.
@@ -30,8 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use parley_db::DbError;
 use parley_db::conversation::{self, Conversation, NewConversation};
-use parley_orchestrator::{Ingested, OrchestratorError, PostMessage, ReplyStatus, ReplyUpdate};
-use parley_platforms::{Inbound, Platform, Platforms, VerifyError};
+use parley_orchestrator::{Dedupe, Ingested, OrchestratorError, PostMessage, ReplyStatus, ReplyUpdate, validate_text};
+use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
@@ -61,6 +66,9 @@ enum WebhookError {
     BadRequest(String),
     /// Anything the web API would answer.
     App(AppError),
+    /// Not an error for the platform: acknowledged like a handled delivery, with these
+    /// fields.
+    Acknowledged(Platform, Value),
 }
 
 impl From<AppError> for WebhookError {
@@ -84,6 +92,7 @@ impl IntoResponse for WebhookError {
             Self::Unauthorized(e) => (StatusCode::UNAUTHORIZED, "unauthorized", format!("verification failed: {e}")),
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "invalid_payload", message),
             Self::App(e) => return e.into_response(),
+            Self::Acknowledged(platform, extra) => return ack(platform, extra),
         };
         (status, axum::Json(json!({ "error": { "code": code, "message": message } }))).into_response()
     }
@@ -210,7 +219,28 @@ async fn receive(
         }
         Ok(Inbound::Message(m)) => m,
     };
+    if let Admission::Denied { reason, notice } = platforms.admit(&message) {
+        return Ok(refuse(platforms, &message, &reason.to_string(), notice));
+    }
     let orchestrator = &state.orchestrator;
+    if let Err(OrchestratorError::InvalidInput(reason)) =
+        validate_text(&message.text, orchestrator.config().max_message_chars)
+    {
+        // Checked before the conversation is created: a refused message stores nothing.
+        if platform == Platform::Generic {
+            return Err(WebhookError::App(AppError::bad_request("invalid_text", reason)));
+        }
+        // Refusing a chat platform's delivery makes it retry; tell the user instead.
+        let text = format!("Parley could not accept this message: {reason}");
+        return Ok(refuse(platforms, &message, &reason, Some(text)));
+    }
+    let dedupe = Dedupe::new(platform.as_str(), &message.dedupe_key, &[&message.external_id, &message.text]);
+    // A redelivery is answered before anything is written (its conversation included).
+    match orchestrator.repeat_of(&dedupe).await {
+        Ok(None) => {}
+        Ok(Some(repeat)) => return Ok(answer(platforms, platform, None, repeat)),
+        Err(e) => return Err(repeat_error(platform, e)),
+    }
     let conversation = {
         let client = orchestrator.pool().get().await.map_err(DbError::from)?;
         conversation::upsert_by_external_id(
@@ -232,27 +262,26 @@ async fn receive(
         .post_message(PostMessage {
             conversation_id: conversation.conversation_id,
             text: message.text,
-            dedupe: Some((platform.as_str().to_owned(), message.dedupe_key.clone())),
+            dedupe: Some(dedupe),
             metadata: message.metadata,
             owner: None,
         })
         .await;
-    let ingested = match posted {
-        Ok(i) => i,
-        Err(OrchestratorError::Conflict(_)) => {
-            // A concurrent duplicate whose first delivery stored no answer.
-            return Ok(ack(platform, json!({ "duplicate": true })));
-        }
-        Err(OrchestratorError::InvalidInput(reason)) if platform != Platform::Generic => {
-            // Refusing a chat platform's delivery makes it retry; tell the user instead.
-            notify(platforms, platform, conversation, format!("Parley could not accept this message: {reason}"));
-            return Ok(ack(platform, json!({ "rejected": reason })));
-        }
-        Err(e) => return Err(AppError::from(e).into()),
-    };
+    let ingested = posted.map_err(|e| repeat_error(platform, e))?;
     debug!(%platform, conversation_id = %conversation.conversation_id, ?ingested, "webhook ingested");
-    let conversation_id = conversation.conversation_id;
-    Ok(match ingested {
+    Ok(answer(platforms, platform, Some(conversation), ingested))
+}
+
+/// The answer to an ingested delivery (`conversation` is `None` for a repeat answered
+/// before its conversation was looked up: nothing is sent again then).
+fn answer(
+    platforms: &Arc<Platforms>,
+    platform: Platform,
+    conversation: Option<Conversation>,
+    ingested: Ingested,
+) -> Response {
+    let conversation_id = conversation.as_ref().map(|c| c.conversation_id);
+    match ingested {
         Ingested::Turn { turn_id, message_id, duplicate } => match platform {
             Platform::Discord => axum::Json(json!({ "type": 5 })).into_response(),
             Platform::Generic => (
@@ -274,7 +303,7 @@ async fn receive(
                     .into_response()
             }
             Platform::Generic => {
-                if !duplicate {
+                if let (false, Some(conversation)) = (duplicate, conversation) {
                     notify(platforms, platform, conversation, reply.clone());
                 }
                 axum::Json(json!({
@@ -287,13 +316,55 @@ async fn receive(
                 .into_response()
             }
             _ => {
-                if !duplicate {
+                if let (false, Some(conversation)) = (duplicate, conversation) {
                     notify(platforms, platform, conversation, reply);
                 }
                 ack(platform, json!({ "duplicate": duplicate }))
             }
         },
-    })
+    }
+}
+
+/// The answer to a message refused before anything was stored (a sender not on the
+/// allow-list, a text that cannot be stored), telling the sender `notice` when given:
+/// on Discord as a private (ephemeral) interaction response, elsewhere through the
+/// platform's API. Chat platforms get `200` so that they do not retry; a Discord
+/// interaction refused without a notice gets `403` (Discord shows the sender that the
+/// interaction failed).
+fn refuse(platforms: &Arc<Platforms>, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
+    let platform = message.platform;
+    match (platform, notice) {
+        (Platform::Discord, Some(text)) => axum::Json(
+            json!({ "type": 4, "data": { "content": text, "flags": 64, "allowed_mentions": { "parse": [] } } }),
+        )
+        .into_response(),
+        (Platform::Discord, None) => {
+            (StatusCode::FORBIDDEN, axum::Json(json!({ "error": { "code": "not_allowed", "message": reason } })))
+                .into_response()
+        }
+        (_, notice) => {
+            if let Some(text) = notice {
+                platforms.notice(message, text);
+            }
+            ack(platform, json!({ "refused": reason }))
+        }
+    }
+}
+
+/// The answer to a failed ingest. A reused delivery id: the generic webhook's caller
+/// chose it, so `422 idempotency_key_reused`; a chat platform redelivers with the same
+/// content, so a mismatch is acknowledged (and logged) without running anything. A
+/// concurrent duplicate whose first delivery has not stored its answer yet is
+/// acknowledged as a duplicate.
+fn repeat_error(platform: Platform, err: OrchestratorError) -> WebhookError {
+    match err {
+        OrchestratorError::Conflict(_) => WebhookError::Acknowledged(platform, json!({ "duplicate": true })),
+        OrchestratorError::IdempotencyKeyReused if platform != Platform::Generic => {
+            warn!(%platform, "a delivery id was reused with different content; acknowledged, nothing run");
+            WebhookError::Acknowledged(platform, json!({ "duplicate": true }))
+        }
+        other => WebhookError::App(AppError::from(other)),
+    }
 }
 
 /// Sends a notice (a command's reply) through the platform's sink, in the background.
