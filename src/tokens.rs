@@ -16,7 +16,8 @@ pub enum TokensCommand {
     /// Create a token for a principal and print it (shown only this once).
     Create {
         /// Who the token acts as: the owner of the conversations it creates
-        /// (letters, digits, `.`, `_`, `-`, `@`; at most 200 characters).
+        /// (letters, digits, `.`, `_`, `-`, `@`; at most 200 characters). The platform
+        /// names (telegram, slack, discord, github, generic) and `local` are reserved.
         #[arg(long, value_parser = parse_principal)]
         principal: String,
         /// An admin token sees and acts on every principal's conversations.
@@ -33,12 +34,21 @@ pub enum TokensCommand {
     },
 }
 
-/// Accepts a principal name: 1–200 of `[A-Za-z0-9._@-]`.
+/// Accepts a principal name: 1–200 of `[A-Za-z0-9._@-]`, not a reserved name.
 fn parse_principal(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
         && s.chars().count() <= api_token::MAX_PRINCIPAL_CHARS
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if valid { Ok(s.to_owned()) } else { Err("a principal is 1 to 200 letters, digits, '.', '_', '-' or '@'".into()) }
+    if !valid {
+        return Err("a principal is 1 to 200 letters, digits, '.', '_', '-' or '@'".into());
+    }
+    if parley_server::access::is_reserved_principal(s) {
+        return Err(format!(
+            "{s:?} is reserved: the platform names (telegram, slack, discord, github, generic) and `local` own \
+             platform and local conversations, which only admin tokens may see; choose another name"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {

@@ -21,8 +21,10 @@ pub mod notify;
 pub mod prompt;
 pub mod sink;
 mod worker;
+pub mod workspace;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,6 +72,11 @@ pub struct Config {
     /// that is refused with [`OrchestratorError::TooManyQueued`] (0 = no limit).
     /// Chat commands are never refused, so `/cancel` and `/skip` still work.
     pub max_queued_turns: usize,
+    /// The directory every conversation's working directory lies under
+    /// ([`workspace::Workspace`]); created at [`Builder::build`]. `None` (library use,
+    /// tests): assistants run in the server's own directory and a conversation that
+    /// names a working directory fails its turns.
+    pub workspace_root: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -88,6 +95,7 @@ impl Default for Config {
             max_attempts: 3,
             max_message_chars: ingest::MAX_MESSAGE_CHARS,
             max_queued_turns: 100,
+            workspace_root: None,
         }
     }
 }
@@ -111,6 +119,7 @@ pub(crate) struct Inner {
     notifier: notify::Notifier,
     outbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     listen: Option<parley_db::DbConfig>,
+    workspace: Option<workspace::Workspace>,
 }
 
 /// The pipeline handle; cheap to clone.
@@ -177,7 +186,8 @@ impl Builder {
     /// Finishes the orchestrator.
     ///
     /// # Errors
-    /// [`OrchestratorError::InvalidInput`] when the default assistant is not registered.
+    /// [`OrchestratorError::InvalidInput`] when the default assistant is not registered
+    /// or the workspace root cannot be created.
     pub fn build(self) -> Result<Orchestrator, OrchestratorError> {
         if !self.assistants.contains_key(&self.config.default_assistant) {
             return Err(OrchestratorError::InvalidInput(format!(
@@ -185,12 +195,19 @@ impl Builder {
                 self.config.default_assistant
             )));
         }
+        let workspace = match &self.config.workspace_root {
+            None => None,
+            Some(root) => Some(workspace::Workspace::open(root).map_err(|e| {
+                OrchestratorError::InvalidInput(format!("cannot create the workspace root {}: {e}", root.display()))
+            })?),
+        };
         let (notifier, outbox) = notify::Notifier::new();
         Ok(Orchestrator {
             inner: Arc::new(Inner {
                 notifier,
                 outbox: Mutex::new(Some(outbox)),
                 listen: self.listen,
+                workspace,
                 coordination: self.coordination.unwrap_or_else(|| self.pool.clone()),
                 pool: self.pool,
                 config: self.config,
@@ -229,6 +246,38 @@ impl Orchestrator {
         let mut names: Vec<String> = self.inner.assistants.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The workspace, when [`Config::workspace_root`] is set.
+    #[must_use]
+    pub fn workspace(&self) -> Option<&workspace::Workspace> {
+        self.inner.workspace.as_ref()
+    }
+
+    /// The directory a turn of `conversation` runs in, created when missing (see
+    /// [`workspace::Workspace::prepare`]); `None` without a workspace root and without a
+    /// named directory.
+    ///
+    /// # Errors
+    /// [`workspace::CwdError`] when the directory leads out of the root, cannot be
+    /// created, or is named while there is no root.
+    pub async fn working_directory(
+        &self,
+        conversation: &parley_db::conversation::Conversation,
+    ) -> Result<Option<PathBuf>, workspace::CwdError> {
+        let Some(workspace) = self.inner.workspace.clone() else {
+            return match conversation.cwd {
+                Some(_) => Err(workspace::CwdError::NoRoot),
+                None => Ok(None),
+            };
+        };
+        let (id, cwd) = (conversation.conversation_id, conversation.cwd.clone());
+        tokio::task::spawn_blocking(move || workspace.prepare(id, cwd.as_deref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(workspace::CwdError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })
+            })
+            .map(Some)
     }
 
     /// The live event hub.

@@ -263,6 +263,8 @@ struct TurnRun<'a> {
     emitter: Emitter,
     reply: Reply,
     sink: Option<SinkHandle>,
+    /// The turn's working directory under the workspace root (resolved before the run).
+    cwd: Option<std::path::PathBuf>,
 }
 
 impl Orchestrator {
@@ -522,6 +524,7 @@ impl Orchestrator {
             control,
             reply: Reply::default(),
             sink,
+            cwd: None,
         };
         run.execute().await
     }
@@ -543,6 +546,15 @@ impl TurnRun<'_> {
             return self.finish(&session, Outcome::Failed(err)).await;
         };
         let mut session = self.resolve_session(assistant.name()).await?;
+        match self.orch.working_directory(&self.conversation).await {
+            Ok(cwd) => self.cwd = cwd,
+            Err(e) => {
+                // Checked before every run: a link may have appeared since the cwd was accepted.
+                warn!(error = %e, "refusing to run the turn outside the workspace root");
+                let err = AssistantError::Refused(format!("{e}; the turn was not run"));
+                return self.finish(&session, Outcome::Failed(err)).await;
+            }
+        }
         self.emit("turn_started", json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id })).await;
 
         let (prompt, history) = self.prompt_for(&session).await?;
@@ -702,7 +714,7 @@ impl TurnRun<'_> {
             message: self.user_message.content.clone(),
             history_messages: history,
             resume: session.assistant_session_id.clone(),
-            cwd: self.conversation.cwd.as_ref().map(Into::into),
+            cwd: self.cwd.clone(),
             cancel: self.control.token.child_token(),
         };
         // PostgreSQL cannot store NUL (U+0000): assistant output is made storable here, where it enters.

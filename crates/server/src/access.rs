@@ -13,6 +13,8 @@
 //!   (`conversation.owner`); platform conversations belong to the platform's name
 //!   (`telegram`, …). A conversation the principal may not see answers exactly like a
 //!   missing one (`404 not_found`): see [`Principal::conversation`]. Admin tokens see all.
+//!   The platform names and `local` are reserved ([`is_reserved_principal`]): no
+//!   non-admin token acts as one, so only admins see platform conversations.
 //! - **Limits.** Posting messages is rate limited per principal with a token bucket
 //!   ([`AccessConfig::messages_per_minute`], [`AccessConfig::message_burst`]) kept in this
 //!   replica's memory (so N replicas allow up to N times the rate); open event streams
@@ -39,6 +41,16 @@ use crate::error::AppError;
 
 /// The principal of every request when authentication is off.
 pub const LOCAL_PRINCIPAL: &str = "local";
+
+/// Whether `name` is reserved and cannot be a token's principal: [`LOCAL_PRINCIPAL`] and
+/// every platform's name (`telegram`, `slack`, `discord`, `github`, `generic`), which own
+/// the platform conversations, so that only an admin token sees those. Compared without
+/// regard to ASCII case.
+#[must_use]
+pub fn is_reserved_principal(name: &str) -> bool {
+    name.eq_ignore_ascii_case(LOCAL_PRINCIPAL)
+        || parley_platforms::Platform::ALL.iter().any(|p| name.eq_ignore_ascii_case(p.as_str()))
+}
 
 /// Entries kept in the token cache and the rate limiter before expired ones are pruned.
 const MAX_ENTRIES: usize = 10_000;
@@ -252,8 +264,12 @@ impl Access {
             }
         }
         let client = pool.get().await.map_err(parley_db::DbError::from)?;
-        let principal =
-            api_token::authenticate(&client, &hash).await?.map(|t| Principal { name: t.principal, admin: t.admin });
+        // A non-admin token of a reserved name (made before names were reserved) would see
+        // a platform's conversations: it is not valid.
+        let principal = api_token::authenticate(&client, &hash)
+            .await?
+            .map(|t| Principal { name: t.principal, admin: t.admin })
+            .filter(|p| p.admin || !is_reserved_principal(&p.name));
         if !ttl.is_zero() {
             let mut cache = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.len() >= MAX_ENTRIES {

@@ -4,7 +4,7 @@
 //! Use the specific variants for what a client can act on; `Internal` for the rest.
 //! Internal details are logged, never sent: a 500 says only that something failed.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parley_db::DbError;
@@ -57,6 +57,9 @@ pub enum AppError {
     /// 413: the request body is larger than the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 408: the request body stalled longer than the body read timeout.
+    #[error("the request body did not arrive in time; send it without pausing")]
+    RequestTimeout,
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -101,6 +104,7 @@ impl AppError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
@@ -165,8 +169,38 @@ impl From<OrchestratorError> for AppError {
     }
 }
 
+/// True when `err` (a body rejection) was caused by the request body read timeout
+/// (tower-http's `TimeoutError`, somewhere in its source chain).
+pub fn body_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+impl AppError {
+    /// The error for a body that could not be read: 413 over the limit, 408 when it
+    /// stalled, else 400 with `code`.
+    pub fn from_body_rejection(rejection: &BytesRejection, code: &'static str) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge("the request body is larger than the limit".into())
+        } else if body_timed_out(rejection) {
+            Self::RequestTimeout
+        } else {
+            Self::bad_request(code, rejection.body_text())
+        }
+    }
+}
+
 impl From<JsonRejection> for AppError {
     fn from(rejection: JsonRejection) -> Self {
+        if body_timed_out(&rejection) {
+            return Self::RequestTimeout;
+        }
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge("the request body is larger than the limit".into()),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {

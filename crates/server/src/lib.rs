@@ -10,6 +10,12 @@
 //! The web API's routes are registered from their handlers' `#[utoipa::path]`
 //! attributes ([`documented_routes`]), which also make the OpenAPI document served at
 //! `GET /api/openapi.json` ([`openapi`]).
+//!
+//! Slow clients are cut off ([`Timeouts`]): a connection whose request headers do not
+//! arrive within the header read timeout is closed (hyper's HTTP/1 header timer; there is
+//! no request to answer yet), and a request body that stalls for the body read timeout
+//! answers `408 request_timeout` (tower-http's request body timeout). Neither applies to
+//! responses, so SSE streams stay open.
 
 #![forbid(unsafe_code)]
 
@@ -22,12 +28,19 @@ pub mod routes;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use parley_orchestrator::Orchestrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +50,24 @@ use crate::error::AppError;
 
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long the server waits for a slow client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the start of a request until its headers are complete; a connection that
+    /// takes longer is closed (HTTP/1). Also how long an idle keep-alive connection
+    /// waits for its next request.
+    pub header_read: Duration,
+    /// Longest pause while a request body arrives; a body that stalls longer answers
+    /// `408 request_timeout`. Responses (SSE streams) are not limited.
+    pub body_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { header_read: Duration::from_secs(30), body_read: Duration::from_secs(30) }
+    }
+}
 
 /// Shared state of every handler.
 #[derive(Clone, Debug)]
@@ -52,6 +83,8 @@ pub struct AppState {
     /// Authentication, per-principal limits and CORS of the web API
     /// ([`access::Access::local`]: no tokens, for tests and loopback).
     pub access: access::Access,
+    /// Header and body read timeouts.
+    pub timeouts: Timeouts,
 }
 
 /// The documented routes: the web API under `/api`, the probes and the OpenAPI document.
@@ -95,6 +128,7 @@ pub fn app(state: AppState) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, AppError::bad_request("method_not_allowed", "method not allowed"))
         })
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.timeouts.body_read))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let path = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
             tracing::info_span!("request", method = %req.method(), path)
@@ -113,20 +147,45 @@ pub fn app(state: AppState) -> Router {
 /// Serves the app on `listener` until `state.shutdown` fires, then stops accepting,
 /// ends SSE streams and waits up to `drain` for open requests.
 ///
+/// Connections are served by hyper (HTTP/1 and HTTP/2) with the header read timeout of
+/// `state.timeouts` on a Tokio timer, which `axum::serve` does not set.
+///
 /// # Errors
-/// I/O errors of the listener.
+/// None in practice: accept errors (too many open files, a reset connection) are
+/// logged and accepting goes on.
 pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    let header_read = state.timeouts.header_read;
     let router = app(state);
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    match tokio::time::timeout(drain, server).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(std::io::Error::other(join)),
-        Err(_) => {
-            tracing::warn!(?drain, "open requests did not finish in time; closing them");
-            Ok(())
-        }
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Per-connection errors and descriptor exhaustion: wait a little, go on.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(
+            router.clone().map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(Body::new)),
+        );
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "open requests did not finish in time; closing them");
+    }
+    Ok(())
 }

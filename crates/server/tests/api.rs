@@ -49,6 +49,17 @@ impl TestApp {
         access: parley_server::access::Access,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::spawn_full(db, demo_config, access, parley_server::Timeouts::default(), tweak).await
+    }
+
+    /// [`TestApp::spawn_with`] with the given read timeouts.
+    async fn spawn_full(
+        db: TestDb,
+        demo_config: DemoConfig,
+        access: parley_server::access::Access,
+        timeouts: parley_server::Timeouts,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let demo = Demo::new(demo_config);
         let mut config = Config {
             worker_id: format!("test-{}", Uuid::new_v4()),
@@ -72,6 +83,7 @@ impl TestApp {
             body_limit: 64 * 1024,
             platforms: None,
             access,
+            timeouts,
         };
         let stop = shutdown.clone();
         let workers = tokio::spawn(async move { orchestrator.run_workers(stop).await });
@@ -691,4 +703,159 @@ async fn shutdown_ends_open_event_streams() {
     let ended = tokio::time::timeout(Duration::from_secs(5), async { while events.next().await.is_some() {} }).await;
     assert!(ended.is_ok(), "the SSE stream ended at shutdown");
     stopping.await.expect("stopped");
+}
+
+/// A directory removed (with everything in it) when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("parley-api-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_answers_408_a_stalled_header_is_closed_and_sse_outlives_both() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeouts = parley_server::Timeouts { header_read: Duration::from_secs(1), body_read: Duration::from_secs(1) };
+    let app =
+        TestApp::spawn_full(TestDb::new().await, fast_demo(), parley_server::access::Access::local(), timeouts, |_| {})
+            .await;
+    let conv = app.create_conversation().await;
+    let mut events = sse::connect(&app.url(&format!("/api/conversations/{conv}/events")), None).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // A large Content-Length, a few bytes, then nothing: 408 once the body stalls.
+    for path in [format!("/api/conversations/{conv}/messages"), "/api/conversations".to_owned()] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"te"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        answer.extend_from_slice(&buf[..n]);
+                        if String::from_utf8_lossy(&answer).contains("request_timeout") {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{path}: the stalled request was held open");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains(r#""code":"request_timeout""#), "{path}: {answer}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "answered only after the timeout");
+    }
+
+    // Headers that never end: the connection is closed.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes()).await.expect("write");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a connection whose headers never end is closed");
+
+    // The event stream opened before all this, now older than both timeouts, still delivers.
+    assert!(app.messages(conv).await.is_empty(), "the stalled message was not stored");
+    let turn = app.send(conv, "still there?").await;
+    let got = sse::read_until(&mut events, Duration::from_secs(20), |m| {
+        m.event == "turn_completed" && m.data["turn_id"] == turn.to_string()
+    })
+    .await;
+    assert!(got.iter().any(|m| m.event == "text"), "{got:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_conversation_runs_in_its_own_directory_under_the_workspace_root_and_cannot_leave_it() {
+    let scratch = Scratch::new();
+    let root = scratch.0.join("workspaces");
+    let outside = scratch.0.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let app = TestApp::spawn_with(TestDb::new().await, fast_demo(), parley_server::access::Access::local(), |c| {
+        c.workspace_root = Some(root.clone());
+    })
+    .await;
+    let root = root.canonicalize().expect("root exists");
+    let create = |body: Value| {
+        let app = &app;
+        async move {
+            let resp = app.http.post(app.url("/api/conversations")).json(&body).send().await.expect("post");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let id = |v: &Value| -> Uuid { v["conversation_id"].as_str().expect("id").parse().expect("uuid") };
+
+    // By default: a directory named after the conversation, created on the first run.
+    let (_, plain) = create(json!({})).await;
+    let plain = id(&plain);
+    assert!(!root.join(plain.to_string()).exists(), "created on first run, not before");
+    app.wait_turn(app.send(plain, "hello").await).await;
+    assert_eq!(app.demo.requests().last().and_then(|r| r.cwd.clone()), Some(root.join(plain.to_string())));
+    assert!(root.join(plain.to_string()).is_dir());
+
+    // A relative subdirectory of plain names.
+    let (status, named) = create(json!({ "cwd": "projects/site" })).await;
+    assert_eq!(status, 201, "{named}");
+    let named = id(&named);
+    app.wait_turn(app.send(named, "hello").await).await;
+    assert_eq!(app.demo.requests().last().and_then(|r| r.cwd.clone()), Some(root.join("projects/site")));
+
+    // Absolute paths, `..` and links out of the root: 400 invalid_cwd, nothing stored.
+    std::os::unix::fs::symlink(&outside, root.join("out")).expect("symlink");
+    let before = app.get("/api/conversations").await.1["conversations"].as_array().map(Vec::len);
+    for cwd in ["/root/../etc", "/tmp", "../escape", "a/../../b", "out", "out/deeper", "", "./x"] {
+        let (status, err) = create(json!({ "cwd": cwd })).await;
+        assert_eq!(status, 400, "{cwd:?}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_cwd", "{cwd:?}");
+        assert!(!err["error"]["message"].as_str().unwrap_or_default().contains(&*outside.to_string_lossy()));
+    }
+    assert_eq!(app.get("/api/conversations").await.1["conversations"].as_array().map(Vec::len), before);
+    assert!(!outside.join("deeper").exists() && !scratch.0.join("escape").exists());
+
+    // Checked again before each run: a link made after the conversation was created,
+    // and an absolute path written by an older version, fail the turn and start nothing.
+    let (_, later) = create(json!({ "cwd": "later" })).await;
+    let later = id(&later);
+    std::os::unix::fs::symlink(&outside, root.join("later")).expect("symlink");
+    let (_, legacy) = create(json!({})).await;
+    let legacy = id(&legacy);
+    let client = app.db.pool.get().await.expect("client");
+    client
+        .execute("update conversation set cwd = $2 where conversation_id = $1", &[&legacy, &outside.to_string_lossy()])
+        .await
+        .expect("old row");
+    let runs = app.demo.requests().len();
+    for conv in [later, legacy] {
+        let turn = app.wait_turn(app.send(conv, "run something").await).await;
+        assert_eq!(turn["status"], "failed", "{turn}");
+        assert!(turn["error"].as_str().is_some_and(|e| e.contains("leads out of the workspace root")), "{turn}");
+    }
+    assert_eq!(app.demo.requests().len(), runs, "no assistant was started for those turns");
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0, "nothing was created outside the root");
+    app.stop().await;
 }

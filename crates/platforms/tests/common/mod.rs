@@ -314,6 +314,7 @@ impl Parley {
             body_limit: parley_server::DEFAULT_BODY_LIMIT,
             platforms: Some(platforms),
             access: parley_server::access::Access::local(),
+            timeouts: parley_server::Timeouts::default(),
         };
         let workers = {
             let orch = orchestrator.clone();

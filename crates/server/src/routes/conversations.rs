@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use parley_db::DbError;
 use parley_db::conversation::{self, Conversation, ConversationSummary, Delivery, NewConversation};
 use parley_orchestrator::command::{Command, CommandReply};
+use parley_orchestrator::workspace::CwdError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -15,7 +16,7 @@ use crate::AppState;
 use crate::access::Principal;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
-use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
+use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable};
 
 /// Body of `POST /api/conversations`; every field is optional.
 #[derive(Debug, Deserialize, Default, ToSchema)]
@@ -28,9 +29,11 @@ pub struct CreateBody {
     /// Which assistant answers; the server's default when absent.
     #[serde(default)]
     pub assistant: Option<String>,
-    /// The assistant's working directory.
+    /// The assistant's working directory: a relative path of plain names under the
+    /// server's workspace root (no leading `/`, no `..`, no symbolic link out of the
+    /// root); default: a directory named after the conversation's id.
     #[serde(default)]
-    #[schema(pattern = r"^[^\x00]*$")]
+    #[schema(pattern = r"^[^\x00]*$", max_length = 1024)]
     pub cwd: Option<String>,
     /// `stream` (default) or `batch`.
     #[serde(default)]
@@ -40,7 +43,9 @@ pub struct CreateBody {
 /// `POST /api/conversations` → `201` with the conversation, owned by the caller.
 ///
 /// # Errors
-/// 400 for an unknown assistant or a title with NUL; 503 when the database is down.
+/// 400 for an unknown assistant, a title with NUL, or a `cwd` that is not a relative
+/// directory under the workspace root (`invalid_cwd`: nothing is stored); 503 when the
+/// database is down.
 #[utoipa::path(
     post,
     operation_id = "conversations_create",
@@ -51,6 +56,7 @@ pub struct CreateBody {
         (status = 201, description = "Created, owned by the caller", body = Conversation),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 503, response = Unavailable),
     )
@@ -60,12 +66,7 @@ pub async fn create(
     principal: Principal,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    let body = body.map_err(|e| match e.status() {
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            AppError::PayloadTooLarge("the request body is larger than the limit".into())
-        }
-        _ => AppError::bad_request("invalid_body", e.body_text()),
-    })?;
+    let body = body.map_err(|e| AppError::from_body_rejection(&e, "invalid_body"))?;
     // The body is optional: no body means every default.
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
@@ -84,6 +85,18 @@ pub async fn create(
     let title = body.title.unwrap_or_default();
     if title.contains('\0') || body.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(AppError::bad_request("invalid_text", "title and cwd must not contain NUL characters"));
+    }
+    if let Some(cwd) = &body.cwd {
+        let checked = match orch.workspace() {
+            Some(workspace) => {
+                let (workspace, cwd) = (workspace.clone(), cwd.clone());
+                tokio::task::spawn_blocking(move || workspace.check_request(&cwd))
+                    .await
+                    .map_err(|e| AppError::Internal(e.to_string()))?
+            }
+            None => Err(CwdError::NoRoot),
+        };
+        checked.map_err(|e| AppError::bad_request("invalid_cwd", e.to_string()))?;
     }
     let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
     let created = conversation::create(

@@ -196,12 +196,9 @@ async fn receive(
 ) -> Result<Response, WebhookError> {
     let platforms =
         state.platforms.as_ref().filter(|p| p.is_configured(platform)).ok_or(WebhookError::NotConfigured(platform))?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::App(AppError::PayloadTooLarge("the request body is larger than the limit".into()))
-        } else {
-            WebhookError::BadRequest(rejection.body_text())
-        }
+    let body = body.map_err(|rejection| match AppError::from_body_rejection(&rejection, "invalid_payload") {
+        AppError::BadRequest { message, .. } => WebhookError::BadRequest(message),
+        other => WebhookError::App(other),
     })?;
     if let Err(e) = platforms.verify(platform, headers, &body) {
         warn!(%platform, error = %e, "webhook verification failed");

@@ -200,6 +200,21 @@ async fn access_token_query_is_accepted_on_the_events_stream_only() {
 }
 
 #[tokio::test]
+async fn a_non_admin_token_of_a_reserved_name_does_not_authenticate() {
+    let app = spawn_auth().await;
+    // Made directly in the database, as an older `parley tokens create` could.
+    for name in ["telegram", "slack", "discord", "github", "generic", "local", "Telegram"] {
+        let t = token(&app, name, false).await;
+        let (status, err, _) = call(&app, Method::GET, "/api/conversations", Some(&t), None).await;
+        assert_eq!(status, 401, "{name}: {err}");
+    }
+    // An admin token may carry any name: it sees everything anyway.
+    let admin = token(&app, "local", true).await;
+    assert_eq!(call(&app, Method::GET, "/api/conversations", Some(&admin), None).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn another_principals_conversation_answers_404_like_a_missing_one_and_nothing_changes() {
     let app = spawn_auth().await;
     let alice = token(&app, "alice", false).await;
