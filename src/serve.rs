@@ -12,6 +12,7 @@ use parley_assistant::{
     ProcessLimits, Secret,
 };
 use parley_orchestrator::{Config, Orchestrator};
+use parley_platforms::{AllowList, Association, Field, Platform};
 use parley_server::AppState;
 use parley_server::access::{Access, AccessConfig, AuthMode};
 use tokio_util::sync::CancellationToken;
@@ -89,6 +90,149 @@ pub struct ServeArgs {
     /// Do not apply migrations at start.
     #[arg(long, env = "PARLEY_NO_MIGRATE")]
     no_migrate: bool,
+    /// Parley's own data directory (the default workspace root lives in it).
+    /// Default: $XDG_DATA_HOME/parley, else ~/.local/share/parley.
+    #[arg(long, env = "PARLEY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The directory every conversation's working directory lies under (created when
+    /// missing): <root>/<conversation id> by default, or the relative directory a client
+    /// names. Default: DATA_DIR/workspaces.
+    #[arg(long, env = "PARLEY_WORKSPACE_ROOT")]
+    workspace_root: Option<PathBuf>,
+    /// Seconds a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection is kept); slower connections are closed.
+    #[arg(long, env = "PARLEY_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    header_read_timeout_secs: u64,
+    /// Seconds a request body may pause before the request answers 408.
+    #[arg(long, env = "PARLEY_BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    body_read_timeout_secs: u64,
+    #[command(flatten)]
+    allow: AllowArgs,
+}
+
+/// Who may talk to the bot on each chat platform (see docs/platforms.md). A platform
+/// configured without an allow-list makes `parley serve` refuse to start unless its
+/// `--<platform>-allow-everyone` is given. Lists are comma-separated; every list that is
+/// set must match a message for it to be accepted.
+#[derive(Debug, Args)]
+struct AllowArgs {
+    /// Telegram user IDs allowed to talk to the bot (`message.from.id`).
+    #[arg(long, env = "PARLEY_TELEGRAM_ALLOWED_USERS", value_delimiter = ',')]
+    telegram_allowed_users: Vec<String>,
+    /// Telegram chat IDs the bot answers in (`message.chat.id`; a private chat's ID is its
+    /// user's ID; groups are negative).
+    #[arg(long, env = "PARLEY_TELEGRAM_ALLOWED_CHATS", value_delimiter = ',', allow_hyphen_values = true)]
+    telegram_allowed_chats: Vec<String>,
+    /// Answer every Telegram user in every chat.
+    #[arg(long, env = "PARLEY_TELEGRAM_ALLOW_EVERYONE")]
+    telegram_allow_everyone: bool,
+    /// Slack team (workspace) IDs (`T…`); a user of another team in a shared channel is refused.
+    #[arg(long, env = "PARLEY_SLACK_ALLOWED_TEAMS", value_delimiter = ',')]
+    slack_allowed_teams: Vec<String>,
+    /// Slack channel IDs (`C…`, `G…`, `D…`) the bot answers in.
+    #[arg(long, env = "PARLEY_SLACK_ALLOWED_CHANNELS", value_delimiter = ',')]
+    slack_allowed_channels: Vec<String>,
+    /// Slack user IDs (`U…`, `W…`) allowed to talk to the bot.
+    #[arg(long, env = "PARLEY_SLACK_ALLOWED_USERS", value_delimiter = ',')]
+    slack_allowed_users: Vec<String>,
+    /// Answer every Slack user.
+    #[arg(long, env = "PARLEY_SLACK_ALLOW_EVERYONE")]
+    slack_allow_everyone: bool,
+    /// Discord server (guild) IDs; direct messages have none and are refused when this is set.
+    #[arg(long, env = "PARLEY_DISCORD_ALLOWED_GUILDS", value_delimiter = ',')]
+    discord_allowed_guilds: Vec<String>,
+    /// Discord channel IDs the bot answers in.
+    #[arg(long, env = "PARLEY_DISCORD_ALLOWED_CHANNELS", value_delimiter = ',')]
+    discord_allowed_channels: Vec<String>,
+    /// Discord user IDs allowed to talk to the bot.
+    #[arg(long, env = "PARLEY_DISCORD_ALLOWED_USERS", value_delimiter = ',')]
+    discord_allowed_users: Vec<String>,
+    /// Answer every Discord user.
+    #[arg(long, env = "PARLEY_DISCORD_ALLOW_EVERYONE")]
+    discord_allow_everyone: bool,
+    /// GitHub repositories (`owner/name`) the bot answers in.
+    #[arg(long, env = "PARLEY_GITHUB_ALLOWED_REPOS", value_delimiter = ',')]
+    github_allowed_repos: Vec<String>,
+    /// GitHub logins allowed to talk to the bot.
+    #[arg(long, env = "PARLEY_GITHUB_ALLOWED_SENDERS", value_delimiter = ',')]
+    github_allowed_senders: Vec<String>,
+    /// The least trusted GitHub `author_association` answered, in GitHub's order: OWNER,
+    /// MEMBER, COLLABORATOR, CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, NONE.
+    #[arg(long, env = "PARLEY_GITHUB_MIN_ASSOCIATION", value_parser = parse_association)]
+    github_min_association: Option<Association>,
+    /// Answer every GitHub user on every repository that sends the webhook.
+    #[arg(long, env = "PARLEY_GITHUB_ALLOW_EVERYONE")]
+    github_allow_everyone: bool,
+}
+
+fn parse_association(s: &str) -> Result<Association, String> {
+    Association::parse(s)
+        .ok_or_else(|| format!("must be one of {}", Association::ALL.map(Association::as_str).join(", ")))
+}
+
+impl AllowArgs {
+    /// Each platform's allow-list as the flags (or their variables) say.
+    fn lists(&self) -> [(Platform, AllowList); 4] {
+        let list = |everyone: bool, fields: &[(Field, &Vec<String>)]| {
+            let mut list = AllowList { everyone, ..AllowList::default() };
+            for (field, values) in fields {
+                list = list.allow(*field, values.iter());
+            }
+            list
+        };
+        [
+            (
+                Platform::Telegram,
+                list(
+                    self.telegram_allow_everyone,
+                    &[
+                        (Field::TelegramUser, &self.telegram_allowed_users),
+                        (Field::TelegramChat, &self.telegram_allowed_chats),
+                    ],
+                ),
+            ),
+            (
+                Platform::Slack,
+                list(
+                    self.slack_allow_everyone,
+                    &[
+                        (Field::SlackTeam, &self.slack_allowed_teams),
+                        (Field::SlackChannel, &self.slack_allowed_channels),
+                        (Field::SlackUser, &self.slack_allowed_users),
+                    ],
+                ),
+            ),
+            (
+                Platform::Discord,
+                list(
+                    self.discord_allow_everyone,
+                    &[
+                        (Field::DiscordGuild, &self.discord_allowed_guilds),
+                        (Field::DiscordChannel, &self.discord_allowed_channels),
+                        (Field::DiscordUser, &self.discord_allowed_users),
+                    ],
+                ),
+            ),
+            (
+                Platform::Github,
+                list(
+                    self.github_allow_everyone,
+                    &[
+                        (Field::GithubRepository, &self.github_allowed_repos),
+                        (Field::GithubSender, &self.github_allowed_senders),
+                    ],
+                )
+                .min_association(self.github_min_association),
+            ),
+        ]
+    }
+}
+
+/// Parley's data directory: the flag, else `$XDG_DATA_HOME/parley` (`~/.local/share/parley`).
+fn data_dir(chosen: Option<&Path>) -> Result<PathBuf, Failure> {
+    chosen.map(Path::to_path_buf).or_else(|| dirs::data_dir().map(|d| d.join("parley"))).ok_or_else(|| {
+        Failure::failed("cannot tell where to keep Parley's data (no HOME nor XDG_DATA_HOME): set --data-dir")
+    })
 }
 
 /// The assistants `--assistant` accepts.
@@ -296,6 +440,15 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         ..AccessConfig::default()
     })
     .map_err(|e| Failure::failed(e.to_string()))?;
+    // Who may talk to each platform's bot is settled before anything starts.
+    let mut platforms_config = parley_platforms::PlatformsConfig::from_env()
+        .map_err(|e| Failure::failed(format!("invalid platform configuration: {e}")))?;
+    for (platform, list) in args.allow.lists() {
+        platforms_config.set_allow_list(platform, list);
+    }
+    platforms_config.check_allow_lists().map_err(|e| Failure::failed(e.to_string()))?;
+    let data_dir = data_dir(args.data_dir.as_deref())?;
+    let workspace_root = args.workspace_root.clone().unwrap_or_else(|| data_dir.join("workspaces"));
     db.pool_size = args.pool_size;
     parley_db::ensure_database(&db)
         .await
@@ -341,11 +494,10 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         max_attempts: args.max_attempts.max(1),
         max_message_chars: args.max_message_chars.max(1),
         max_queued_turns: args.max_queued_turns,
+        workspace_root: Some(workspace_root),
         ..Config::default()
     };
-    let platforms = parley_platforms::PlatformsConfig::from_env()
-        .map(|c| Arc::new(parley_platforms::Platforms::new(c)))
-        .map_err(|e| Failure::failed(format!("invalid platform configuration: {e}")))?;
+    let platforms = Arc::new(parley_platforms::Platforms::new(platforms_config));
     let demo =
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
     let a = &args.assistants;
@@ -359,6 +511,9 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         .build()
         .map_err(|e| Failure::failed(e.to_string()))?;
     info!(assistant = %assistant, %why, worker_id = %orchestrator.config().worker_id, "assistant selected");
+    if let Some(workspace) = orchestrator.workspace() {
+        info!(root = %workspace.root().display(), "each conversation runs in its own directory under the workspace root");
+    }
 
     let shutdown = CancellationToken::new();
     let workers = {
@@ -372,6 +527,10 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         body_limit: args.body_limit,
         platforms: Some(platforms),
         access,
+        timeouts: parley_server::Timeouts {
+            header_read: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+            body_read: Duration::from_secs(args.body_read_timeout_secs.max(1)),
+        },
     };
     let server = tokio::spawn(parley_server::serve(listener, state, Duration::from_secs(5)));
     info!("Parley is listening on http://{local}");
@@ -385,5 +544,34 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Failure::failed(format!("server error: {e}"))),
         Err(e) => Err(Failure::failed(format!("server task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Args as _;
+
+    use super::*;
+
+    /// The allow-list flags are spelled once here and once in `parley_platforms::allow`
+    /// (which names them in its refusal message): they must agree.
+    #[test]
+    fn allow_list_flags_and_variables_match_the_platforms_crate() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let arg = |flag: &str| {
+            command.get_arguments().find(|a| a.get_long() == Some(flag)).unwrap_or_else(|| panic!("no --{flag}"))
+        };
+        let env = |flag: &str| arg(flag).get_env().map(|e| e.to_string_lossy().into_owned());
+        for field in Field::ALL {
+            assert_eq!(env(field.flag()).as_deref(), Some(field.env()), "--{}", field.flag());
+        }
+        for platform in [Platform::Telegram, Platform::Slack, Platform::Discord, Platform::Github] {
+            let flag = parley_platforms::allow::allow_everyone_flag(platform).unwrap_or_default();
+            assert_eq!(env(flag).as_deref(), parley_platforms::allow::allow_everyone_env(platform), "--{flag}");
+        }
+        assert_eq!(
+            env(parley_platforms::allow::GITHUB_MIN_ASSOCIATION_FLAG).as_deref(),
+            Some(parley_platforms::allow::GITHUB_MIN_ASSOCIATION_ENV)
+        );
     }
 }

@@ -146,6 +146,8 @@ impl Parley {
             .env("DATABASE_URL", db.url())
             .env("PARLEY_BIND", "127.0.0.1:0")
             .env("PARLEY_AUTH", "off")
+            // Conversations name their directories relative to the scratch directory.
+            .env("PARLEY_WORKSPACE_ROOT", scratch.path(""))
             .env("PARLEY_WORKERS", "2")
             .env("PARLEY_SHUTDOWN_GRACE_SECS", "1")
             // A hung CLI fails the test in seconds, not after the production defaults.
@@ -191,9 +193,11 @@ impl Parley {
         resp.json().await.unwrap()
     }
 
-    /// Creates a conversation with `assistant` working in `cwd`; returns its id.
+    /// Creates a conversation with `assistant` working in `cwd`, a directory directly in
+    /// the scratch directory (the workspace root); returns its id.
     async fn conversation(&self, assistant: &str, cwd: &Path) -> String {
-        let conversation = self.post("/conversations", json!({ "assistant": assistant, "cwd": cwd })).await;
+        let name = cwd.file_name().expect("a directory in the scratch directory");
+        let conversation = self.post("/conversations", json!({ "assistant": assistant, "cwd": name })).await;
         conversation["conversation_id"].as_str().unwrap().to_owned()
     }
 

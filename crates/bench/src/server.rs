@@ -66,6 +66,7 @@ pub fn spawn(o: &SpawnOptions) -> Result<Parley> {
         }
     }
     args.extend(o.extra.iter().cloned());
+    let data_dir = std::env::temp_dir().join(format!("parley-bench-data-{}", uuid::Uuid::new_v4()));
     let mut child = Command::new(&o.bin)
         .args(&args)
         .env("DATABASE_URL", &o.database_url)
@@ -73,6 +74,9 @@ pub fn spawn(o: &SpawnOptions) -> Result<Parley> {
         .env("PARLEY_TELEGRAM_SECRET_TOKEN", TELEGRAM_SECRET)
         .env("PARLEY_TELEGRAM_BOT_TOKEN", "123456:BENCH")
         .env("PARLEY_TELEGRAM_API_BASE", &o.telegram_api)
+        // The bench's webhook deliveries come from made-up users.
+        .env("PARLEY_TELEGRAM_ALLOW_EVERYONE", "true")
+        .env("PARLEY_DATA_DIR", &data_dir)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -94,7 +98,7 @@ pub fn spawn(o: &SpawnOptions) -> Result<Parley> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Ok(Parley { child, base, http: reqwest::Client::new() })
+    Ok(Parley { child, data_dir, base, http: reqwest::Client::new() })
 }
 
 /// A web API endpoint: base URL and a client that sends the bearer token, if any.

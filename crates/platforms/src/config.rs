@@ -182,11 +182,14 @@ impl std::fmt::Display for AllowListError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !self.missing.is_empty() {
             let names: Vec<&str> = self.missing.iter().map(|p| p.as_str()).collect();
+            let (names, verb) = match names.split_last() {
+                Some((last, rest)) if !rest.is_empty() => (format!("{} and {last}", rest.join(", ")), "are"),
+                _ => (names.concat(), "is"),
+            };
             writeln!(
                 f,
-                "refusing to start: {} configured without an allow-list, so anyone who can message the bot \
-                 would drive an assistant that runs tools on this host. Say who may talk to it:",
-                names.join(", ")
+                "refusing to start: {names} {verb} configured without an allow-list, so anyone who can message \
+                 the bot would drive an assistant that runs tools on this host. Say who may talk to it:"
             )?;
             for p in &self.missing {
                 let fields: Vec<String> =

@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// A running `parley serve` process.
+/// A running `parley serve` process, killed on drop, with a data directory of its own
+/// (conversation workspaces) removed on drop.
 pub struct Parley {
     /// The process.
     pub child: Child,
+    /// `PARLEY_DATA_DIR` of the process.
+    pub data_dir: std::path::PathBuf,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The HTTP client.
@@ -24,11 +27,13 @@ impl Parley {
     /// # Panics
     /// When the process cannot start or exits before listening.
     pub fn start(bin: &str, database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("parley-data-{}", Uuid::new_v4()));
         let mut child = Command::new(bin)
             // Loopback, single user: no API tokens (`--auth off`).
             .args(["serve", "--bind", "127.0.0.1:0", "--auth", "off", "--worker-id", worker_id])
             .args(extra)
             .env("DATABASE_URL", database_url)
+            .env("PARLEY_DATA_DIR", &data_dir)
             .env("RUST_LOG", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -44,7 +49,7 @@ impl Parley {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, base, http: reqwest::Client::new() }
+        Self { child, data_dir, base, http: reqwest::Client::new() }
     }
 
     /// The process id.
@@ -191,5 +196,6 @@ impl Drop for Parley {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
