@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the web API and the turn workers.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect and delete assistant sessions.
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     let db = parley_db::DbConfig::new(cli.database_url);
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(db, args).await,
+            Command::Serve(args) => serve::run(db, *args).await,
             Command::Migrate => migrate(&db).await,
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
             Command::Tokens(cmd) => tokens::run(&db, cmd).await,

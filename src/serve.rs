@@ -107,7 +107,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLEY_BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
     body_read_timeout_secs: u64,
     #[command(flatten)]
-    allow: AllowArgs,
+    allow: Box<AllowArgs>,
 }
 
 /// Who may talk to the bot on each chat platform (see docs/platforms.md). A platform

@@ -28,6 +28,8 @@ pub fn request_hash(parts: &[&str]) -> [u8; 32] {
 /// were kept).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
+    /// The conversation it went to.
+    pub conversation_id: Option<Uuid>,
     /// The response first given.
     pub response: Option<serde_json::Value>,
     /// [`request_hash`] of the first request.
@@ -89,10 +91,13 @@ pub async fn set_response(
 /// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.
 pub async fn stored(client: &impl GenericClient, platform: &str, delivery_id: &str) -> DbResult<Option<Stored>> {
     let stmt = client
-        .prepare_cached("select response, request_hash from inbound_delivery where platform = $1 and delivery_id = $2")
+        .prepare_cached(
+            "select conversation_id, response, request_hash from inbound_delivery \
+             where platform = $1 and delivery_id = $2",
+        )
         .await?;
     let row = client.query_opt(&stmt, &[&platform, &delivery_id]).await?;
-    Ok(row.map(|r| Stored { response: r.get(0), request_hash: r.get(1) }))
+    Ok(row.map(|r| Stored { conversation_id: r.get(0), response: r.get(1), request_hash: r.get(2) }))
 }
 
 /// Deletes deliveries older than `retention`. Returns how many.

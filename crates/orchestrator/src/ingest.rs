@@ -252,19 +252,22 @@ impl Orchestrator {
         }
     }
 
-    /// The answer to a repeat of `dedupe`, when that key was already recorded: `Ok(None)`
-    /// for a new key. Lets a surface answer a redelivery before it creates anything (a
-    /// webhook's conversation).
+    /// The answer to a repeat of `dedupe`, when that key was already recorded, with the
+    /// conversation it went to: `Ok(None)` for a new key. Lets a surface answer a
+    /// redelivery before it creates anything (a webhook's conversation).
     ///
     /// # Errors
     /// [`OrchestratorError::IdempotencyKeyReused`] when the key was first used for another
     /// request; [`OrchestratorError::Conflict`] when its first delivery is still being
     /// stored; [`OrchestratorError::Db`] when the store fails.
-    pub async fn repeat_of(&self, dedupe: &Dedupe) -> Result<Option<Ingested>, OrchestratorError> {
+    pub async fn repeat_of(&self, dedupe: &Dedupe) -> Result<Option<(Ingested, Option<Uuid>)>, OrchestratorError> {
         let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         match inbound_delivery::stored(&client, &dedupe.namespace, &dedupe.key).await? {
             None => Ok(None),
-            stored => dedupe.repeat(stored).map(Some),
+            Some(stored) => {
+                let conversation_id = stored.conversation_id;
+                dedupe.repeat(Some(stored)).map(|ingested| Some((ingested, conversation_id)))
+            }
         }
     }
 

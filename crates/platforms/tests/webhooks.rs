@@ -752,6 +752,8 @@ async fn a_generic_delivery_id_reused_for_another_message_is_422_and_stores_noth
     let (status, repeat) = p.post("/webhooks/generic", &headers, raw).await;
     assert_eq!((status, repeat["duplicate"].clone()), (200, json!(true)), "{repeat}");
     assert_eq!(repeat["turn_id"], answer["turn_id"]);
+    assert_eq!(repeat["conversation_id"], answer["conversation_id"]);
+    assert!(answer["conversation_id"].is_string(), "{answer}");
     let before = stored_rows(&p).await;
     for other in [
         json!({ "conversation_id": "ticket-1", "text": "deploy production" }),

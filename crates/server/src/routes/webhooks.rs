@@ -235,7 +235,7 @@ async fn receive(
     // A redelivery is answered before anything is written (its conversation included).
     match orchestrator.repeat_of(&dedupe).await {
         Ok(None) => {}
-        Ok(Some(repeat)) => return Ok(answer(platforms, platform, None, repeat)),
+        Ok(Some((repeat, conversation_id))) => return Ok(answer(platforms, platform, conversation_id, None, repeat)),
         Err(e) => return Err(repeat_error(platform, e)),
     }
     let conversation = {
@@ -266,7 +266,7 @@ async fn receive(
         .await;
     let ingested = posted.map_err(|e| repeat_error(platform, e))?;
     debug!(%platform, conversation_id = %conversation.conversation_id, ?ingested, "webhook ingested");
-    Ok(answer(platforms, platform, Some(conversation), ingested))
+    Ok(answer(platforms, platform, Some(conversation.conversation_id), Some(conversation), ingested))
 }
 
 /// The answer to an ingested delivery (`conversation` is `None` for a repeat answered
@@ -274,10 +274,10 @@ async fn receive(
 fn answer(
     platforms: &Arc<Platforms>,
     platform: Platform,
+    conversation_id: Option<uuid::Uuid>,
     conversation: Option<Conversation>,
     ingested: Ingested,
 ) -> Response {
-    let conversation_id = conversation.as_ref().map(|c| c.conversation_id);
     match ingested {
         Ingested::Turn { turn_id, message_id, duplicate } => match platform {
             Platform::Discord => axum::Json(json!({ "type": 5 })).into_response(),
