@@ -183,8 +183,10 @@ impl Parley {
 
     async fn post(&self, path: &str, body: Value) -> Value {
         let resp = self.http.post(format!("{}/api{path}", self.base)).json(&body).send().await.unwrap();
-        assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
-        resp.json().await.unwrap()
+        let status = resp.status();
+        let answer: Value = resp.json().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path}: {status} {answer}");
+        answer
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -196,7 +198,7 @@ impl Parley {
     /// Creates a conversation with `assistant` working in `cwd`, a directory directly in
     /// the scratch directory (the workspace root); returns its id.
     async fn conversation(&self, assistant: &str, cwd: &Path) -> String {
-        let name = cwd.file_name().expect("a directory in the scratch directory");
+        let name = cwd.file_name().and_then(|n| n.to_str()).expect("a directory in the scratch directory");
         let conversation = self.post("/conversations", json!({ "assistant": assistant, "cwd": name })).await;
         conversation["conversation_id"].as_str().unwrap().to_owned()
     }
