@@ -185,6 +185,7 @@ mod tests {
             resume,
             cwd: None,
             cancel: tokio_util::sync::CancellationToken::new(),
+            run_id: uuid::Uuid::new_v4(),
         }
     }
 
