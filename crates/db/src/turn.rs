@@ -136,21 +136,27 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 }
 
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
-/// paused, marks it `running` for `worker_id` with a lease of `lease`, increments
-/// `attempt`, reserves an event-number block, and reads the conversation, the user
-/// message and the active session. Returns `None` when there is nothing to claim. One
-/// statement: one round trip, one commit.
+/// paused, marks it `running` for `worker_id` with a lease of `lease` and the run
+/// `run_id` (the marker its assistant's processes will carry), increments `attempt`,
+/// reserves an event-number block, and reads the conversation, the user message and the
+/// active session. Returns `None` when there is nothing to claim. One statement: one
+/// round trip, one commit.
 ///
 /// Uses `for update skip locked`; the running-turn unique index turns a lost race into
 /// `None` rather than a double claim.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Claimed>> {
+pub async fn claim(
+    client: &impl GenericClient,
+    worker_id: &str,
+    lease: Duration,
+    run_id: Uuid,
+) -> DbResult<Option<Claimed>> {
     let stmt = client
         .prepare_cached(&format!(
             "with claimed as ( \
-                 update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
+                 update turn set status = 'running', worker_id = $1, attempt = attempt + 1, run_id = $3, \
                      lease_until = now() + make_interval(secs => $2), started_at = now(), cancel_requested = false \
                  where turn_id = ( \
                      select t.turn_id from turn t join conversation c using (conversation_id) \
@@ -173,7 +179,7 @@ pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration
             crate::event::BLOCK_SIZE
         ))
         .await?;
-    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease)]).await {
+    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease), &run_id]).await {
         Ok(Some(row)) => Ok(Some(Claimed {
             turn: Turn::try_from(&row)?,
             first_event_seq: row.try_get("first_event_seq")?,
@@ -200,38 +206,47 @@ pub struct Swept {
     pub status: String,
     /// How many times it was claimed.
     pub attempt: i32,
+    /// The run of its last claim (see [`claim`]), whose processes may still be alive.
+    pub run_id: Option<Uuid>,
 }
 
 impl TryFrom<&Row> for Swept {
     type Error = DbError;
 
-    /// From a row of `turn_id, conversation_id, status, attempt`.
+    /// From a row of `turn_id, conversation_id, status, attempt, run_id`.
     fn try_from(r: &Row) -> DbResult<Self> {
         Ok(Self {
             turn_id: r.try_get(0)?,
             conversation_id: r.try_get(1)?,
             status: r.try_get(2)?,
             attempt: r.try_get(3)?,
+            run_id: r.try_get(4)?,
         })
     }
 }
 
 /// Takes back running turns whose lease expired (their worker died or lost the
 /// database): re-queued while `attempt < max_attempts`, else marked `interrupted`.
+/// Their conversations are locked first (see [`crate::conversation::lock_shared`]), for
+/// the message and events the caller then writes in the same transaction.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> DbResult<Vec<Swept>> {
     let rows = client
         .query(
-            "update turn set \
+            "with c as (select conversation_id from conversation where conversation_id in \
+                            (select conversation_id from turn where status = 'running' and lease_until < now()) \
+                        for key share) \
+             update turn set \
                  status = case when attempt >= $1 then 'interrupted' else 'queued' end, \
                  error = case when attempt >= $1 then 'interrupted: its worker stopped before finishing' else error end, \
                  finished_at = case when attempt >= $1 then now() else null end, \
                  worker_id = null, lease_until = null \
              where turn_id in (select turn_id from turn where status = 'running' and lease_until < now() \
+                               and conversation_id in (select conversation_id from c) \
                                for update skip locked) \
-             returning turn_id, conversation_id, status, attempt",
+             returning turn_id, conversation_id, status, attempt, run_id",
             &[&max_attempts],
         )
         .await?;
@@ -305,21 +320,24 @@ pub struct Completion<'a> {
     pub final_event: &'a crate::event::Event,
 }
 
-/// Completes a running turn in one statement (one round trip, one commit): marks it
-/// `completed` with its session, stores the assistant message, the session's
-/// assistant session ID and a cleared `last_error`, and the remaining events with the
-/// final one. Returns the assistant message id, or `None` — with nothing written — when
-/// the turn was no longer running (the sweeper took it back).
+/// Completes a running turn in one statement (one round trip, one commit): locks its
+/// conversation first (as [`crate::conversation::lock_shared`]), marks it `completed`
+/// with its session, stores the assistant message, the session's assistant session ID
+/// and a cleared `last_error`, and the remaining events with the final one. Returns the
+/// assistant message id, or `None` — with nothing written — when the turn was no longer
+/// running (the sweeper took it back, or its conversation was deleted).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResult<Option<i64>> {
     let stmt = client
         .prepare_cached(
-            "with t as ( \
+            "with c as (select 1 from conversation where conversation_id = $2 for key share), \
+             t as ( \
                  update turn set status = 'completed', error = null, finished_at = now(), lease_until = null, \
                      session_id = $3 \
-                 where turn_id = $1 and status = 'running' and worker_id = $17 returning turn_id), \
+                 where turn_id = $1 and status = 'running' and worker_id = $17 and exists (select 1 from c) \
+                 returning turn_id), \
              m as ( \
                  insert into message (conversation_id, turn_id, role, content, metadata) \
                  select $2, t.turn_id, 'assistant', $5, $6 from t returning message_id), \
@@ -519,6 +537,21 @@ pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> 
     rows.iter().map(Turn::try_from).collect()
 }
 
+/// The runs (see [`claim`]) of the turns still marked `running` for `worker_id`: at
+/// start-up, what this worker's previous incarnation may have left running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn running_runs(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Uuid>> {
+    let rows = client
+        .query(
+            "select run_id from turn where status = 'running' and worker_id = $1 and run_id is not null",
+            &[&worker_id],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0).map_err(DbError::from)).collect()
+}
+
 /// Re-queues every turn still marked `running` for `worker_id`: used at start-up, when
 /// this worker cannot be running anything (it restarted after a crash).
 ///
@@ -527,9 +560,12 @@ pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> 
 pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Swept>> {
     let rows = client
         .query(
-            "update turn set status = 'queued', worker_id = null, lease_until = null \
-             where status = 'running' and worker_id = $1 \
-             returning turn_id, conversation_id, status, attempt",
+            "with c as (select conversation_id from conversation where conversation_id in \
+                            (select conversation_id from turn where status = 'running' and worker_id = $1) \
+                        for key share) \
+             update turn set status = 'queued', worker_id = null, lease_until = null \
+             where status = 'running' and worker_id = $1 and conversation_id in (select conversation_id from c) \
+             returning turn_id, conversation_id, status, attempt, run_id",
             &[&worker_id],
         )
         .await?;
