@@ -3,6 +3,7 @@
 //! and many small ones. Every turn must end in a final status with the user message
 //! stored, the reply (or its partial) stored, and its events consistent: one
 //! `turn_started`, one final event last, and `text` events adding up to the stored reply.
+//! An assistant that panics mid-stream fails only its turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,11 @@ impl Assistant for Scripted {
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if request.message == "panic midway" {
+            // Some text, then a bug in the adapter.
+            let text = futures::stream::iter([Ok(Chunk::Text { text: "half an ans".into() })]);
+            return text.chain(futures::stream::poll_fn(|_| panic!("the scripted assistant has a bug"))).boxed();
+        }
         futures::stream::iter(script(&request.message)).boxed()
     }
 }
@@ -134,14 +140,20 @@ impl App {
 
     /// Posts `text` to a new conversation and waits for its turn to end.
     async fn run(&self, text: &str) -> Finished {
+        let conversation_id = self.conversation(text).await;
+        self.run_in(conversation_id, text).await
+    }
+
+    /// Creates a conversation with the scripted assistant.
+    async fn conversation(&self, title: &str) -> Uuid {
         let client = self.db.pool.get().await.expect("client");
-        let conv = conversation::create(
+        conversation::create(
             &client,
             &NewConversation {
                 platform: "web".into(),
                 external_id: String::new(),
                 owner: "local".into(),
-                title: text.into(),
+                title: title.into(),
                 assistant: "scripted".into(),
                 cwd: None,
                 delivery: Delivery::Stream,
@@ -149,11 +161,17 @@ impl App {
             },
         )
         .await
-        .expect("conversation");
+        .expect("conversation")
+        .conversation_id
+    }
+
+    /// Posts `text` to a conversation and waits for its turn to end.
+    async fn run_in(&self, conversation_id: Uuid, text: &str) -> Finished {
+        let client = self.db.pool.get().await.expect("client");
         let posted = self
             .orchestrator
             .post_message(PostMessage {
-                conversation_id: conv.conversation_id,
+                conversation_id,
                 text: text.into(),
                 dedupe: None,
                 metadata: json!({}),
@@ -176,8 +194,13 @@ impl App {
             turn.status,
             turn.attempt
         );
-        let messages = message::list(&client, conv.conversation_id, 0, 100).await.expect("messages");
-        let events = event::list_after(&client, conv.conversation_id, 0, 10_000).await.expect("events");
+        let messages = message::list(&client, conversation_id, 0, 100).await.expect("messages");
+        let events: Vec<Event> = event::list_after(&client, conversation_id, 0, 10_000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.turn_id == Some(turn_id))
+            .collect();
         Finished { turn, user_message_id: message_id, messages, events }
     }
 }
@@ -275,5 +298,32 @@ async fn hostile_claude_output_lines_end_in_a_stored_reply() {
     let head = "nul:\u{FFFD}:end\n\nbad \u{FFFD}\u{FFFD} utf8";
     assert!(reply.content.starts_with(head), "{:.80}", reply.content);
     assert_eq!(reply.content.len(), head.len() + HUGE, "the 1 MB delta follows whole");
+    app.stop().await;
+}
+
+/// A panic inside a run (here in the assistant's stream) fails that turn with a clear
+/// error and a `turn_failed` event, frees its worker and its lease, and the
+/// conversation takes the next message. Three panics on two workers: a worker lost to a
+/// panic would leave the last turns unanswered.
+#[tokio::test]
+async fn a_panicking_assistant_fails_only_its_turn_and_the_conversation_goes_on() {
+    let app = App::start().await;
+    let conversation_id = app.conversation("panics").await;
+    for _ in 0..3 {
+        let done = app.run_in(conversation_id, "panic midway").await;
+        assert_eq!(done.turn.status, "failed", "{:?}", done.turn);
+        assert_eq!(done.turn.attempt, 1, "failed, not re-run");
+        assert!(done.turn.lease_until.is_none(), "the lease is released");
+        let error = done.turn.error.as_deref().expect("turn error");
+        assert!(error.contains("internal error") && error.contains("the scripted assistant has a bug"), "{error}");
+        assert!(error.contains("/retry"), "tells the user what to do: {error}");
+        let kinds: Vec<&str> = done.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.last(), Some(&"turn_failed"), "{kinds:?}");
+        assert_eq!(event(&done, "turn_failed")["error"], error);
+        assert!(done.messages.iter().any(|m| m.message_id == done.user_message_id), "the user message is kept");
+    }
+    let done = app.run_in(conversation_id, "nul everywhere").await;
+    done.checked_reply("completed").expect("the next message is answered");
+    assert_eq!(app.orchestrator.running_count(), 0);
     app.stop().await;
 }
