@@ -15,7 +15,8 @@
 //! Parley's log), kept when the test fails.
 //!
 //! When `.tools/bin/claude` or `.tools/bin/codex` is missing, the tests that need it
-//! print why and pass without running.
+//! print SKIPPED and why, and pass without running — except under `CI=true`, where they
+//! fail.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -36,14 +37,13 @@ fn tools_bin(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// True (after printing SKIPPED) when `.tools/bin/NAME` is missing; under `CI=true` a
+/// missing CLI fails the test instead.
 fn skip(name: &str) -> bool {
-    if tools_bin(name).is_none() {
-        eprintln!(
-            "SKIPPED: .tools/bin/{name} is missing; run scripts/install-assistant-clis to run the {name} end-to-end tests"
-        );
-        return true;
-    }
-    false
+    tools_bin(name).is_none()
+        && parley_test_support::skip_missing(&format!(
+            ".tools/bin/{name} is missing; run scripts/install-assistant-clis to run the {name} end-to-end tests"
+        ))
 }
 
 /// A scratch directory (HOME, CLI config, conversation cwds, Parley's log), removed at
