@@ -619,6 +619,7 @@ impl Orchestrator {
         let mut next_extension = claimed_at + lease / 3;
         let mut extending = true;
         let mut poll = Duration::from_millis(5);
+        let mut told = false;
         loop {
             if !lock.is_held() && (locked.is_some() || extending) {
                 match lock.try_acquire(lease * 3).await {
@@ -642,7 +643,8 @@ impl Orchestrator {
                         }
                     }
                     Ok(false) => {
-                        if claimed_at.elapsed() >= Duration::from_secs(1) && poll < Duration::from_millis(250) {
+                        if !told && claimed_at.elapsed() >= Duration::from_secs(1) {
+                            told = true;
                             info!("waiting for a previous run of this conversation to stop");
                         }
                     }
@@ -1106,7 +1108,9 @@ impl TurnRun<'_> {
         )
         .await?;
         let Some(message_id) = completed else {
-            warn!("the turn was no longer running when it finished; its result is dropped");
+            warn!(
+                "the turn was no longer running when it finished (taken back, or its conversation deleted); its result is dropped"
+            );
             self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
             return Ok("lost");
         };
