@@ -426,6 +426,23 @@ pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<boo
     Ok(n == 1)
 }
 
+/// Puts a running turn back in the queue as if it had not been claimed (`attempt` goes
+/// back down): its worker never started it (another run of the conversation still held
+/// the run lock). Returns false when it was not running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn unclaim(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
+             where turn_id = $1 and status = 'running'",
+            &[&turn_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Fetches one turn.
 ///
 /// # Errors

@@ -523,7 +523,7 @@ impl Orchestrator {
                 None => {
                     warn!("another run of this conversation is still stopping; re-queueing the turn");
                     if let Ok(client) = self.pool().get().await {
-                        let _ = turn::requeue(&client, t.turn_id).await;
+                        let _ = turn::unclaim(&client, t.turn_id).await;
                     }
                 }
                 Some(Ok(Ok(status))) => {

@@ -3,7 +3,8 @@
 //! and many small ones. Every turn must end in a final status with the user message
 //! stored, the reply (or its partial) stored, and its events consistent: one
 //! `turn_started`, one final event last, and `text` events adding up to the stored reply.
-//! An assistant that panics mid-stream fails only its turn.
+//! An assistant that panics mid-stream fails only its turn, and a turn whose
+//! conversation's run lock is taken waits (then is re-queued) until it is free.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ const HUGE: usize = 1 << 20;
 
 /// An assistant that plays a script chosen by the message it is asked to answer.
 struct Scripted;
+
+/// How many times the scripted assistant was asked to answer "locked out".
+static LOCKED_OUT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The script for `message`: the chunks (or the error) the run yields, in order.
 fn script(message: &str) -> Vec<Result<Chunk, AssistantError>> {
@@ -94,6 +98,10 @@ impl Assistant for Scripted {
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if request.message == "locked out" {
+            LOCKED_OUT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return futures::stream::iter(script("many small")).boxed();
+        }
         if request.message == "panic midway" {
             // Some text, then a bug in the adapter.
             let text = futures::stream::iter([Ok(Chunk::Text { text: "half an ans".into() })]);
@@ -112,6 +120,10 @@ struct App {
 
 impl App {
     async fn start() -> Self {
+        Self::start_with_lease(Config::default().lease).await
+    }
+
+    async fn start_with_lease(lease: Duration) -> Self {
         let db = TestDb::new().await;
         let config = Config {
             worker_id: format!("hostile-{}", Uuid::new_v4()),
@@ -119,6 +131,7 @@ impl App {
             idle_poll: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(2),
             default_assistant: "scripted".into(),
+            lease,
             ..Config::default()
         };
         let orchestrator =
@@ -325,5 +338,61 @@ async fn a_panicking_assistant_fails_only_its_turn_and_the_conversation_goes_on(
     let done = app.run_in(conversation_id, "nul everywhere").await;
     done.checked_reply("completed").expect("the next message is answered");
     assert_eq!(app.orchestrator.running_count(), 0);
+    app.stop().await;
+}
+
+/// A previous run of the conversation still holds its run lock (as a run whose lease
+/// was lost does while its processes stop): the claimed turn does not start its
+/// assistant; after a lease of waiting it is re-queued; once the lock is free it runs,
+/// once.
+#[tokio::test]
+async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
+    let app = App::start_with_lease(Duration::from_secs(2)).await;
+    let conversation_id = app.conversation("locked out").await;
+    let holder = app.db.pool.get().await.expect("client");
+    let key = parley_db::run_lock::key(conversation_id);
+    holder.execute("select pg_advisory_lock($1)", &[&key]).await.expect("lock");
+
+    let posted = app
+        .orchestrator
+        .post_message(PostMessage {
+            conversation_id,
+            text: "locked out".into(),
+            dedupe: None,
+            metadata: json!({}),
+            owner: None,
+        })
+        .await
+        .expect("posted");
+    let Ingested::Turn { turn_id, .. } = posted else { panic!("not a turn: {posted:?}") };
+    let client = app.db.pool.get().await.expect("client");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = turn::get(&client, turn_id).await.expect("turn");
+    assert_eq!(waiting.status, "running", "claimed: {waiting:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "the assistant did not start");
+    let events = event::list_after(&client, conversation_id, 0, 100).await.expect("events");
+    assert!(events.is_empty(), "nothing happened in the conversation yet: {events:?}");
+
+    // Past a lease of waiting, the turn went back to the queue (the claim not counted as
+    // an attempt) and was claimed again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requeued = turn::get(&client, turn_id).await.expect("turn");
+    assert!(requeued.started_at > waiting.started_at, "re-queued and claimed again: {requeued:?}");
+    assert_eq!(requeued.attempt, 1, "{requeued:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "still not started");
+
+    holder.execute("select pg_advisory_unlock($1)", &[&key]).await.expect("unlock");
+    let mut done = turn::get(&client, turn_id).await.expect("turn");
+    for _ in 0..200 {
+        if done.status == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done = turn::get(&client, turn_id).await.expect("turn");
+    }
+    assert_eq!((done.status.as_str(), done.attempt), ("completed", 1), "{done:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 1, "the assistant ran once");
+    drop(client);
+    drop(holder);
     app.stop().await;
 }
