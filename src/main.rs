@@ -1,5 +1,6 @@
-//! The `parley` command: `serve`, `migrate`, `sessions` and `tokens`. Parses the command line and
-//! calls library code; see `parley --help`.
+//! The `parley` command: `serve`, `migrate`, `sessions` and `tokens` (and the hidden
+//! `watchdog` that `serve` starts). Parses the command line and calls library code; see
+//! `parley --help`.
 //!
 //! Exit codes: 0 success; 1 failure (database unreachable, server error); 2 usage error;
 //! 3 not found or refused (unknown session or token, deleting an active session).
@@ -9,6 +10,7 @@
 mod serve;
 mod sessions;
 mod tokens;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,14 @@ enum Command {
     /// Create, list and revoke API tokens of the web API.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Internal: started by `serve`; kills what the server's assistants leave behind
+    /// when the server dies (see src/watchdog.rs).
+    #[command(hide = true)]
+    Watchdog {
+        /// The server process, as `PID:START`.
+        #[arg(long)]
+        owner: String,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -96,6 +106,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&db).await,
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
             Command::Tokens(cmd) => tokens::run(&db, cmd).await,
+            Command::Watchdog { owner } => watchdog::run(owner).await,
         }
     });
     match result {

@@ -515,6 +515,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         info!(root = %workspace.root().display(), "each conversation runs in its own directory under the workspace root");
     }
 
+    // Held until this function returns; the process's end closes it whatever the cause.
+    let _watchdog = crate::watchdog::start();
     let shutdown = CancellationToken::new();
     let workers = {
         let orch = orchestrator.clone();

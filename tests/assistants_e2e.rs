@@ -611,14 +611,36 @@ async fn wait_for(marker: &str, cwd: &Path, limit: Duration, what: &str, done: i
     }
 }
 
-/// Parley is killed with SIGKILL (its process alone) while the Claude CLI runs a tool
-/// that never ends (`tail -F`, which claude-code starts in a session of its own), then
-/// started again — with the same worker id, or another one. The CLI dies with Parley
-/// (parent-death signal); the tool outlives it until the restart, which kills it
-/// within seconds, before the turn runs again. A sampler watching every 20 ms proves
-/// that no two CLIs (nor two tools) of the conversation ever ran at once. Deleting the
-/// conversation then kills the re-run's CLI and tool.
-async fn claude_survivors_of_a_killed_parley(restart_worker_id: &str) {
+/// The pid of the watchdog `parley serve` started beside itself (`parley watchdog`).
+fn watchdog_of(parley_pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let watchdog = String::from_utf8_lossy(&cmdline).contains("watchdog\0--owner");
+        (ppid == parley_pid && watchdog).then_some(pid)
+    })
+}
+
+/// How Parley dies in [`claude_survivors_of_a_killed_parley`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    /// SIGKILL to Parley's process alone: its watchdog kills the tool at once.
+    ParleyAlone,
+    /// SIGKILL to Parley and then to its watchdog (an OOM kill of both): the tool lives
+    /// until a Parley starts again on the host.
+    ParleyAndWatchdog,
+}
+
+/// Parley is killed with SIGKILL while the Claude CLI runs a tool that never ends
+/// (`tail -F`, which claude-code starts in a session of its own), then started again —
+/// with the same worker id, or another one. The CLI dies with Parley (parent-death
+/// signal); the tool dies within seconds — by Parley's watchdog, or, when that was
+/// killed too, by the restarted Parley before the turn runs again. A sampler watching
+/// every 20 ms proves that no two CLIs (nor two tools) of the conversation ever ran at
+/// once. Deleting the conversation then kills the re-run's CLI and tool.
+async fn claude_survivors_of_a_killed_parley(crash: Crash, restart_worker_id: &str) {
     let scratch = Scratch::new("claude-kill9");
     let anthropic = MockAnthropic::start().await;
     let db = TestDb::new().await;
@@ -641,27 +663,43 @@ async fn claude_survivors_of_a_killed_parley(restart_worker_id: &str) {
     let old_tools: Vec<u32> = before.tools.iter().map(|p| pid_of(p)).collect();
     assert_eq!((old_clis.len(), old_tools.len()), (1, 1), "{before:?}");
     let parley_pid = parley.child.id().expect("pid");
+    let watchdog = watchdog_of(parley_pid).expect("parley serve started its watchdog");
 
     let mut parley = parley;
     parley.child.kill().await.unwrap();
     let killed_at = Instant::now();
     assert!(alive(&[parley_pid]).is_empty(), "Parley is dead");
+    if crash == Crash::ParleyAndWatchdog {
+        let _ = std::process::Command::new("kill").args(["-KILL", &watchdog.to_string()]).status();
+    }
     while !alive(&old_clis).is_empty() {
         assert!(killed_at.elapsed() < Duration::from_secs(3), "the CLI outlived Parley: {:?}", snapshot(&marker, &cwd));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("the CLI died {:?} after Parley", killed_at.elapsed());
-    // The tool runs in a session of its own: it outlives Parley until a Parley starts on
-    // this host (here the restart; with tests in parallel, possibly another test's).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!("tools of the killed run alive before the restart: {:?} of {old_tools:?}", alive(&old_tools));
+    if crash == Crash::ParleyAlone {
+        while !alive(&old_tools).is_empty() {
+            assert!(killed_at.elapsed() < Duration::from_secs(5), "the watchdog left the tool: {old_tools:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("the watchdog killed the tool {:?} after Parley died", killed_at.elapsed());
+        while !alive(&[watchdog]).is_empty() {
+            assert!(killed_at.elapsed() < Duration::from_secs(15), "the watchdog did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        // The tool runs in a session of its own: it outlives Parley until a Parley starts
+        // on this host (here the restart; with tests in parallel, possibly another test's).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("tools of the killed run alive before the restart: {:?} of {old_tools:?}", alive(&old_tools));
+    }
 
     let mut second_env = env.clone();
     second_env.push(("PARLEY_WORKER_ID", restart_worker_id.into()));
     let parley = Parley::start(&scratch, &db, &second_env).await;
     let restarted_at = Instant::now();
     while !alive(&old_tools).is_empty() {
-        assert!(restarted_at.elapsed() < Duration::from_secs(5), "the old tool survived the restart: {:?}", old_tools);
+        assert!(restarted_at.elapsed() < Duration::from_secs(5), "the old tool survived the restart: {old_tools:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("the old tool was gone {:?} after the restart", restarted_at.elapsed());
@@ -699,19 +737,27 @@ async fn claude_survivors_of_a_killed_parley(restart_worker_id: &str) {
 }
 
 #[tokio::test]
-async fn claude_and_its_tool_do_not_outlive_a_killed_parley_restarted_with_the_same_worker_id() {
+async fn claude_and_its_tool_do_not_outlive_a_parley_killed_alone() {
     if skip("claude") {
         return;
     }
-    claude_survivors_of_a_killed_parley("e2e-first").await;
+    claude_survivors_of_a_killed_parley(Crash::ParleyAlone, "e2e-first").await;
 }
 
 #[tokio::test]
-async fn claude_and_its_tool_do_not_outlive_a_killed_parley_restarted_with_another_worker_id() {
+async fn claude_tool_left_by_a_killed_parley_and_watchdog_dies_at_a_restart_with_the_same_worker_id() {
     if skip("claude") {
         return;
     }
-    claude_survivors_of_a_killed_parley("e2e-second").await;
+    claude_survivors_of_a_killed_parley(Crash::ParleyAndWatchdog, "e2e-first").await;
+}
+
+#[tokio::test]
+async fn claude_tool_left_by_a_killed_parley_and_watchdog_dies_at_a_restart_with_another_worker_id() {
+    if skip("claude") {
+        return;
+    }
+    claude_survivors_of_a_killed_parley(Crash::ParleyAndWatchdog, "e2e-second").await;
 }
 
 #[tokio::test]

@@ -173,6 +173,15 @@ pub async fn kill_orphans(wait: Duration) -> usize {
     .await
 }
 
+/// Kills every process of the runs that the Parley process `owner` (an [`OWNER_ENV`]
+/// value) started, and waits up to `wait` for them to be gone: what the watchdog of a
+/// server that just died does. Returns how many were killed.
+pub async fn kill_owned_by(owner: &str, wait: Duration) -> usize {
+    let owner = owner.to_owned();
+    kill_matching(format!("runs of Parley process {owner}"), move |m| m.owner.as_deref() == Some(owner.as_str()), wait)
+        .await
+}
+
 /// Ends run `run_id`: when it started processes, kills whatever of them is left (see
 /// [`kill_run`]) and waits for them to be gone, for up to `wait`. Returns how many were
 /// killed. Call it when the run's stream was dropped or finished, before anything
