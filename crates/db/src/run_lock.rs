@@ -9,26 +9,23 @@
 //! session is only known once the assistant has started, and two runs in one
 //! conversation must not overlap anyway (they share its working directory).
 //!
-//! PostgreSQL releases the lock when the holding connection ends: a crashed replica's
-//! locks go with its connections. [`RunLock::try_acquire`] sets `idle_session_timeout`
-//! on the holding connection, so a replica cut off from the database cannot keep the
-//! lock longer than that either; the holder keeps the connection busy meanwhile (the
-//! lease is extended on it).
-
-use std::time::Duration;
+//! The worker takes the lock in the statement that claims the turn
+//! ([`crate::turn::claim`]), on the connection it then keeps; the key is
+//! [`KEY_OF_CONVERSATION`]. PostgreSQL releases the lock when the holding connection
+//! ends: a crashed replica's locks go with its connections, and `parley serve` opens
+//! these connections with an `idle_session_timeout` ([`crate::DbConfig`]), so a replica
+//! cut off from the database cannot keep them forever either (the holder keeps its
+//! connection busy meanwhile: the lease is extended on it).
 
 use deadpool_postgres::{Object, Pool};
 use uuid::Uuid;
 
 use crate::{DbError, DbResult};
 
-/// The advisory-lock key of a conversation's runs: the two halves of its UUID XORed
-/// (PostgreSQL's advisory locks take a `bigint`).
-#[must_use]
-pub fn key(conversation_id: Uuid) -> i64 {
-    let (high, low) = conversation_id.as_u64_pair();
-    i64::from_ne_bytes((high ^ low).to_ne_bytes())
-}
+/// The advisory-lock key of a conversation's runs, as SQL over a `conversation_id`
+/// column: PostgreSQL's 64-bit hash of the conversation's UUID in text form. Lock it by
+/// hand (e.g. in a test) with `select pg_advisory_lock(hashtextextended($1::uuid::text, 0))`.
+pub const KEY_OF_CONVERSATION: &str = "hashtextextended(conversation_id::text, 0)";
 
 /// A conversation's run lock and the connection that holds (or will hold) it.
 ///
@@ -37,16 +34,18 @@ pub fn key(conversation_id: Uuid) -> i64 {
 #[derive(Debug)]
 pub struct RunLock {
     pool: Pool,
-    key: i64,
+    conversation_id: Uuid,
     client: Option<Object>,
     held: bool,
 }
 
 impl RunLock {
-    /// The run lock of `conversation_id`, not yet taken; connections come from `pool`.
+    /// The run lock of `conversation_id` as [`crate::turn::claim`] left it on `client`,
+    /// the connection that claimed the turn: `held` when the claim took it
+    /// ([`crate::turn::Claimed::run_locked`]). Further connections come from `pool`.
     #[must_use]
-    pub fn new(pool: &Pool, conversation_id: Uuid) -> Self {
-        Self { pool: pool.clone(), key: key(conversation_id), client: None, held: false }
+    pub fn claimed(pool: &Pool, client: Object, conversation_id: Uuid, held: bool) -> Self {
+        Self { pool: pool.clone(), conversation_id, client: Some(client), held }
     }
 
     /// Whether this handle holds the lock (as far as it knows: see [`Self::check`]).
@@ -66,26 +65,19 @@ impl RunLock {
         self.client.as_ref().ok_or_else(|| DbError::Other("no connection".into()))
     }
 
-    /// Tries to take the lock without waiting; on success the connection's
-    /// `idle_session_timeout` becomes `idle_timeout` (rounded up to a millisecond).
-    /// Returns false when another connection holds it.
+    /// Tries to take the lock without waiting. Returns false when another connection
+    /// holds it.
     ///
     /// # Errors
     /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-    pub async fn try_acquire(&mut self, idle_timeout: Duration) -> DbResult<bool> {
+    pub async fn try_acquire(&mut self) -> DbResult<bool> {
         if self.held {
             return Ok(true);
         }
-        let key = self.key;
-        let millis = idle_timeout.as_millis().max(1).to_string();
+        let conversation_id = self.conversation_id;
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "select l from pg_try_advisory_lock($1) l, \
-                 lateral (select case when l then set_config('idle_session_timeout', $2, false) end) s",
-            )
-            .await?;
-        let result = client.query_one(&stmt, &[&key, &millis]).await;
+        let stmt = client.prepare_cached("select pg_try_advisory_lock(hashtextextended($1::uuid::text, 0))").await?;
+        let result = client.query_one(&stmt, &[&conversation_id]).await;
         let locked: bool = match result {
             Ok(row) => row.try_get(0)?,
             Err(e) => {
@@ -115,11 +107,12 @@ impl RunLock {
             return;
         }
         self.held = false;
-        let released = client
-            .query_one("select pg_advisory_unlock($1), set_config('idle_session_timeout', '0', false)", &[&self.key])
-            .await
-            .ok()
-            .and_then(|row| row.try_get::<_, bool>(0).ok());
+        let unlock = client.prepare_cached("select pg_advisory_unlock(hashtextextended($1::uuid::text, 0))").await;
+        let released = match unlock {
+            Ok(stmt) => client.query_one(&stmt, &[&self.conversation_id]).await.ok(),
+            Err(_) => None,
+        }
+        .and_then(|row| row.try_get::<_, bool>(0).ok());
         if released != Some(true) {
             tracing::warn!("releasing a run lock failed; closing its connection instead");
             drop(Object::take(client));

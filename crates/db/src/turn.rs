@@ -128,6 +128,10 @@ pub struct Claimed {
     pub user_message: crate::message::Message,
     /// The conversation's active session, if it has one.
     pub active_session: Option<crate::session::Session>,
+    /// Whether the claim also took the conversation's run lock ([`crate::run_lock`]) on
+    /// the claiming connection. When true, that connection holds it: keep it (as
+    /// [`crate::run_lock::RunLock::claimed`]) rather than return it to a pool.
+    pub run_locked: bool,
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
@@ -139,8 +143,9 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 /// paused, marks it `running` for `worker_id` with a lease of `lease` and the run
 /// `run_id` (the marker its assistant's processes will carry), increments `attempt`,
 /// reserves an event-number block, and reads the conversation, the user message and the
-/// active session. Returns `None` when there is nothing to claim. One statement: one
-/// round trip, one commit.
+/// active session, and tries to take the conversation's run lock on this connection
+/// ([`Claimed::run_locked`]). Returns `None` when there is nothing to claim. One
+/// statement: one round trip, one commit.
 ///
 /// Uses `for update skip locked`; the running-turn unique index turns a lost race into
 /// `None` rather than a double claim.
@@ -174,9 +179,11 @@ pub async fn claim(
                      as conversation, \
                  (select to_jsonb(m) from message m where m.message_id = claimed.user_message_id) as user_message, \
                  (select to_jsonb(s) from session s where s.conversation_id = claimed.conversation_id and s.active) \
-                     as active_session \
+                     as active_session, \
+                 pg_try_advisory_lock({key}) as run_locked \
              from claimed",
-            crate::event::BLOCK_SIZE
+            crate::event::BLOCK_SIZE,
+            key = crate::run_lock::KEY_OF_CONVERSATION.replace("conversation_id", "claimed.conversation_id"),
         ))
         .await?;
     match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease), &run_id]).await {
@@ -186,6 +193,7 @@ pub async fn claim(
             conversation: from_json(&row, "conversation")?.ok_or(DbError::not_found("conversation"))?,
             user_message: from_json(&row, "user_message")?.ok_or(DbError::not_found("message"))?,
             active_session: from_json(&row, "active_session")?,
+            run_locked: row.try_get("run_locked")?,
         })),
         Ok(None) => Ok(None),
         Err(e) => {

@@ -15,7 +15,7 @@ use parley_db::message::{self, Message, Role};
 use parley_db::run_lock::RunLock;
 use parley_db::session::{self, NewSession, Session, Transition};
 use parley_db::turn::{self, Claimed, LeaseState, Turn, TurnStatus};
-use parley_db::{DbError, DbResult, GenericClient};
+use parley_db::{DbError, DbResult, GenericClient, PooledClient};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -457,15 +457,17 @@ impl Orchestrator {
             notified.as_mut().enable();
             let run_id = Uuid::new_v4();
             let claimed = match self.inner.coordination.get().await {
-                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease, run_id).await,
+                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease, run_id)
+                    .await
+                    .map(|claimed| claimed.map(|claimed| (claimed, client))),
                 Err(e) => Err(DbError::from(e)),
             };
             match claimed {
-                Ok(Some(claimed)) => {
+                Ok(Some((claimed, client))) => {
                     backoff = Duration::from_millis(100);
                     // More may be queued: let one more idle worker look (a cascade, not a herd).
                     self.wake_local();
-                    self.run_turn(claimed, run_id).await;
+                    self.run_turn(claimed, run_id, client).await;
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -486,10 +488,11 @@ impl Orchestrator {
         }
     }
 
-    /// Runs a claimed turn: holds it (lease and run lock, see [`Self::keep_turn`]), runs
-    /// it so that a panic fails only this turn, kills whatever the run's processes left,
-    /// and only then lets the run lock go.
-    async fn run_turn(&self, claimed: Claimed, run_id: Uuid) {
+    /// Runs a claimed turn: holds it (lease and run lock, see [`Self::keep_turn`]; the
+    /// claim took the lock on `client` when it could), runs it so that a panic fails
+    /// only this turn, kills whatever the run's processes left, and only then lets the
+    /// run lock go.
+    async fn run_turn(&self, claimed: Claimed, run_id: Uuid, client: PooledClient) {
         let t = claimed.turn.clone();
         let span = info_span!("turn", conversation_id = %t.conversation_id, turn_id = %t.turn_id, attempt = t.attempt);
         async {
@@ -503,8 +506,11 @@ impl Orchestrator {
             // However this function ends (even dropped), the keeper stops.
             let _keeper_guard = keeper_stop.clone().drop_guard();
             let (locked_tx, locked_rx) = oneshot::channel();
+            let lock = RunLock::claimed(&self.inner.coordination, client, t.conversation_id, claimed.run_locked);
             let keeper = tokio::spawn(
-                self.clone().keep_turn(t.clone(), control.clone(), keeper_stop.clone(), locked_tx).in_current_span(),
+                self.clone()
+                    .keep_turn(t.clone(), lock, control.clone(), keeper_stop.clone(), locked_tx)
+                    .in_current_span(),
             );
             let sink_conversation =
                 self.inner.sinks.contains_key(&claimed.conversation.platform).then(|| claimed.conversation.clone());
@@ -546,8 +552,9 @@ impl Orchestrator {
                     }
                 }
             }
+            // The keeper releases the lock on its own; this worker need not wait for it.
             keeper_stop.cancel();
-            let _ = keeper.await;
+            drop(keeper);
             self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             // This worker claims again at once, so the conversation's next queued turn
             // needs no wake-up (nor a notification to other replicas).
@@ -609,10 +616,16 @@ impl Orchestrator {
     /// when a cancel was requested through the database, the lease was lost, the lease
     /// ran out before it could be extended, or the lock was lost to another run. Keeps
     /// the lock until `stop` (after the run's processes are gone), then releases it.
-    async fn keep_turn(self, t: Turn, control: TurnControl, stop: CancellationToken, locked: oneshot::Sender<bool>) {
+    async fn keep_turn(
+        self,
+        t: Turn,
+        mut lock: RunLock,
+        control: TurnControl,
+        stop: CancellationToken,
+        locked: oneshot::Sender<bool>,
+    ) {
         let lease = self.config().lease;
         let worker_id = self.config().worker_id.clone();
-        let mut lock = RunLock::new(&self.inner.coordination, t.conversation_id);
         let mut locked = Some(locked);
         let claimed_at = Instant::now();
         let mut extended_at = claimed_at;
@@ -621,8 +634,13 @@ impl Orchestrator {
         let mut poll = Duration::from_millis(5);
         let mut told = false;
         loop {
-            if !lock.is_held() && (locked.is_some() || extending) {
-                match lock.try_acquire(lease * 3).await {
+            if lock.is_held()
+                && let Some(tx) = locked.take()
+            {
+                // Taken by the claim.
+                let _ = tx.send(true);
+            } else if !lock.is_held() && (locked.is_some() || extending) {
+                match lock.try_acquire().await {
                     Ok(true) => {
                         if let Some(tx) = locked.take() {
                             let _ = tx.send(true);
@@ -699,7 +717,7 @@ impl Orchestrator {
     /// Runs a claimed turn to its end. Returns the final status.
     async fn drive(&self, claimed: Claimed, control: TurnControl, run_id: Uuid) -> DbResult<&'static str> {
         // The claim read the conversation, the message and the active session too.
-        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session } = claimed;
+        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session, .. } = claimed;
         let sink = self
             .inner
             .sinks

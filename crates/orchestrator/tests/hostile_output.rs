@@ -350,8 +350,8 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
     let app = App::start_with_lease(Duration::from_secs(2)).await;
     let conversation_id = app.conversation("locked out").await;
     let holder = app.db.pool.get().await.expect("client");
-    let key = parley_db::run_lock::key(conversation_id);
-    holder.execute("select pg_advisory_lock($1)", &[&key]).await.expect("lock");
+    let lock = "select pg_advisory_lock(hashtextextended($1::uuid::text, 0))";
+    holder.execute(lock, &[&conversation_id]).await.expect("lock");
 
     let posted = app
         .orchestrator
@@ -381,7 +381,8 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
     assert_eq!(requeued.attempt, 1, "{requeued:?}");
     assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "still not started");
 
-    holder.execute("select pg_advisory_unlock($1)", &[&key]).await.expect("unlock");
+    let unlock = "select pg_advisory_unlock(hashtextextended($1::uuid::text, 0))";
+    holder.execute(unlock, &[&conversation_id]).await.expect("unlock");
     let mut done = turn::get(&client, turn_id).await.expect("turn");
     for _ in 0..200 {
         if done.status == "completed" {
