@@ -515,7 +515,8 @@ impl Orchestrator {
             let sink_conversation =
                 self.inner.sinks.contains_key(&claimed.conversation.platform).then(|| claimed.conversation.clone());
             let started = Instant::now();
-            let result = if locked_rx.await.unwrap_or(false) {
+            // Taken by the claim (the common case): no need to hear it from the keeper.
+            let result = if claimed.run_locked || locked_rx.await.unwrap_or(false) {
                 Some(AssertUnwindSafe(self.drive(claimed, control, run_id)).catch_unwind().await)
             } else {
                 None
@@ -552,9 +553,10 @@ impl Orchestrator {
                     }
                 }
             }
-            // The keeper releases the lock on its own; this worker need not wait for it.
+            // The lock goes back with its connection before this worker claims again, so
+            // a worker never holds more than one coordination connection.
             keeper_stop.cancel();
-            drop(keeper);
+            let _ = keeper.await;
             self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             // This worker claims again at once, so the conversation's next queued turn
             // needs no wake-up (nor a notification to other replicas).
