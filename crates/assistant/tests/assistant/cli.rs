@@ -51,6 +51,7 @@ pub fn request(prompt: &str, resume: Option<&str>, cwd: Option<PathBuf>) -> RunR
         resume: resume.map(str::to_owned),
         cwd,
         cancel: CancellationToken::new(),
+        settings: parley_assistant::RunSettings::default(),
     }
 }
 
