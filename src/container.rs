@@ -62,6 +62,8 @@ pub struct Kept {
     pub dir: PathBuf,
     /// The flag and variable that choose it.
     pub setting: &'static str,
+    /// What losing it means.
+    pub loss: &'static str,
 }
 
 /// The warnings for the `dirs` that lie on the container's root file system.
@@ -71,11 +73,11 @@ pub fn ephemeral_warnings(dirs: &[Kept]) -> Vec<String> {
         .filter(|k| on_root_filesystem(&k.dir).unwrap_or(false))
         .map(|k| {
             format!(
-                "{} {} is on the container's root file system: it is lost when the container is recreated \
-                 (stored sessions go stale and start over from Parley's history). Mount a volume there, or point \
-                 {} at a directory on one",
+                "{} {} is on the container's root file system: it is lost when the container is recreated ({}). \
+                 Mount a volume there, or point {} at a directory on one",
                 k.what,
                 k.dir.display(),
+                k.loss,
                 k.setting
             )
         })

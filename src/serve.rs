@@ -229,6 +229,8 @@ async fn bootstrap_admin(pool: &parley_db::Pool, args: &BootstrapArgs) -> Result
 
 /// Warns about each directory that would be lost with the container (see [`crate::container`]).
 fn check_container_storage(args: &ServeArgs, workspace_root: &Path) {
+    const STALE: &str = "every stored session goes stale; Parley answers on from its own history, but the \
+                         assistant loses its transcript";
     if !crate::container::in_container(&args.in_container) {
         return;
     }
@@ -245,6 +247,7 @@ fn check_container_storage(args: &ServeArgs, workspace_root: &Path) {
                 .or_else(|| from_env("CLAUDE_CONFIG_DIR"))
                 .unwrap_or_else(|| home.join(".claude")),
             setting: "--claude-config-dir (PARLEY_CLAUDE_CONFIG_DIR)",
+            loss: STALE,
         });
     }
     if on_path(&a.codex_bin) {
@@ -252,12 +255,14 @@ fn check_container_storage(args: &ServeArgs, workspace_root: &Path) {
             what: "the Codex CLI's home (its rollouts)",
             dir: a.codex_home.clone().or_else(|| from_env("CODEX_HOME")).unwrap_or_else(|| home.join(".codex")),
             setting: "--codex-home (PARLEY_CODEX_HOME)",
+            loss: STALE,
         });
     }
     kept.push(crate::container::Kept {
         what: "the workspace root (the conversations' files)",
         dir: workspace_root.to_path_buf(),
         setting: "--workspace-root (PARLEY_WORKSPACE_ROOT) or --data-dir (PARLEY_DATA_DIR)",
+        loss: "the files the assistants wrote in the conversations' directories are gone",
     });
     for warning in crate::container::ephemeral_warnings(&kept) {
         warn!("{warning}");
