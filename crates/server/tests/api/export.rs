@@ -25,14 +25,7 @@ async fn export_holds_the_messages_the_session_chain_and_the_tool_calls() {
     let app = TestApp::spawn().await;
     let conv = app.create_conversation().await;
     app.wait_turn(app.send(conv, "[demo:tool] list the files").await).await;
-    let resp = app
-        .http
-        .patch(app.url(&format!("/api/conversations/{conv}")))
-        .json(&json!({ "model": "opus" }))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(app.patch(conv, json!({ "model": "opus" })).await.0, 200);
     assert_eq!(app.post(conv, "/status").await.0, 200);
     app.wait_turn(app.send(conv, "and the second question").await).await;
 

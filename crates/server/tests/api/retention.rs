@@ -66,14 +66,7 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_what_replay_and_the_nex
     app.answered(a, "before the reset, remember ALPHA").await;
     assert_eq!(app.post(a, "/reset").await.0, 200);
     let last_a = app.answered(a, "after the reset").await;
-    let resp = app
-        .http
-        .patch(app.url(&format!("/api/conversations/{a}")))
-        .json(&json!({ "model": "opus" }))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(app.patch(a, json!({ "model": "opus" })).await.0, 200);
     let b = app.create_conversation().await;
     let resp = app
         .http

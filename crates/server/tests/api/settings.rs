@@ -16,7 +16,8 @@ async fn spawn(scratch: &Scratch) -> TestApp {
 }
 
 impl TestApp {
-    async fn patch(&self, conversation: Uuid, body: Value) -> (u16, Value) {
+    /// `PATCH /api/conversations/{conversation}` with `body`: the status and answer.
+    pub(crate) async fn patch(&self, conversation: Uuid, body: Value) -> (u16, Value) {
         let resp = self
             .http
             .patch(self.url(&format!("/api/conversations/{conversation}")))
