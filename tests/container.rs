@@ -348,10 +348,14 @@ async fn a_volume_on_its_own_file_system_draws_no_warning() {
     let lines = server.stop();
     assert!(storage_warnings(&lines).is_empty(), "{lines:#?}");
     // Outside a container the check does not run at all, wherever the directories are.
+    // (And text logs written to a pipe carry no colour codes.)
     let volume = Volume::under(&std::env::temp_dir());
-    let server = Server::start(container_env(&volume, &db, free_port(), &[("PARLEY_IN_CONTAINER", "false")]));
+    let outside = [("PARLEY_IN_CONTAINER", "false"), ("PARLEY_LOG_FORMAT", "text")];
+    let server = Server::start(container_env(&volume, &db, free_port(), &outside));
     let lines = server.stop();
     assert!(storage_warnings(&lines).is_empty(), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(" INFO ") && l.contains("assistant selected")), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains('\u{1b}') || l.starts_with('{')), "plain text: {lines:#?}");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::openapi::{BadRequest, NotFound, Unauthorized, Unavailable};
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `json` (default) or `markdown`.
+    #[param(inline)]
     pub format: Option<Format>,
 }
 

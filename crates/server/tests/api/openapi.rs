@@ -421,5 +421,21 @@ async fn settings_assistants_and_export_answers_match_their_documented_schemas()
     checker.call("GET", &format!("{c}/export?format=pdf"), "/api/conversations/{id}/export", None, 400).await;
     let op = operation(&doc, "GET", "/api/conversations/{id}/export");
     assert!(op["responses"]["200"]["content"]["text/markdown"].is_object(), "{op}");
+    // Every reference in the document resolves (a fuzzer skips what does not).
+    fn refs<'d>(v: &'d Value, out: &mut Vec<&'d str>) {
+        match v {
+            Value::Object(m) => {
+                out.extend(m.get("$ref").and_then(Value::as_str));
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        assert!(doc.pointer(r.trim_start_matches('#')).is_some(), "dangling reference {r}");
+    }
     app.stop().await;
 }
