@@ -1,7 +1,14 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build of the `parley` binary. The assistant CLIs (Claude Code, Codex)
-# are installed from the npm registry in the runtime image, and their config
-# directories live on a volume so a container restart does not destroy sessions.
+# are installed from the npm registry in the runtime image. Everything that must
+# outlive the container lives under /data, a volume: the CLIs' config directories
+# (transcripts, rollouts, logins) and the conversations' working directories
+# (PARLEY_DATA_DIR=/data, so the workspace root is /data/workspaces). `parley serve`
+# warns at start about any of them left on the container's own file system.
+#
+# tests/container.rs starts the binary with this file's ENV and runs its HEALTHCHECK
+# command, so keep both in the forms it reads: one `ENV` block of KEY=value lines and
+# an exec-form `CMD [...]`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -20,17 +27,22 @@ RUN apt-get update \
  && npm install -g --no-fund --no-audit @anthropic-ai/claude-code@2.1.329 @openai/codex@0.169.0 \
  && npm cache clean --force \
  && useradd --create-home --uid 10001 parley \
- && mkdir -p /data/claude /data/codex /data/work \
+ && mkdir -p /data/claude /data/codex /data/workspaces \
  && chown -R parley:parley /data
 COPY --from=build /src/target/release/parley /usr/local/bin/parley
 USER parley
 ENV PARLEY_BIND=0.0.0.0:8080 \
+    PARLEY_AUTH=on \
+    PARLEY_DATA_DIR=/data \
+    PARLEY_IN_CONTAINER=true \
+    PARLEY_LOG_FORMAT=json \
     CLAUDE_CONFIG_DIR=/data/claude \
     CODEX_HOME=/data/codex \
     RUST_LOG=info
 VOLUME ["/data"]
-WORKDIR /data/work
+WORKDIR /data
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]
+# Ready means the process answers and its database is reachable (GET /readyz).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["/usr/local/bin/parley", "health"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/parley"]
 CMD ["serve"]

@@ -1,17 +1,21 @@
-//! The `parley` command: `serve`, `migrate`, `sessions` and `tokens` (and the hidden
-//! `watchdog` that `serve` starts). Parses the command line and calls library code; see
-//! `parley --help`.
+//! The `parley` command: `serve`, `migrate`, `sessions`, `tokens`, `export` and `health`
+//! (and the hidden `watchdog` that `serve` starts). Parses the command line, sets up
+//! logging and calls library code; see `parley --help`.
 //!
 //! Exit codes: 0 success; 1 failure (database unreachable, server error); 2 usage error;
 //! 3 not found or refused (unknown session or token, deleting an active session).
 
 #![forbid(unsafe_code)]
 
+mod container;
+mod export;
+mod health;
 mod serve;
 mod sessions;
 mod tokens;
 mod watchdog;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,8 +31,22 @@ struct Cli {
     /// PostgreSQL URL; the database is created when missing.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_default_value = false)]
     database_url: String,
+    /// Log format on stderr: `text` (coloured on a terminal) or `json` (one object a
+    /// line, with the fields of the spans it was logged in: a turn's `conversation_id`
+    /// and `turn_id`).
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, in colour only when stderr is a terminal (and `NO_COLOR` is unset).
+    Text,
+    /// One JSON object a line (tracing-subscriber's JSON format).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +69,11 @@ enum Command {
         #[arg(long)]
         owner: String,
     },
+    /// Export a conversation (messages, session chain, tool calls) to stdout.
+    Export(export::ExportArgs),
+    /// Check that a running server is ready (GET /readyz): exit 0 when it is, 1 when not.
+    /// The container image's HEALTHCHECK.
+    Health(health::HealthArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -83,15 +106,25 @@ impl From<parley_db::DbError> for Failure {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr at `RUST_LOG`'s level (default `info`). JSON lines carry the event's
+/// fields at the top level, and the current span (`span`) and every enclosing one
+/// (`spans`) with their fields.
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -107,6 +140,8 @@ fn main() -> ExitCode {
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
             Command::Tokens(cmd) => tokens::run(&db, cmd).await,
             Command::Watchdog { owner } => watchdog::run(owner).await,
+            Command::Export(args) => export::run(&db, args).await,
+            Command::Health(args) => health::run(args).await,
         }
     });
     match result {

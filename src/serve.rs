@@ -11,6 +11,7 @@ use parley_assistant::{
     Claude, ClaudeConfig, Codex, CodexConfig, Demo, DemoConfig, OpenAi, OpenAiChat, OpenAiChatConfig, OpenAiConfig,
     ProcessLimits, Secret,
 };
+use parley_db::api_token;
 use parley_orchestrator::{Config, Orchestrator};
 use parley_platforms::{AllowList, Association, Field, Platform};
 use parley_server::AppState;
@@ -108,6 +109,164 @@ pub struct ServeArgs {
     body_read_timeout_secs: u64,
     #[command(flatten)]
     allow: Box<AllowArgs>,
+    /// The permission modes a conversation may choose (PATCH /api/conversations/{id},
+    /// `/settings permission_mode`), comma-separated: Claude's `--permission-mode` values
+    /// (plan, dontAsk, manual, acceptEdits, auto, bypassPermissions) and Codex's
+    /// `--sandbox` values (read-only, workspace-write, danger-full-access). Empty: none.
+    #[arg(long, env = "PARLEY_ALLOWED_PERMISSION_MODES", value_delimiter = ',',
+          default_values_t = parley_orchestrator::settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned))]
+    allowed_permission_modes: Vec<String>,
+    #[command(flatten)]
+    retention: RetentionArgs,
+    #[command(flatten)]
+    bootstrap: BootstrapArgs,
+    /// Whether Parley runs in a container (auto, true, false). In a container, a start-up
+    /// warning names each directory that would be lost with it (the assistants' config
+    /// directories, the workspace root). `auto` looks for /.dockerenv, /run/.containerenv
+    /// or a `container` variable.
+    #[arg(long, env = "PARLEY_IN_CONTAINER", default_value = "auto", value_parser = ["auto", "true", "false"])]
+    in_container: String,
+}
+
+/// How long old rows are kept (0 = forever); see the README's "Retention".
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// Days events (the SSE replay log) are kept; the newest turn's events of each
+    /// conversation are always kept.
+    #[arg(long, env = "PARLEY_RETAIN_EVENTS_DAYS", default_value_t = 30)]
+    retain_events_days: u32,
+    /// Days webhook delivery ids and Idempotency-Keys are remembered.
+    #[arg(long, env = "PARLEY_RETAIN_DELIVERIES_DAYS", default_value_t = 7)]
+    retain_deliveries_days: u32,
+    /// Days ended assistant sessions are kept after they ended (each conversation's
+    /// newest session is always kept).
+    #[arg(long, env = "PARLEY_RETAIN_ENDED_SESSIONS_DAYS", default_value_t = 90)]
+    retain_ended_sessions_days: u32,
+    /// Seconds between retention passes.
+    #[arg(long, env = "PARLEY_RETENTION_INTERVAL_SECS", default_value_t = 600)]
+    retention_interval_secs: u64,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> parley_orchestrator::retention::Retention {
+        use parley_orchestrator::retention::Retention;
+        Retention {
+            events: Retention::days(self.retain_events_days),
+            deliveries: Retention::days(self.retain_deliveries_days),
+            ended_sessions: Retention::days(self.retain_ended_sessions_days),
+            interval: Duration::from_secs(self.retention_interval_secs.max(1)),
+            ..Retention::default()
+        }
+    }
+}
+
+/// The first admin token, for a server that must start with `--auth on` and no shell
+/// (a container). Stored (hashed) only while no admin token exists, once: restarts and
+/// other replicas store nothing, and a revoked bootstrap token is never stored again.
+#[derive(Debug, Args)]
+struct BootstrapArgs {
+    /// A file holding the token (a Docker or Kubernetes secret); surrounding whitespace
+    /// is ignored. At least 32 characters, e.g. `openssl rand -hex 32`.
+    #[arg(long, env = "PARLEY_BOOTSTRAP_ADMIN_TOKEN_FILE", conflicts_with = "bootstrap_admin_token")]
+    bootstrap_admin_token_file: Option<PathBuf>,
+    /// The token itself (prefer the file: a variable shows in `docker inspect`).
+    #[arg(long, env = "PARLEY_BOOTSTRAP_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    bootstrap_admin_token: Option<Secret>,
+    /// The principal of the bootstrap token.
+    #[arg(long, env = "PARLEY_BOOTSTRAP_ADMIN_PRINCIPAL", default_value = "admin")]
+    bootstrap_admin_principal: String,
+}
+
+/// Shortest bootstrap token accepted, in characters.
+const MIN_BOOTSTRAP_TOKEN_CHARS: usize = 32;
+
+impl BootstrapArgs {
+    /// The configured token, checked; `None` when none is configured.
+    fn token(&self) -> Result<Option<api_token::TokenSecret>, Failure> {
+        let (raw, source) = match (&self.bootstrap_admin_token_file, &self.bootstrap_admin_token) {
+            (Some(file), _) => (
+                std::fs::read_to_string(file).map_err(|e| {
+                    Failure::failed(format!("cannot read the bootstrap admin token file {}: {e}", file.display()))
+                })?,
+                format!("the file {}", file.display()),
+            ),
+            (None, Some(token)) => (token.expose().to_owned(), "PARLEY_BOOTSTRAP_ADMIN_TOKEN".to_owned()),
+            (None, None) => return Ok(None),
+        };
+        let token = raw.trim();
+        if token.chars().count() < MIN_BOOTSTRAP_TOKEN_CHARS || !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Failure::failed(format!(
+                "the bootstrap admin token in {source} must be at least {MIN_BOOTSTRAP_TOKEN_CHARS} printable ASCII \
+                 characters without spaces (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(Some(api_token::TokenSecret::new(token)))
+    }
+}
+
+/// Stores the bootstrap admin token when one is configured and no admin token exists.
+async fn bootstrap_admin(pool: &parley_db::Pool, args: &BootstrapArgs) -> Result<(), Failure> {
+    let Some(token) = args.token()? else { return Ok(()) };
+    let principal = crate::tokens::parse_principal(&args.bootstrap_admin_principal)
+        .map_err(|e| Failure::failed(format!("--bootstrap-admin-principal: {e}")))?;
+    let mut client = pool.get().await.map_err(parley_db::DbError::from)?;
+    match api_token::bootstrap_admin(&mut client, &principal, &token).await? {
+        api_token::Bootstrap::Created(t) => {
+            info!(principal = %t.principal, api_token_id = %t.api_token_id, "stored the bootstrap admin token");
+        }
+        api_token::Bootstrap::AdminExists => {
+            info!("an admin token exists; the bootstrap admin token was not stored (remove it from the configuration)");
+        }
+        api_token::Bootstrap::AlreadyStored => {
+            warn!(
+                "the bootstrap admin token was stored before and no live admin token exists: it was revoked, so it \
+                   is not stored again; create an admin token with `parley tokens create --admin`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Warns about each directory that would be lost with the container (see [`crate::container`]).
+fn check_container_storage(args: &ServeArgs, workspace_root: &Path) {
+    const STALE: &str = "every stored session goes stale; Parley answers on from its own history, but the \
+                         assistant loses its transcript";
+    if !crate::container::in_container(&args.in_container) {
+        return;
+    }
+    let a = &args.assistants;
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut kept = Vec::new();
+    if on_path(&a.claude_bin) {
+        kept.push(crate::container::Kept {
+            what: "the Claude CLI's config directory (its transcripts)",
+            dir: a
+                .claude_config_dir
+                .clone()
+                .or_else(|| from_env("CLAUDE_CONFIG_DIR"))
+                .unwrap_or_else(|| home.join(".claude")),
+            setting: "--claude-config-dir (PARLEY_CLAUDE_CONFIG_DIR)",
+            loss: STALE,
+        });
+    }
+    if on_path(&a.codex_bin) {
+        kept.push(crate::container::Kept {
+            what: "the Codex CLI's home (its rollouts)",
+            dir: a.codex_home.clone().or_else(|| from_env("CODEX_HOME")).unwrap_or_else(|| home.join(".codex")),
+            setting: "--codex-home (PARLEY_CODEX_HOME)",
+            loss: STALE,
+        });
+    }
+    kept.push(crate::container::Kept {
+        what: "the workspace root (the conversations' files)",
+        dir: workspace_root.to_path_buf(),
+        setting: "--workspace-root (PARLEY_WORKSPACE_ROOT) or --data-dir (PARLEY_DATA_DIR)",
+        loss: "the files the assistants wrote in the conversations' directories are gone",
+    });
+    for warning in crate::container::ephemeral_warnings(&kept) {
+        warn!("{warning}");
+    }
 }
 
 /// Who may talk to the bot on each chat platform (see docs/platforms.md). A platform
@@ -252,7 +411,8 @@ struct AssistantArgs {
     /// Claude `--model`.
     #[arg(long, env = "PARLEY_CLAUDE_MODEL")]
     claude_model: Option<String>,
-    /// Claude `--permission-mode` (default, acceptEdits, bypassPermissions, plan).
+    /// Claude `--permission-mode` of conversations that choose none (plan, dontAsk,
+    /// manual, acceptEdits, auto, bypassPermissions in claude-code 2.1.329).
     #[arg(long, env = "PARLEY_CLAUDE_PERMISSION_MODE")]
     claude_permission_mode: Option<String>,
     /// Claude `--allowedTools`, comma-separated (e.g. `Read,Bash(git *)`).
@@ -460,6 +620,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         }
     }
     let pool = parley_db::connect(&db).await?;
+    bootstrap_admin(&pool, &args.bootstrap).await?;
+    check_container_storage(&args, &workspace_root);
     // Claims, lease extensions and notifications: losing one in a database crash is
     // harmless (the turn is claimed again), so they do not wait for a WAL flush. Each
     // running turn holds one of its connections for its run lock; the server ends a
@@ -498,6 +660,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         max_message_chars: args.max_message_chars.max(1),
         max_queued_turns: args.max_queued_turns,
         workspace_root: Some(workspace_root),
+        allowed_permission_modes: args.allowed_permission_modes.iter().filter(|m| !m.is_empty()).cloned().collect(),
+        retention: args.retention.retention(),
         ..Config::default()
     };
     let platforms = Arc::new(parley_platforms::Platforms::new(platforms_config));

@@ -35,7 +35,7 @@ pub enum TokensCommand {
 }
 
 /// Accepts a principal name: 1–200 of `[A-Za-z0-9._@-]`, not a reserved name.
-fn parse_principal(s: &str) -> Result<String, String> {
+pub(crate) fn parse_principal(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
         && s.chars().count() <= api_token::MAX_PRINCIPAL_CHARS
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));

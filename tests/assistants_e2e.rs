@@ -878,3 +878,139 @@ async fn openai_continues_from_the_previous_response_and_recovers_a_forgotten_on
     assert!(third.as_str().is_some_and(|t| t.starts_with("resp_") && t != second), "{third}");
     parley.stop().await;
 }
+
+/// `PATCH /api/conversations/{id}` with `body`; returns the answer, which must be 200.
+async fn patch_settings(parley: &Parley, conversation: &str, body: Value) -> Value {
+    let resp = parley
+        .http
+        .patch(format!("{}/api/conversations/{conversation}", parley.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or_default();
+    assert!(status.is_success(), "PATCH {body}: {status} {answer}");
+    answer
+}
+
+/// The `system` text of a Messages API request (a string or text blocks).
+fn system_text(body: &Value) -> String {
+    match &body["system"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn claude_runs_with_the_conversations_settings_and_each_line_of_a_turn_carries_its_ids() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-settings");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.extend([("PARLEY_LOG_FORMAT", "json".to_owned()), ("RUST_LOG", "info,parley_assistant=debug".to_owned())]);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let id = parley.conversation("claude", &scratch.path("work")).await;
+    let turn = parley.turn(&id, "first question alpha").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+
+    let changed = patch_settings(
+        &parley,
+        &id,
+        json!({ "model": "claude-settings-test", "system_prompt": "Always sign as ZEBRA-7.", "permission_mode": "plan" }),
+    )
+    .await;
+    assert_eq!(changed["session_ended"], "model-changed");
+    let turn = parley.turn(&id, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+
+    // The CLI ran with the model and the appended prompt, in a fresh session that
+    // carries the history.
+    let before = anthropic.message_requests_for("first question alpha");
+    let after = anthropic.message_requests_for("second question beta");
+    // (The second turn's rebuilt prompt quotes the first question too: the first request is the first turn's.)
+    let (before, after) = (before.first().expect("a request"), after.last().expect("a request"));
+    assert_ne!(before["model"], "claude-settings-test");
+    assert!(!system_text(before).contains("ZEBRA-7"));
+    assert_eq!(after["model"], "claude-settings-test");
+    assert!(system_text(after).contains("Always sign as ZEBRA-7."), "{}", system_text(after));
+    assert!(all_text(after).contains("first question alpha"), "history carried: {}", all_text(after));
+    // In plan mode (`--permission-mode=plan`) the CLI tells the model so.
+    let plan_mode = |body: &Value| body.to_string().to_lowercase().contains("plan mode");
+    assert!(!plan_mode(before) && plan_mode(after), "the permission mode reached the CLI");
+    let sessions = parley.sessions(&id).await;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[1]["transition_reason"], "model-changed");
+    assert_eq!(sessions[1]["settings"]["model"], "claude-settings-test");
+    parley.stop().await;
+
+    // Every line the turn logged — the worker's, the adapter's, and those of the tasks
+    // the adapter spawned (the prompt written to stdin) — names the conversation and turn.
+    let log = std::fs::read_to_string(scratch.path("parley.log")).unwrap();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let turn_id = turn["turn_id"].as_str().unwrap();
+    let of_turn = |l: &&Value| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["turn_id"] == turn_id));
+    let adapter: Vec<&Value> =
+        lines.iter().filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("parley_assistant"))).collect();
+    assert!(!adapter.is_empty(), "the adapter logged: {log}");
+    for line in &adapter {
+        let span = line["spans"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "turn"))
+            .unwrap_or_else(|| panic!("outside a turn: {line}"));
+        assert!(span["conversation_id"] == id.as_str() && span["turn_id"].is_string(), "{line}");
+    }
+    let mine: Vec<&Value> = lines.iter().filter(of_turn).collect();
+    for message in ["assistant CLI started", "wrote the prompt to the CLI's stdin", "turn finished"] {
+        assert!(mine.iter().any(|l| l["message"] == message), "{message:?} not logged in the turn: {mine:#?}");
+    }
+}
+
+#[tokio::test]
+async fn codex_runs_with_the_conversations_model_instructions_and_sandbox() {
+    if skip("codex") {
+        return;
+    }
+    let scratch = Scratch::new("codex-settings");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &codex_env(&scratch, &openai)).await;
+    let id = parley.conversation("codex", &scratch.path("work")).await;
+    let changed = patch_settings(
+        &parley,
+        &id,
+        json!({ "model": "gpt-settings-test", "system_prompt": "Always sign as OKAPI-3.", "permission_mode": "read-only" }),
+    )
+    .await;
+    assert_eq!(changed["permission_mode"], "read-only");
+    let turn = parley.turn(&id, "question with settings").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    let requests = openai.response_requests_for("question with settings");
+    let request = requests.last().expect("a request");
+    assert_eq!(request["model"], "gpt-settings-test");
+    let everything = request.to_string();
+    assert!(everything.contains("Always sign as OKAPI-3."), "the developer instructions reach the model: {everything}");
+    assert!(everything.contains("read-only"), "the sandbox is described to the model: {everything}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn openai_sends_the_conversations_model_and_instructions() {
+    let scratch = Scratch::new("openai-settings");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &openai_env(&openai)).await;
+    let id = parley.conversation("openai", &scratch.path("work")).await;
+    patch_settings(&parley, &id, json!({ "model": "gpt-settings-test", "system_prompt": "Sign as IBEX-9." })).await;
+    let turn = parley.turn(&id, "question with settings").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let requests = openai.response_requests_for("question with settings");
+    assert_eq!(requests[0]["model"], "gpt-settings-test");
+    assert_eq!(requests[0]["instructions"], "Sign as IBEX-9.");
+    parley.stop().await;
+}

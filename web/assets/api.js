@@ -112,6 +112,9 @@ export const api = {
   createConversation: (title) => request('POST', '/conversations', { body: { title } }).then((r) => r.data),
   deleteConversation: (id) => request('DELETE', `/conversations/${enc(id)}`),
   getConversation: (id) => request('GET', `/conversations/${enc(id)}`).then((r) => r.data),
+  /** Changes a conversation's settings; resolves to the conversation with `session_ended`. */
+  updateConversation: (id, changes) => request('PATCH', `/conversations/${enc(id)}`, { body: changes }).then((r) => r.data),
+  assistants: () => request('GET', '/assistants').then((r) => r.data),
   /** Every message of a conversation after `after`, oldest first (all pages). */
   async listMessages(id, after = 0) {
     const all = [];

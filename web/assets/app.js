@@ -1,10 +1,11 @@
 // Parley's web UI: the conversation list, routing (`#/c/<id>`), the composer, the
 // header actions and the session panel. The open conversation itself lives in
-// conversation.js.
+// conversation.js, its settings panel in settings.js.
 
 import { api, ApiError, onUnauthorized, setToken, token } from './api.js';
 import { h, clear, relativeTime } from './dom.js';
 import { ConversationView } from './conversation.js';
+import { SettingsPanel } from './settings.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +26,9 @@ const els = {
   sessionsPanel: $('sessions-panel'),
   sessionChain: $('session-chain'),
   closeSessions: $('close-sessions'),
+  settingsButton: $('settings-button'),
+  settingsPanel: $('settings-panel'),
+  closeSettings: $('close-settings'),
   indicator: $('run-indicator'),
   runLabel: $('run-label'),
   connection: $('connection'),
@@ -205,10 +209,28 @@ async function refreshSessions() {
 }
 
 function showSessions(show) {
+  if (show) showSettings(false);
   els.sessionsPanel.hidden = !show;
   els.sessionsButton.setAttribute('aria-expanded', String(show));
   document.body.classList.toggle('sessions-open', show);
   if (show) refreshSessions();
+}
+
+// ----- settings panel -----
+
+const settings = new SettingsPanel((saved) => {
+  const i = state.conversations.findIndex((c) => c.conversation_id === saved.conversation_id);
+  if (i >= 0) state.conversations[i] = { ...state.conversations[i], ...saved };
+  renderList();
+  scheduleListRefresh();
+  refreshSessions();
+});
+
+function showSettings(show) {
+  if (show) showSessions(false);
+  els.settingsPanel.hidden = !show;
+  els.settingsButton.setAttribute('aria-expanded', String(show));
+  if (show && state.currentId) settings.load(state.currentId);
 }
 
 // ----- routing -----
@@ -231,8 +253,11 @@ async function route() {
   els.reset.disabled = !has;
   els.del.disabled = !has;
   els.sessionsButton.disabled = !has;
+  els.settingsButton.disabled = !has;
+  if (has && !els.settingsPanel.hidden) settings.load(id);
   renderList();
   if (!has) {
+    showSettings(false);
     clear(els.messages).append(els.welcome);
     els.title.textContent = 'New conversation';
     els.status.hidden = true;
@@ -385,6 +410,8 @@ function init() {
       state.view.cancel();
     } else if (!els.sessionsPanel.hidden) {
       showSessions(false);
+    } else if (!els.settingsPanel.hidden) {
+      showSettings(false);
     }
   });
   els.cancel.addEventListener('click', () => state.view?.cancel());
@@ -405,6 +432,8 @@ function init() {
   });
   els.sessionsButton.addEventListener('click', () => showSessions(els.sessionsPanel.hidden));
   els.closeSessions.addEventListener('click', () => showSessions(false));
+  els.settingsButton.addEventListener('click', () => showSettings(els.settingsPanel.hidden));
+  els.closeSettings.addEventListener('click', () => showSettings(false));
   els.newConversation.addEventListener('click', () => {
     if (location.hash === '#/' || location.hash === '') route();
     else location.hash = '#/';

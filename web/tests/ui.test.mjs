@@ -402,6 +402,64 @@ test('Reset ends the session and Delete removes the conversation', async () => {
   assert.equal(await page.locator(`.conversation-item[data-id="${id}"]`).count(), 0);
 });
 
+test('the settings panel changes model, prompt and directory, shows refusals next to the field, and the next reply uses them', async () => {
+  const id = await startConversation(page, 'Settings panel: hello');
+  await waitReply(page, 'Settings panel: hello');
+  await page.getByRole('button', { name: 'Conversation settings' }).click();
+  const panel = page.locator('#settings-panel');
+  await panel.waitFor();
+  const field = (label) => panel.getByLabel(label, { exact: true });
+  await page.waitForFunction(() => document.getElementById('setting-assistant').options.length > 1);
+  assert.equal(await field('Title').inputValue(), 'Settings panel: hello');
+  assert.equal(await field('Assistant').inputValue(), 'demo');
+  assert.equal(await field('Model').inputValue(), '');
+  // The demo has no permission modes: only the server's default, and the select is off.
+  assert.equal(await field('Permission mode').locator('option').count(), 1);
+  assert.equal(await field('Permission mode').isDisabled(), true);
+
+  // A directory out of the workspace is refused where it was typed; nothing is stored.
+  await field('Model').fill('opus');
+  await field('Added to the system prompt').fill('Answer briefly.');
+  await field('Working directory').fill('../escape');
+  await panel.getByRole('button', { name: 'Save' }).click();
+  await panel.locator('#settings-error').waitFor();
+  assert.match(await panel.locator('#settings-error').innerText(), /\.\./);
+  assert.equal(await field('Working directory').getAttribute('aria-invalid'), 'true');
+  assert.equal((await apiGet(`/conversations/${id}`)).model, null);
+
+  await field('Working directory').fill('notes');
+  await panel.getByRole('button', { name: 'Save' }).click();
+  await panel.locator('#settings-status', { hasText: 'fresh one' }).waitFor();
+  assert.equal(await panel.locator('#settings-error').isVisible(), false);
+  const saved = await apiGet(`/conversations/${id}`);
+  assert.deepEqual([saved.model, saved.system_prompt, saved.cwd], ['opus', 'Answer briefly.', 'notes']);
+  const { sessions } = await apiGet(`/sessions?conversation_id=${id}`);
+  // Several changes at once: the reason is the first of assistant, directory, model, prompt.
+  assert.equal(sessions[0].ended_reason, 'cwd-changed');
+  await send(page, 'Which model now?');
+  const reply = await waitReply(page, 'Which model now?');
+  assert.match(await reply.innerText(), /Model: opus\./);
+
+  // Another assistant offers its own permission modes; going back resets the mode.
+  await field('Assistant').selectOption('claude');
+  await field('Permission mode').selectOption('plan');
+  await panel.getByRole('button', { name: 'Save' }).click();
+  await panel.locator('#settings-status', { hasText: 'assistant changed' }).waitFor();
+  const claude = await apiGet(`/conversations/${id}`);
+  assert.deepEqual([claude.assistant, claude.permission_mode], ['claude', 'plan']);
+  await field('Assistant').selectOption('demo');
+  assert.equal(await field('Permission mode').inputValue(), '');
+  await field('Title').fill('Renamed in settings');
+  await panel.getByRole('button', { name: 'Save' }).click();
+  await panel.locator('#settings-status', { hasText: 'Saved' }).waitFor();
+  const back = await apiGet(`/conversations/${id}`);
+  assert.deepEqual([back.assistant, back.permission_mode, back.title], ['demo', null, 'Renamed in settings']);
+  await page.locator('.conversation-item.active', { hasText: 'Renamed in settings' }).waitFor();
+  await page.screenshot({ path: path.join(ARTIFACTS, 'ui-settings.png') });
+  await page.keyboard.press('Escape');
+  await panel.waitFor({ state: 'hidden' });
+});
+
 test('screenshots of the conversation view (desktop and phone width)', async () => {
   const message =
     'Show me a **Markdown** sample [demo:tool] [demo:thinking]\n\n- a list item with `code`\n- a [link](https://example.com)\n\n```bash\ncargo build && ./target/debug/parley serve\n```\n\nThanks!';

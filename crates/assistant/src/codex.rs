@@ -17,6 +17,12 @@
 //!
 //! `turn.completed.usage` is a running total for the whole thread: it is reported as is,
 //! never added up across turns.
+//!
+//! A conversation's own settings ([`crate::RunSettings`]): the model replaces `--model`,
+//! the permission mode replaces `--sandbox` (Codex's equivalent: one of
+//! [`CODEX_SANDBOX_MODES`]), and the appended system prompt becomes
+//! `-c developer_instructions="…"` (a TOML string; the config key of codex-cli 0.169.0
+//! for instructions added to its own).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,10 +33,14 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, Secret, Usage};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, Usage};
 
 /// Environment name prefixes the Codex CLI inherits from Parley's environment.
 pub const CODEX_ENV_PREFIXES: &[&str] = &["OPENAI_", "CODEX_"];
+
+/// The `--sandbox` choices of codex-cli 0.169.0 (`codex exec --help`), most restrictive
+/// first: the permission modes of a `codex` conversation.
+pub const CODEX_SANDBOX_MODES: &[&str] = &["read-only", "workspace-write", "danger-full-access"];
 
 /// Settings of the `codex` assistant.
 #[derive(Debug, Clone)]
@@ -70,18 +80,28 @@ impl Default for CodexConfig {
 }
 
 impl CodexConfig {
-    /// The CLI arguments for a run that resumes `resume` (or starts fresh).
+    /// The CLI arguments for a run with a conversation's `settings` that resumes
+    /// `resume` (or starts fresh).
     #[must_use]
-    pub fn args(&self, resume: Option<&str>) -> Vec<OsString> {
+    pub fn args(&self, settings: &RunSettings, resume: Option<&str>) -> Vec<OsString> {
         let mut args: Vec<OsString> = ["exec", "--json", "--skip-git-repo-check"].iter().map(OsString::from).collect();
-        if let Some(m) = &self.model {
+        if let Some(m) = &settings.model {
+            args.push(format!("--model={m}").into());
+        } else if let Some(m) = &self.model {
             args.extend(["--model".into(), m.into()]);
         }
-        if let Some(s) = &self.sandbox {
+        if let Some(s) = &settings.permission_mode {
+            args.push(format!("--sandbox={s}").into());
+        } else if let Some(s) = &self.sandbox {
             args.extend(["--sandbox".into(), s.into()]);
         }
         for c in &self.config_overrides {
             args.extend(["-c".into(), c.into()]);
+        }
+        if let Some(prompt) = &settings.append_system_prompt {
+            // A JSON string is a valid TOML basic string (the escapes JSON writes are TOML's too).
+            let quoted = serde_json::to_string(prompt).unwrap_or_default();
+            args.extend(["-c".into(), format!("developer_instructions={quoted}").into()]);
         }
         if let Some(id) = resume {
             args.extend(["resume".into(), id.into()]);
@@ -123,10 +143,14 @@ impl Assistant for Codex {
         "codex"
     }
 
+    fn permission_modes(&self) -> &'static [&'static str] {
+        CODEX_SANDBOX_MODES
+    }
+
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let spec = ProcessSpec {
             program: self.config.binary.clone(),
-            args: self.config.args(request.resume.as_deref()),
+            args: self.config.args(&request.settings, request.resume.as_deref()),
             cwd: request.cwd.clone(),
             env: self.config.env(std::env::vars_os()),
             stdin: request.prompt,

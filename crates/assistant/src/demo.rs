@@ -12,6 +12,9 @@
 //! - `[demo:slow]` — each chunk waits `slow_chunk_delay` instead of `chunk_delay`.
 //! - `[demo:tool]` — the reply includes a tool call and its result.
 //! - `[demo:thinking]` — the reply starts with a thinking chunk.
+//!
+//! A conversation's model ([`crate::RunSettings::model`]) is named at the end of the
+//! reply; its other settings mean nothing to the demo.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,6 +107,9 @@ fn reply_text(request: &RunRequest, session_id: &str, fresh: bool, answered: u64
     } else {
         reply.push_str(&format!("Demo session {short} has now answered {answered} message(s)."));
     }
+    if let Some(model) = &request.settings.model {
+        reply.push_str(&format!(" Model: {model}."));
+    }
     reply
 }
 
@@ -186,6 +192,7 @@ mod tests {
             cwd: None,
             cancel: tokio_util::sync::CancellationToken::new(),
             run_id: uuid::Uuid::new_v4(),
+            settings: crate::RunSettings::default(),
         }
     }
 

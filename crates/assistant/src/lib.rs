@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use claude::{Claude, ClaudeConfig};
-pub use codex::{Codex, CodexConfig};
+pub use claude::{CLAUDE_PERMISSION_MODES, Claude, ClaudeConfig};
+pub use codex::{CODEX_SANDBOX_MODES, Codex, CodexConfig};
 pub use demo::{Demo, DemoConfig};
 pub use openai::{OpenAi, OpenAiConfig};
 pub use openai_chat::{OpenAiChat, OpenAiChatConfig};
@@ -51,6 +51,46 @@ pub struct RunRequest {
     /// Marks every process of this run ([`run_marker::RUN_ID_ENV`]), so that the run's
     /// owner can find and kill them wherever they went ([`run_marker::end_run`]).
     pub run_id: uuid::Uuid,
+    /// The conversation's own settings, over the adapter's configured defaults.
+    pub settings: RunSettings,
+}
+
+/// A conversation's own settings for one run; `None` keeps the adapter's configured
+/// default. What each adapter does with them:
+///
+/// | setting | `claude` | `codex` | `openai` | `openai-chat` | `demo` |
+/// |---|---|---|---|---|---|
+/// | `model` | `--model` | `--model` | `model` | `model` | named in the reply |
+/// | `append_system_prompt` | `--append-system-prompt` | `-c developer_instructions=…` | appended to `instructions` | appended to the system message | ignored |
+/// | `permission_mode` | `--permission-mode` | `--sandbox` | none (no tools run) | none | none |
+///
+/// The permission modes an adapter accepts are [`Assistant::permission_modes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// The model to run.
+    pub model: Option<String>,
+    /// Text appended to the assistant's system prompt (or instructions).
+    pub append_system_prompt: Option<String>,
+    /// The permission mode, one of [`Assistant::permission_modes`].
+    pub permission_mode: Option<String>,
+}
+
+impl RunSettings {
+    /// The model: this run's, else `configured`.
+    #[must_use]
+    pub fn model_or<'a>(&'a self, configured: &'a str) -> &'a str {
+        self.model.as_deref().unwrap_or(configured)
+    }
+
+    /// A configured system prompt with this run's text appended after a blank line
+    /// (either may be absent); `None` when both are.
+    #[must_use]
+    pub fn system_prompt_after(&self, configured: Option<&str>) -> Option<String> {
+        match (configured, self.append_system_prompt.as_deref()) {
+            (Some(base), Some(extra)) => Some(format!("{base}\n\n{extra}")),
+            (base, extra) => base.or(extra).map(str::to_owned),
+        }
+    }
 }
 
 /// Token usage reported by an assistant for one run.
@@ -250,6 +290,12 @@ pub trait Assistant: Send + Sync + 'static {
 
     /// Starts a run. The stream yields chunks until `Completed`, or one error and ends.
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>>;
+
+    /// The permission modes [`RunSettings::permission_mode`] may name for this assistant,
+    /// most restrictive first; empty when it has none (it runs no tools on the host).
+    fn permission_modes(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A secret string (an API key): its `Debug` and `Display` print `[redacted]`, so it

@@ -77,7 +77,7 @@ impl OpenAi {
     #[must_use]
     pub fn body(&self, request: &RunRequest) -> Value {
         let mut body = json!({
-            "model": self.config.model,
+            "model": request.settings.model_or(&self.config.model),
             "input": request.prompt,
             "stream": true,
             "store": true,
@@ -85,7 +85,7 @@ impl OpenAi {
         if let Some(prev) = &request.resume {
             body["previous_response_id"] = json!(prev);
         }
-        if let Some(i) = &self.config.instructions {
+        if let Some(i) = request.settings.system_prompt_after(self.config.instructions.as_deref()) {
             body["instructions"] = json!(i);
         }
         body

@@ -70,12 +70,12 @@ impl OpenAiChat {
     #[must_use]
     pub fn body(&self, request: &RunRequest) -> Value {
         let mut messages = Vec::new();
-        if let Some(system) = &self.config.system_prompt {
+        if let Some(system) = request.settings.system_prompt_after(self.config.system_prompt.as_deref()) {
             messages.push(json!({ "role": "system", "content": system }));
         }
         messages.push(json!({ "role": "user", "content": request.prompt }));
         json!({
-            "model": self.config.model,
+            "model": request.settings.model_or(&self.config.model),
             "messages": messages,
             "stream": true,
             "stream_options": { "include_usage": true },

@@ -39,7 +39,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use uuid::Uuid;
 
 use crate::run_marker::{self, OWNER_ENV, RUN_ID_ENV};
@@ -221,16 +221,22 @@ impl CliProcess {
         debug!(%program, pid = ?pgid, "assistant CLI started");
         if let Some(mut stdin) = child.stdin.take() {
             let prompt = spec.stdin;
-            tokio::spawn(async move {
-                // A CLI that exits early closes the pipe; its exit status tells why.
-                if let Err(e) = stdin.write_all(prompt.as_bytes()).await {
-                    debug!(error = %e, "writing the prompt to the CLI's stdin failed");
+            // Spawned tasks log in the turn's span (conversation and turn IDs).
+            tokio::spawn(
+                async move {
+                    // A CLI that exits early closes the pipe; its exit status tells why.
+                    match stdin.write_all(prompt.as_bytes()).await {
+                        Ok(()) => debug!(bytes = prompt.len(), "wrote the prompt to the CLI's stdin"),
+                        Err(e) => debug!(error = %e, "writing the prompt to the CLI's stdin failed"),
+                    }
+                    let _ = stdin.shutdown().await;
                 }
-                let _ = stdin.shutdown().await;
-            });
+                .in_current_span(),
+            );
         }
         let stdout = child.stdout.take().ok_or_else(|| AssistantError::Protocol("no stdout pipe".into()))?;
-        let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s, spec.limits.stderr_tail_bytes)));
+        let stderr =
+            child.stderr.take().map(|s| tokio::spawn(read_tail(s, spec.limits.stderr_tail_bytes).in_current_span()));
         Ok(Self {
             program,
             guard: GroupGuard {
@@ -517,13 +523,16 @@ impl Drop for GroupGuard {
         let grace = self.grace;
         match (tokio::runtime::Handle::try_current(), child) {
             (Ok(handle), Some(mut child)) => {
-                handle.spawn(async move {
-                    let _ = tokio::time::timeout(grace, child.wait()).await;
-                    family.collect();
-                    family.signal(Signal::SIGKILL);
-                    // Reaps it; `kill_on_drop` covers a child that ignored both signals.
-                    let _ = child.wait().await;
-                });
+                handle.spawn(
+                    async move {
+                        let _ = tokio::time::timeout(grace, child.wait()).await;
+                        family.collect();
+                        family.signal(Signal::SIGKILL);
+                        // Reaps it; `kill_on_drop` covers a child that ignored both signals.
+                        let _ = child.wait().await;
+                    }
+                    .in_current_span(),
+                );
             }
             // No runtime: no grace period.
             _ => family.signal(Signal::SIGKILL),

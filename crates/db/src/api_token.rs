@@ -172,3 +172,55 @@ pub async fn live_count(client: &impl GenericClient) -> DbResult<i64> {
     let row = client.query_one("select count(*) from api_token where revoked_at is null", &[]).await?;
     Ok(row.try_get(0)?)
 }
+
+/// What [`bootstrap_admin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The token was stored as a new admin token.
+    Created(ApiToken),
+    /// A live admin token exists already: nothing was stored.
+    AdminExists,
+    /// This token was stored before (it may have been revoked since): nothing was stored,
+    /// so a revoked bootstrap token never comes back.
+    AlreadyStored,
+}
+
+/// Advisory-lock key serialising [`bootstrap_admin`] across replicas starting together.
+const BOOTSTRAP_LOCK_KEY: i64 = 0x7061_726c_6579_6164;
+
+/// Stores `token` (its hash, like every token) as an admin token of `principal`, only
+/// when no live admin token exists and this token was never stored. Idempotent: replicas
+/// starting together, and every restart after the first, store nothing. `client` must
+/// not be in a transaction; this runs one of its own under an advisory lock.
+///
+/// # Errors
+/// [`DbError::Conflict`] on `api_token_principal_check` for an empty or over-long
+/// principal; [`DbError::Unavailable`] / [`DbError::Other`] otherwise.
+pub async fn bootstrap_admin(
+    client: &mut deadpool_postgres::Object,
+    principal: &str,
+    token: &TokenSecret,
+) -> DbResult<Bootstrap> {
+    let tx = client.transaction().await?;
+    tx.execute("select pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK_KEY]).await?;
+    let admins: i64 =
+        tx.query_one("select count(*) from api_token where admin and revoked_at is null", &[]).await?.try_get(0)?;
+    if admins > 0 {
+        return Ok(Bootstrap::AdminExists);
+    }
+    let row = tx
+        .query_opt(
+            &format!(
+                "insert into api_token (api_token_id, principal, token_hash, admin) values ($1, $2, $3, true) \
+                 on conflict (token_hash) do nothing returning {COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &principal, &hash(token.expose()).as_slice()],
+        )
+        .await?;
+    let outcome = match row {
+        Some(row) => Bootstrap::Created(ApiToken::try_from(&row)?),
+        None => Bootstrap::AlreadyStored,
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}

@@ -60,6 +60,16 @@ pub struct Conversation {
     pub assistant: String,
     /// The assistant's working directory, when set.
     pub cwd: Option<String>,
+    /// The model the assistant runs with; `None`: the assistant's default (its flags).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Text appended to the assistant's system prompt; `None`: nothing appended.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// The assistant's permission mode (Claude `--permission-mode`, Codex `--sandbox`);
+    /// `None`: the server's default.
+    #[serde(default)]
+    pub permission_mode: Option<String>,
     /// Stream or batch delivery.
     pub delivery: Delivery,
     /// What the platform needs to answer (chat id, thread ts, comment URL…).
@@ -108,6 +118,9 @@ impl TryFrom<&Row> for Conversation {
             title: row.try_get("title")?,
             assistant: row.try_get("assistant")?,
             cwd: row.try_get("cwd")?,
+            model: row.try_get("model")?,
+            system_prompt: row.try_get("system_prompt")?,
+            permission_mode: row.try_get("permission_mode")?,
             delivery: Delivery::parse(&delivery).unwrap_or_default(),
             reply_target: row.try_get("reply_target")?,
             paused: row.try_get("paused")?,
@@ -128,7 +141,7 @@ impl TryFrom<&Row> for Conversation {
 }
 
 const COLUMNS: &str = "conversation_id, platform, external_id, owner, title, assistant, cwd, \
-                       delivery, reply_target, paused, created_at, updated_at";
+                       model, system_prompt, permission_mode, delivery, reply_target, paused, created_at, updated_at";
 
 /// The fields of a conversation to create.
 #[derive(Debug, Clone)]
@@ -318,4 +331,70 @@ pub async fn set_paused(client: &impl GenericClient, conversation_id: Uuid, paus
         .ok_or(DbError::not_found("conversation"))?;
     let old: bool = row.try_get(0)?;
     Ok(old != paused)
+}
+
+/// The settings of a conversation that its owner may change
+/// (`PATCH /api/conversations/{id}`, `/model`), as stored: `None` means the server's
+/// default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// [`Conversation::title`].
+    pub title: String,
+    /// [`Conversation::assistant`].
+    pub assistant: String,
+    /// [`Conversation::model`].
+    pub model: Option<String>,
+    /// [`Conversation::system_prompt`].
+    pub system_prompt: Option<String>,
+    /// [`Conversation::permission_mode`].
+    pub permission_mode: Option<String>,
+    /// [`Conversation::cwd`].
+    pub cwd: Option<String>,
+}
+
+impl Conversation {
+    /// Its changeable settings.
+    #[must_use]
+    pub fn settings(&self) -> Settings {
+        Settings {
+            title: self.title.clone(),
+            assistant: self.assistant.clone(),
+            model: self.model.clone(),
+            system_prompt: self.system_prompt.clone(),
+            permission_mode: self.permission_mode.clone(),
+            cwd: self.cwd.clone(),
+        }
+    }
+}
+
+/// Stores a conversation's settings and returns the conversation. Run it in the
+/// transaction that locked the row ([`lock`]) and checked the new values.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id; [`DbError::Conflict`] on
+/// `conversation_settings_length_check` for an empty or over-long value.
+pub async fn set_settings(
+    client: &impl GenericClient,
+    conversation_id: Uuid,
+    settings: &Settings,
+) -> DbResult<Conversation> {
+    let row = client
+        .query_opt(
+            &format!(
+                "update conversation set title = $2, assistant = $3, model = $4, system_prompt = $5, \
+                 permission_mode = $6, cwd = $7, updated_at = now() where conversation_id = $1 returning {COLUMNS}"
+            ),
+            &[
+                &conversation_id,
+                &settings.title,
+                &settings.assistant,
+                &settings.model,
+                &settings.system_prompt,
+                &settings.permission_mode,
+                &settings.cwd,
+            ],
+        )
+        .await?
+        .ok_or(DbError::not_found("conversation"))?;
+    Conversation::try_from(&row)
 }

@@ -3,8 +3,6 @@
 //! hash of the request the key was first used for ([`request_hash`]) so a key reused
 //! for another request can be refused.
 
-use std::time::Duration;
-
 use deadpool_postgres::GenericClient;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -98,17 +96,4 @@ pub async fn stored(client: &impl GenericClient, platform: &str, delivery_id: &s
         .await?;
     let row = client.query_opt(&stmt, &[&platform, &delivery_id]).await?;
     Ok(row.map(|r| Stored { conversation_id: r.get(0), response: r.get(1), request_hash: r.get(2) }))
-}
-
-/// Deletes deliveries older than `retention`. Returns how many.
-///
-/// # Errors
-/// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.
-pub async fn prune(client: &impl GenericClient, retention: Duration) -> DbResult<u64> {
-    Ok(client
-        .execute(
-            "delete from inbound_delivery where received_at < now() - make_interval(secs => $1)",
-            &[&retention.as_secs_f64()],
-        )
-        .await?)
 }

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod message;
 pub mod migrate;
 mod pool;
+pub mod retention;
 pub mod run_lock;
 pub mod session;
 pub mod turn;

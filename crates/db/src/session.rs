@@ -28,15 +28,27 @@ pub enum Transition {
     AssistantChanged,
     /// The conversation moved to another working directory.
     CwdChanged,
+    /// The conversation's model changed.
+    ModelChanged,
+    /// The conversation's appended system prompt changed.
+    SystemPromptChanged,
 }
 
 impl Transition {
     /// Parses a stored reason.
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::FirstMessage, Self::ResetRequested, Self::StaleSession, Self::AssistantChanged, Self::CwdChanged]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Self::FirstMessage,
+            Self::ResetRequested,
+            Self::StaleSession,
+            Self::AssistantChanged,
+            Self::CwdChanged,
+            Self::ModelChanged,
+            Self::SystemPromptChanged,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 
     /// The stored text, e.g. `stale-session`.
@@ -48,6 +60,8 @@ impl Transition {
             Self::StaleSession => "stale-session",
             Self::AssistantChanged => "assistant-changed",
             Self::CwdChanged => "cwd-changed",
+            Self::ModelChanged => "model-changed",
+            Self::SystemPromptChanged => "system-prompt-changed",
         }
     }
 }
@@ -78,10 +92,43 @@ pub struct Session {
     /// A rebuilt prompt carries only messages with this id or later (0 = all; set by
     /// `/reset` so a reset conversation starts without its old history).
     pub history_from_message_id: i64,
+    /// The conversation's settings it was started with; a session whose settings no
+    /// longer match its conversation's is ended before the next turn.
+    #[serde(default)]
+    pub settings: SessionSettings,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The settings of a conversation that shape an assistant session
+/// (`session.settings`): a session runs with one model, one appended system prompt and in
+/// one working directory. `None`: the server's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionSettings {
+    /// The model (`conversation.model`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The appended system prompt (`conversation.system_prompt`).
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// The working directory as the conversation names it (`conversation.cwd`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+impl SessionSettings {
+    /// The settings a session of `conversation` runs with.
+    #[must_use]
+    pub fn of(conversation: &crate::conversation::Conversation) -> Self {
+        Self {
+            model: conversation.model.clone(),
+            system_prompt: conversation.system_prompt.clone(),
+            cwd: conversation.cwd.clone(),
+        }
+    }
 }
 
 impl TryFrom<&Row> for Session {
@@ -99,6 +146,8 @@ impl TryFrom<&Row> for Session {
             ended_reason: row.try_get("ended_reason")?,
             last_error: row.try_get("last_error")?,
             history_from_message_id: row.try_get("history_from_message_id")?,
+            settings: serde_json::from_value(row.try_get("settings")?)
+                .map_err(|e| DbError::Other(format!("session.settings: {e}")))?,
             started_at: row.try_get("started_at")?,
             ended_at: row.try_get("ended_at")?,
         })
@@ -107,7 +156,7 @@ impl TryFrom<&Row> for Session {
 
 const COLUMNS: &str = "session_id, conversation_id, assistant, assistant_session_id, active, \
                        parent_session_id, transition_reason, ended_reason, last_error, history_from_message_id, \
-                       started_at, ended_at";
+                       settings, started_at, ended_at";
 
 /// The conversation's active session, if any.
 ///
@@ -132,6 +181,8 @@ pub struct NewSession<'a> {
     pub reason: Transition,
     /// See [`Session::history_from_message_id`].
     pub history_from_message_id: i64,
+    /// See [`Session::settings`].
+    pub settings: &'a SessionSettings,
 }
 
 /// Starts a new active session. The conversation must have none active.
@@ -142,7 +193,7 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
     let stmt = client
         .prepare_cached(&format!(
             "insert into session (session_id, conversation_id, assistant, parent_session_id, transition_reason, \
-             history_from_message_id) values ($1, $2, $3, $4, $5, $6) returning {COLUMNS}"
+             history_from_message_id, settings) values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
         ))
         .await?;
     let row = client
@@ -155,6 +206,7 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
                 &new.parent_session_id,
                 &new.reason.as_str(),
                 &new.history_from_message_id,
+                &serde_json::to_value(new.settings).map_err(|e| DbError::Other(e.to_string()))?,
             ],
         )
         .await?;

@@ -1,5 +1,5 @@
 //! Chat commands, the same on every surface: `/help`, `/status`, `/reset`, `/cancel`,
-//! `/retry`, `/sessions`, `/pause`, `/resume`, `/skip`.
+//! `/retry`, `/sessions`, `/pause`, `/resume`, `/skip`, `/model`, `/settings`.
 //!
 //! A command runs in one transaction with the conversation's row locked, so it sees and
 //! changes a consistent state. A command that does not fit the state gets an
@@ -13,6 +13,9 @@ use parley_db::turn::{self, TurnStatus};
 use parley_db::{DbResult, GenericClient};
 use serde::Serialize;
 use uuid::Uuid;
+
+use crate::OrchestratorError;
+use crate::settings::{self, Policy, SettingsChange};
 
 /// A chat command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -37,10 +40,15 @@ pub enum Command {
     Resume,
     /// Drops the oldest queued turn, or marks the last failed one skipped.
     Skip,
+    /// `/model NAME` sets the conversation's model (`default`: the assistant's own);
+    /// `/model` alone shows it.
+    Model,
+    /// `/settings` shows the conversation's settings; `/settings NAME VALUE` changes one.
+    Settings,
 }
 
 /// All commands with a one-line description, in `/help` order.
-pub const COMMANDS: [(Command, &str); 9] = [
+pub const COMMANDS: [(Command, &str); 11] = [
     (Command::Help, "list the commands"),
     (Command::Status, "assistant, session, last error and queue"),
     (Command::Reset, "end the session; the next message starts a fresh one"),
@@ -50,6 +58,8 @@ pub const COMMANDS: [(Command, &str); 9] = [
     (Command::Pause, "keep new messages queued until /resume"),
     (Command::Resume, "answer queued messages again"),
     (Command::Skip, "drop the oldest queued message, or the last failed one"),
+    (Command::Model, "show the model, or /model NAME to change it (default: the assistant's own)"),
+    (Command::Settings, "show the settings, or /settings NAME VALUE to change one"),
 ];
 
 impl Command {
@@ -66,6 +76,8 @@ impl Command {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Skip => "skip",
+            Self::Model => "model",
+            Self::Settings => "settings",
         }
     }
 
@@ -139,20 +151,44 @@ pub fn help_text() -> String {
     text
 }
 
-/// Runs `command` on a conversation whose row the caller has locked in `client`'s
-/// transaction. `message_id` is the id of the stored command message, if any (a
-/// `/reset` cuts history there).
+/// The words after a command's name: `/model  opus ` → `opus`.
+#[must_use]
+pub fn arguments(text: &str) -> &str {
+    let text = text.trim_start();
+    text.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim())
+}
+
+/// Runs `command` with its `args` (see [`arguments`]) on a conversation whose row the
+/// caller has locked in `client`'s transaction; `policy` checks setting changes.
+/// `message_id` is the id of the stored command message, if any (a `/reset` cuts
+/// history there).
 ///
 /// # Errors
-/// Database errors only; state problems are a refused [`CommandReply`].
+/// Database errors only; state problems and invalid settings are a refused
+/// [`CommandReply`].
 pub async fn execute(
     client: &impl GenericClient,
+    policy: &Policy,
     conversation: &Conversation,
     command: Command,
+    args: &str,
     message_id: Option<i64>,
 ) -> DbResult<CommandReply> {
     let id = conversation.conversation_id;
     Ok(match command {
+        Command::Model if args.is_empty() => CommandReply::ok(
+            command,
+            format!(
+                "Model: {}. /model NAME changes it; /model default returns to the assistant's own.",
+                conversation.model.as_deref().unwrap_or("the assistant's default")
+            ),
+        ),
+        Command::Model => change_setting(client, policy, conversation, command, "model", args).await?,
+        Command::Settings if args.is_empty() => CommandReply::ok(command, settings::describe(conversation, policy)),
+        Command::Settings => {
+            let (name, value) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+            change_setting(client, policy, conversation, command, name, value.trim()).await?
+        }
         Command::Help => CommandReply::ok(command, help_text()),
         Command::Status => CommandReply::ok(command, status_text(client, conversation).await?),
         Command::Sessions => CommandReply::ok(command, sessions_text(client, id).await?),
@@ -177,6 +213,7 @@ pub async fn execute(
                     parent_session_id: Some(active.session_id),
                     reason: Transition::ResetRequested,
                     history_from_message_id: cut,
+                    settings: &session::SessionSettings::of(conversation),
                 },
             )
             .await?;
@@ -262,6 +299,82 @@ pub async fn execute(
     })
 }
 
+/// The settings `/settings NAME VALUE` may change, with the aliases it accepts.
+const SETTING_NAMES: [(&str, &[&str]); 6] = [
+    ("title", &[]),
+    ("assistant", &[]),
+    ("model", &[]),
+    ("system_prompt", &["prompt", "system-prompt"]),
+    ("permission_mode", &["mode", "permission-mode"]),
+    ("cwd", &["dir", "directory"]),
+];
+
+/// Changes one setting (`value` `default` or empty: the server's default) and says what
+/// happened to the session.
+async fn change_setting(
+    client: &impl GenericClient,
+    policy: &Policy,
+    conversation: &Conversation,
+    command: Command,
+    name: &str,
+    value: &str,
+) -> DbResult<CommandReply> {
+    let lower = name.to_ascii_lowercase();
+    let Some((name, _)) = SETTING_NAMES.iter().find(|(n, aliases)| *n == lower || aliases.contains(&lower.as_str()))
+    else {
+        let names: Vec<&str> = SETTING_NAMES.iter().map(|(n, _)| *n).collect();
+        return Ok(CommandReply::refused(
+            command,
+            format!("Unknown setting {name:?}; settings: {}.", names.join(", ")),
+        ));
+    };
+    let cleared = value.is_empty() || value.eq_ignore_ascii_case("default");
+    let optional = (!cleared).then(|| value.to_owned());
+    let change = match *name {
+        "title" => SettingsChange { title: Some(optional.unwrap_or_default()), ..SettingsChange::default() },
+        "assistant" if cleared => {
+            return Ok(CommandReply::refused(
+                command,
+                format!("Name the assistant: {}.", policy.assistant_names().join(", ")),
+            ));
+        }
+        "assistant" => SettingsChange { assistant: Some(value.to_owned()), ..SettingsChange::default() },
+        "model" => SettingsChange { model: Some(optional), ..SettingsChange::default() },
+        "system_prompt" => SettingsChange { system_prompt: Some(optional), ..SettingsChange::default() },
+        "permission_mode" => SettingsChange { permission_mode: Some(optional), ..SettingsChange::default() },
+        _ => SettingsChange { cwd: Some(optional), ..SettingsChange::default() },
+    };
+    let next = match policy.resolve(&conversation.settings(), change).await {
+        Ok(next) => next,
+        Err(OrchestratorError::InvalidSetting { message, .. }) => return Ok(CommandReply::refused(command, message)),
+        Err(OrchestratorError::Db(e)) => return Err(e),
+        Err(other) => return Ok(CommandReply::refused(command, other.to_string())),
+    };
+    let changed = settings::store(client, conversation, &next).await?;
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "the default".to_owned());
+    let now = &changed.conversation;
+    let mut text = match *name {
+        "title" => format!("Title set to {:?}.", now.title),
+        "assistant" => format!("Assistant set to {}.", now.assistant),
+        "model" => format!("Model set to {}.", shown(&now.model)),
+        "system_prompt" if now.system_prompt.is_some() => "System prompt set.".to_owned(),
+        "system_prompt" => "System prompt removed.".to_owned(),
+        "permission_mode" => format!("Permission mode set to {}.", shown(&now.permission_mode)),
+        _ => format!("Working directory set to {}.", now.cwd.as_deref().unwrap_or("the conversation's own directory")),
+    };
+    if let Some(reason) = changed.session_ended {
+        let _ = write!(
+            text,
+            " The session ended ({}): the next message starts a fresh one with the conversation's history.",
+            reason.as_str()
+        );
+        if turn::running(client, conversation.conversation_id).await?.is_some() {
+            text.push_str(" The running turn finishes with the old settings.");
+        }
+    }
+    Ok(CommandReply::ok(command, text))
+}
+
 fn status_of(s: &str) -> TurnStatus {
     if s == "interrupted" { TurnStatus::Interrupted } else { TurnStatus::Failed }
 }
@@ -339,6 +452,17 @@ mod tests {
         assert_eq!(parse("hello /reset"), Parsed::Message);
         assert_eq!(parse(""), Parsed::Message);
         assert_eq!(parse("/"), Parsed::Message);
+    }
+
+    #[test]
+    fn arguments_follow_the_command_name() {
+        assert_eq!(arguments("/model  opus "), "opus");
+        assert_eq!(arguments("/model"), "");
+        assert_eq!(
+            arguments("/settings system_prompt Answer in French.\nAlways."),
+            "system_prompt Answer in French.\nAlways."
+        );
+        assert_eq!(parse("/model opus"), Parsed::Command(Command::Model));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use parley_db::DbError;
 use thiserror::Error;
 
 /// An error from an orchestrator entry point. Surfaces map it to their protocol:
-/// `NotFound` → 404, `InvalidInput` → 400, `Conflict` → 409,
+/// `NotFound` → 404, `InvalidInput` and `InvalidSetting` → 400, `Conflict` → 409,
 /// `IdempotencyKeyReused` → 422, `TooManyQueued` → 429, `Db(Unavailable)` → 503,
 /// anything else → 500.
 #[derive(Debug, Error)]
@@ -15,6 +15,16 @@ pub enum OrchestratorError {
     /// The request cannot be accepted as given; the message says why.
     #[error("{0}")]
     InvalidInput(String),
+    /// A conversation setting is invalid; `code` names which (`invalid_title`,
+    /// `invalid_assistant`, `invalid_model`, `invalid_system_prompt`,
+    /// `invalid_permission_mode`, `invalid_cwd`). Nothing was stored.
+    #[error("{message}")]
+    InvalidSetting {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Readable explanation.
+        message: String,
+    },
     /// The conversation's state does not allow the request; the message says why.
     #[error("{0}")]
     Conflict(String),

@@ -186,7 +186,17 @@ impl Orchestrator {
                 }
                 let msg = message::insert(&tx, conv.conversation_id, None, Role::User, &post.text, &metadata).await?;
                 let reply = match parsed {
-                    Parsed::Command(c) => Some(command::execute(&tx, &conv, c, Some(msg.message_id)).await?),
+                    Parsed::Command(c) => Some(
+                        command::execute(
+                            &tx,
+                            self.settings_policy(),
+                            &conv,
+                            c,
+                            command::arguments(&post.text),
+                            Some(msg.message_id),
+                        )
+                        .await?,
+                    ),
                     _ => None,
                 };
                 let (command, ok, text) = match &reply {
@@ -286,7 +296,7 @@ impl Orchestrator {
         let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
         let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
         let conv = conversation::lock(&tx, conversation_id).await?;
-        let reply = command::execute(&tx, &conv, command, None).await?;
+        let reply = command::execute(&tx, self.settings_policy(), &conv, command, "", None).await?;
         tx.commit().await.map_err(parley_db::DbError::from)?;
         self.after_command(&reply);
         Ok(reply)

@@ -14,11 +14,14 @@
 
 pub mod command;
 mod error;
+pub mod export;
 mod follow;
 pub mod hub;
 mod ingest;
 pub mod notify;
 pub mod prompt;
+pub mod retention;
+pub mod settings;
 pub mod sink;
 mod worker;
 pub mod workspace;
@@ -77,6 +80,11 @@ pub struct Config {
     /// tests): assistants run in the server's own directory and a conversation that
     /// names a working directory fails its turns.
     pub workspace_root: Option<PathBuf>,
+    /// The permission modes a conversation may choose (each an assistant's own, see
+    /// [`settings`]); default [`settings::DEFAULT_ALLOWED_PERMISSION_MODES`].
+    pub allowed_permission_modes: Vec<String>,
+    /// How long old rows are kept ([`retention`]).
+    pub retention: retention::Retention,
 }
 
 impl Default for Config {
@@ -96,6 +104,8 @@ impl Default for Config {
             max_message_chars: ingest::MAX_MESSAGE_CHARS,
             max_queued_turns: 100,
             workspace_root: None,
+            allowed_permission_modes: settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned).to_vec(),
+            retention: retention::Retention::default(),
         }
     }
 }
@@ -120,6 +130,8 @@ pub(crate) struct Inner {
     outbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     listen: Option<parley_db::DbConfig>,
     workspace: Option<workspace::Workspace>,
+    policy: settings::Policy,
+    retention_hook: Option<Arc<dyn retention::RetentionHook>>,
 }
 
 /// The pipeline handle; cheap to clone.
@@ -145,6 +157,7 @@ pub struct Builder {
     sinks: HashMap<String, Arc<dyn ReplySink>>,
     listen: Option<parley_db::DbConfig>,
     coordination: Option<Pool>,
+    retention_hook: Option<Arc<dyn retention::RetentionHook>>,
 }
 
 impl Builder {
@@ -183,11 +196,20 @@ impl Builder {
         self
     }
 
+    /// Runs `hook` whenever retention deletes ended sessions ([`retention::RetentionHook`]:
+    /// where a store of assistant transcripts deletes its copies).
+    #[must_use]
+    pub fn retention_hook(mut self, hook: Arc<dyn retention::RetentionHook>) -> Self {
+        self.retention_hook = Some(hook);
+        self
+    }
+
     /// Finishes the orchestrator.
     ///
     /// # Errors
-    /// [`OrchestratorError::InvalidInput`] when the default assistant is not registered
-    /// or the workspace root cannot be created.
+    /// [`OrchestratorError::InvalidInput`] when the default assistant is not registered,
+    /// the workspace root cannot be created, or an allowed permission mode is no
+    /// registered assistant's.
     pub fn build(self) -> Result<Orchestrator, OrchestratorError> {
         if !self.assistants.contains_key(&self.config.default_assistant) {
             return Err(OrchestratorError::InvalidInput(format!(
@@ -201,6 +223,11 @@ impl Builder {
                 OrchestratorError::InvalidInput(format!("cannot create the workspace root {}: {e}", root.display()))
             })?),
         };
+        let policy = settings::Policy::new(
+            self.assistants.iter().map(|(name, a)| (name.clone(), a.permission_modes())).collect(),
+            &self.config.allowed_permission_modes,
+            workspace.clone(),
+        )?;
         let (notifier, outbox) = notify::Notifier::new();
         Ok(Orchestrator {
             inner: Arc::new(Inner {
@@ -208,6 +235,8 @@ impl Builder {
                 outbox: Mutex::new(Some(outbox)),
                 listen: self.listen,
                 workspace,
+                policy,
+                retention_hook: self.retention_hook,
                 coordination: self.coordination.unwrap_or_else(|| self.pool.clone()),
                 pool: self.pool,
                 config: self.config,
@@ -225,7 +254,15 @@ impl Orchestrator {
     /// Starts building an orchestrator over a migrated database.
     #[must_use]
     pub fn builder(pool: Pool, config: Config) -> Builder {
-        Builder { pool, config, assistants: HashMap::new(), sinks: HashMap::new(), listen: None, coordination: None }
+        Builder {
+            pool,
+            config,
+            assistants: HashMap::new(),
+            sinks: HashMap::new(),
+            listen: None,
+            coordination: None,
+            retention_hook: None,
+        }
     }
 
     /// The connection pool.

@@ -13,7 +13,7 @@ use parley_db::conversation::{self, Conversation, Delivery};
 use parley_db::event::{self, Event};
 use parley_db::message::{self, Message, Role};
 use parley_db::run_lock::RunLock;
-use parley_db::session::{self, NewSession, Session, Transition};
+use parley_db::session::{self, NewSession, Session, SessionSettings, Transition};
 use parley_db::turn::{self, Claimed, LeaseState, Turn, TurnStatus};
 use parley_db::{DbError, DbResult, GenericClient, PooledClient};
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::notify::Signal;
 use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
-use crate::{Orchestrator, RunningTurn, prompt};
+use crate::{Orchestrator, RunningTurn, prompt, settings};
 
 /// Longest tool output kept in an event, in characters.
 const TOOL_OUTPUT_CHARS: usize = 1_000;
@@ -309,6 +309,11 @@ impl Orchestrator {
             let orch = self.clone();
             let stop = shutdown.clone();
             helpers.spawn(async move { orch.run_sweeper(stop).await });
+        }
+        {
+            let orch = self.clone();
+            let stop = shutdown.clone();
+            helpers.spawn(async move { orch.run_retention(stop).await });
         }
         let mut workers = JoinSet::new();
         for n in 0..config.workers.max(1) {
@@ -812,9 +817,11 @@ impl TurnRun<'_> {
     async fn resolve_session(&mut self, assistant: &str) -> DbResult<Session> {
         if let Some(active) = self.active_session.take()
             && active.assistant == assistant
+            && settings::session_change(&active, &self.conversation).is_none()
         {
             return Ok(active);
         }
+        let run_settings = SessionSettings::of(&self.conversation);
         let mut client = self.orch.pool().get().await?;
         let conversation_id = self.conversation.conversation_id;
         for _ in 0..3 {
@@ -824,17 +831,23 @@ impl TurnRun<'_> {
             }
             let active = session::active(&tx, conversation_id).await?;
             let resolved = match active {
-                Some(s) if s.assistant == assistant => Ok(s),
+                Some(s) if s.assistant == assistant && settings::session_change(&s, &self.conversation).is_none() => {
+                    Ok(s)
+                }
                 Some(s) => {
-                    session::end(&tx, s.session_id, Transition::AssistantChanged, None).await?;
+                    // The conversation moved to another assistant, directory, model or prompt.
+                    let reason =
+                        settings::session_change(&s, &self.conversation).unwrap_or(Transition::AssistantChanged);
+                    session::end(&tx, s.session_id, reason, None).await?;
                     session::start(
                         &tx,
                         &NewSession {
                             conversation_id,
                             assistant,
                             parent_session_id: Some(s.session_id),
-                            reason: Transition::AssistantChanged,
+                            reason,
                             history_from_message_id: s.history_from_message_id,
+                            settings: &run_settings,
                         },
                     )
                     .await
@@ -854,6 +867,7 @@ impl TurnRun<'_> {
                             parent_session_id: last.as_ref().map(|s| s.session_id),
                             reason,
                             history_from_message_id: last.map_or(0, |s| s.history_from_message_id),
+                            settings: &run_settings,
                         },
                     )
                     .await
@@ -916,6 +930,7 @@ impl TurnRun<'_> {
                         parent_session_id: Some(stale_session.session_id),
                         reason: Transition::StaleSession,
                         history_from_message_id: stale_session.history_from_message_id,
+                        settings: &SessionSettings::of(&self.conversation),
                     },
                 )
                 .await?
@@ -942,6 +957,7 @@ impl TurnRun<'_> {
             cwd: self.cwd.clone(),
             cancel: self.control.token.child_token(),
             run_id: self.run_id,
+            settings: self.orch.run_settings(&self.conversation),
         };
         // PostgreSQL cannot store NUL (U+0000): assistant output is made storable here, where it enters.
         let mut stream = assistant.run(request).map(|r| r.map(Chunk::without_nul).map_err(AssistantError::without_nul));

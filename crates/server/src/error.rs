@@ -157,6 +157,7 @@ impl From<OrchestratorError> for AppError {
         match err {
             OrchestratorError::NotFound(what) => Self::NotFound(what),
             OrchestratorError::InvalidInput(message) => Self::bad_request("invalid_text", message),
+            OrchestratorError::InvalidSetting { code, message } => Self::bad_request(code, message),
             OrchestratorError::Conflict(message) => Self::Conflict(message),
             err @ OrchestratorError::IdempotencyKeyReused => {
                 Self::Unprocessable { code: "idempotency_key_reused", message: err.to_string() }

@@ -91,11 +91,14 @@ pub struct AppState {
 /// Each `routes!` group is one path; its handlers' `#[utoipa::path]` attributes give the
 /// methods, so the router and [`openapi::document`] cannot disagree.
 pub fn documented_routes() -> OpenApiRouter<AppState> {
-    use routes::{conversations, events, health, messages, sessions, turns};
+    use routes::{conversations, events, export, health, messages, sessions, settings, turns};
     let api = OpenApiRouter::new()
         // /api/conversations, /api/conversations/{id}
         .routes(routes!(conversations::create, conversations::index))
-        .routes(routes!(conversations::show, conversations::delete))
+        .routes(routes!(conversations::show, conversations::delete, settings::update))
+        // /api/conversations/{id}/export, /api/assistants
+        .routes(routes!(export::show))
+        .routes(routes!(settings::assistants))
         // /api/conversations/{id}/messages, …/events
         .routes(routes!(messages::index, messages::create))
         .routes(routes!(events::stream))

@@ -17,8 +17,14 @@ use uuid::Uuid;
 
 #[path = "api/auth.rs"]
 mod auth;
+#[path = "api/export.rs"]
+mod export;
 #[path = "api/openapi.rs"]
 mod openapi;
+#[path = "api/retention.rs"]
+mod retention;
+#[path = "api/settings.rs"]
+mod settings;
 
 struct TestApp {
     base: String,
@@ -72,6 +78,9 @@ impl TestApp {
         let orchestrator = Orchestrator::builder(db.pool.clone(), config)
             .listen(db.config.clone())
             .assistant(Arc::new(demo.clone()))
+            // Registered for their permission modes and names; no test runs them here.
+            .assistant(Arc::new(parley_assistant::Claude::default()))
+            .assistant(Arc::new(parley_assistant::Codex::default()))
             .build()
             .expect("orchestrator");
         let shutdown = CancellationToken::new();

@@ -3,7 +3,7 @@
 //! Command line (observed with claude-code 2.1.329 and 2.0.77):
 //! `claude -p --output-format stream-json --verbose [--include-partial-messages]
 //! [--model M] [--permission-mode P] [--allowedTools T…] [--max-turns N]
-//! [--resume ID | --session-id UUID]`,
+//! [--append-system-prompt=TEXT] [--resume ID | --session-id UUID]`,
 //! with the prompt on stdin, in the conversation's `cwd`, under [`ProcessLimits`], with
 //! an explicit environment (see [`crate::process::cli_env`]): `CLAUDE_CONFIG_DIR`,
 //! `ANTHROPIC_*` and `CLAUDE_CODE_*` pass, platform secrets do not.
@@ -18,6 +18,13 @@
 //! run reports the ID `system/init` gives (emitted as soon as init arrives). An error
 //! result after a failed `--resume` echoes the dead ID; it is never reported. Parsing and
 //! outcome rules are in [`stream`].
+//!
+//! A conversation's own settings ([`crate::RunSettings`]) replace the configured
+//! `--model` and `--permission-mode` and add `--append-system-prompt`. Values are passed
+//! as `--flag=value`, so one starting with `-` cannot be read as another option. The CLI
+//! records the system prompt once per session and reuses it on every resume
+//! (`--system-prompt-snapshot`, on by default in 2.1.329), so a changed prompt reaches
+//! the model only in a fresh session; Parley starts one when it changes.
 
 pub mod stream;
 
@@ -30,13 +37,17 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, Secret};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret};
 pub use stream::ClaudeStream;
 
 /// Environment name prefixes the Claude CLI inherits from Parley's environment.
 pub const CLAUDE_ENV_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"];
 /// Single environment names the Claude CLI inherits (besides the base set).
 pub const CLAUDE_ENV_NAMES: &[&str] = &["DISABLE_AUTOUPDATER", "DISABLE_TELEMETRY", "DISABLE_ERROR_REPORTING"];
+
+/// The `--permission-mode` choices of claude-code 2.1.329 (`claude --help`), most
+/// restrictive first.
+pub const CLAUDE_PERMISSION_MODES: &[&str] = &["plan", "dontAsk", "manual", "acceptEdits", "auto", "bypassPermissions"];
 
 /// Settings of the `claude` assistant.
 #[derive(Debug, Clone)]
@@ -48,7 +59,7 @@ pub struct ClaudeConfig {
     pub config_dir: Option<PathBuf>,
     /// `--model`.
     pub model: Option<String>,
-    /// `--permission-mode` (`default`, `acceptEdits`, `bypassPermissions`, `plan`…).
+    /// `--permission-mode`, one of [`CLAUDE_PERMISSION_MODES`].
     pub permission_mode: Option<String>,
     /// `--allowedTools`, e.g. `Bash(git *)`, `Read`.
     pub allowed_tools: Vec<String>,
@@ -93,19 +104,24 @@ impl Default for ClaudeConfig {
 }
 
 impl ClaudeConfig {
-    /// The CLI arguments for a run that resumes `resume`, or starts a fresh session
-    /// named `session_id` (`--session-id`, a UUID), or lets the CLI pick one.
+    /// The CLI arguments for a run with a conversation's `settings` that resumes
+    /// `resume`, or starts a fresh session named `session_id` (`--session-id`, a UUID), or
+    /// lets the CLI pick one.
     #[must_use]
-    pub fn args(&self, resume: Option<&str>, session_id: Option<&str>) -> Vec<OsString> {
+    pub fn args(&self, settings: &RunSettings, resume: Option<&str>, session_id: Option<&str>) -> Vec<OsString> {
         let mut args: Vec<OsString> =
             ["-p", "--output-format", "stream-json", "--verbose"].iter().map(OsString::from).collect();
         if self.partial_messages {
             args.push("--include-partial-messages".into());
         }
-        if let Some(m) = &self.model {
+        if let Some(m) = &settings.model {
+            args.push(format!("--model={m}").into());
+        } else if let Some(m) = &self.model {
             args.extend(["--model".into(), m.into()]);
         }
-        if let Some(p) = &self.permission_mode {
+        if let Some(p) = &settings.permission_mode {
+            args.push(format!("--permission-mode={p}").into());
+        } else if let Some(p) = &self.permission_mode {
             args.extend(["--permission-mode".into(), p.into()]);
         }
         if !self.allowed_tools.is_empty() {
@@ -116,6 +132,9 @@ impl ClaudeConfig {
             args.extend(["--max-turns".into(), n.to_string().into()]);
         }
         args.extend(self.extra_args.iter().map(OsString::from));
+        if let Some(prompt) = &settings.append_system_prompt {
+            args.push(format!("--append-system-prompt={prompt}").into());
+        }
         if let Some(id) = resume {
             args.extend(["--resume".into(), id.into()]);
         } else if let Some(id) = session_id {
@@ -168,11 +187,15 @@ impl Assistant for Claude {
         "claude"
     }
 
+    fn permission_modes(&self) -> &'static [&'static str] {
+        CLAUDE_PERMISSION_MODES
+    }
+
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let assigned = (self.config.assign_session_id && request.resume.is_none()).then(|| Uuid::new_v4().to_string());
         let spec = ProcessSpec {
             program: self.config.binary.clone(),
-            args: self.config.args(request.resume.as_deref(), assigned.as_deref()),
+            args: self.config.args(&request.settings, request.resume.as_deref(), assigned.as_deref()),
             cwd: request.cwd.clone(),
             env: self.config.env(std::env::vars_os()),
             stdin: request.prompt,
@@ -216,5 +239,39 @@ impl Assistant for Claude {
             yield parser.finish(exit.code, &exit.stderr);
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn a_conversations_settings_replace_the_configured_ones_as_single_arguments() {
+        let config = ClaudeConfig {
+            model: Some("sonnet".into()),
+            permission_mode: Some("acceptEdits".into()),
+            ..ClaudeConfig::default()
+        };
+        let configured = strings(&config.args(&RunSettings::default(), Some("abc"), None));
+        assert!(configured.windows(2).any(|w| w == ["--model", "sonnet"]), "{configured:?}");
+        assert!(configured.windows(2).any(|w| w == ["--permission-mode", "acceptEdits"]), "{configured:?}");
+        assert!(!configured.iter().any(|a| a.starts_with("--append-system-prompt")), "{configured:?}");
+
+        let settings = RunSettings {
+            model: Some("opus".into()),
+            append_system_prompt: Some("-p Answer in French.\nAlways.".into()),
+            permission_mode: Some("plan".into()),
+        };
+        let args = strings(&config.args(&settings, Some("abc"), None));
+        assert!(args.contains(&"--model=opus".to_owned()), "{args:?}");
+        assert!(args.contains(&"--permission-mode=plan".to_owned()), "{args:?}");
+        assert!(args.contains(&"--append-system-prompt=-p Answer in French.\nAlways.".to_owned()), "{args:?}");
+        assert!(!args.contains(&"sonnet".to_owned()) && !args.contains(&"acceptEdits".to_owned()), "{args:?}");
+        assert_eq!(args[args.len() - 2..], ["--resume", "abc"]);
     }
 }

@@ -52,6 +52,7 @@ pub fn request(prompt: &str, resume: Option<&str>, cwd: Option<PathBuf>) -> RunR
         cwd,
         cancel: CancellationToken::new(),
         run_id: uuid::Uuid::new_v4(),
+        settings: parley_assistant::RunSettings::default(),
     }
 }
 

@@ -88,6 +88,8 @@ fn scoped_endpoints(conv: Uuid, session: Uuid, turn: Uuid) -> Vec<(Method, Strin
         (Method::GET, format!("/api/sessions/{session}"), None),
         (Method::DELETE, format!("/api/sessions/{session}"), None),
         (Method::GET, format!("/api/turns/{turn}"), None),
+        (Method::PATCH, format!("/api/conversations/{conv}"), Some(json!({"model": "opus", "title": "mine now"}))),
+        (Method::GET, format!("/api/conversations/{conv}/export"), None),
         (Method::DELETE, format!("/api/conversations/{conv}"), None),
     ]
 }

@@ -381,3 +381,61 @@ fn collect_properties(doc: &Value, schema: &Value, into: &mut serde_json::Map<St
         collect_properties(doc, part, into);
     }
 }
+
+#[tokio::test]
+async fn settings_assistants_and_export_answers_match_their_documented_schemas() {
+    let app = spawn_auth().await;
+    let alice = token(&app, "alice").await;
+    let doc = served_document(&app).await;
+    let checker = Checker { app: &app, doc: &doc, token: &alice };
+    let conv = checker.call("POST", "/api/conversations", "/api/conversations", Some(json!({"title": "t"})), 201).await;
+    let c = format!("/api/conversations/{}", conv["conversation_id"].as_str().expect("id"));
+    let t = "/api/conversations/{id}";
+    let queued = checker
+        .call(
+            "POST",
+            &format!("{c}/messages"),
+            "/api/conversations/{id}/messages",
+            Some(json!({"text": "[demo:tool] hi"})),
+            202,
+        )
+        .await;
+    let turn = queued["turn_id"].as_str().expect("turn").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while checker.call("GET", &format!("/api/turns/{turn}"), "/api/turns/{id}", None, 200).await["status"]
+        != "completed"
+    {
+        assert!(tokio::time::Instant::now() < deadline, "turn never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let changed = checker.call("PATCH", &c, t, Some(json!({"model": "opus", "system_prompt": "Be brief."})), 200).await;
+    assert_eq!(changed["session_ended"], "model-changed");
+    checker.call("PATCH", &c, t, Some(json!({"title": "same session"})), 200).await;
+    checker.call("PATCH", &c, t, Some(json!({"permission_mode": "bypassPermissions"})), 400).await;
+    checker.call("PATCH", &c, t, Some(json!({"unknown": true})), 400).await;
+    checker.call("PATCH", &format!("/api/conversations/{}", Uuid::new_v4()), t, Some(json!({})), 404).await;
+    let list = checker.call("GET", "/api/assistants", "/api/assistants", None, 200).await;
+    assert!(list["assistants"].as_array().is_some_and(|a| !a.is_empty()));
+    let export = checker.call("GET", &format!("{c}/export"), "/api/conversations/{id}/export", None, 200).await;
+    assert_eq!(export["sessions"].as_array().map(Vec::len), Some(1));
+    checker.call("GET", &format!("{c}/export?format=pdf"), "/api/conversations/{id}/export", None, 400).await;
+    let op = operation(&doc, "GET", "/api/conversations/{id}/export");
+    assert!(op["responses"]["200"]["content"]["text/markdown"].is_object(), "{op}");
+    // Every reference in the document resolves (a fuzzer skips what does not).
+    fn refs<'d>(v: &'d Value, out: &mut Vec<&'d str>) {
+        match v {
+            Value::Object(m) => {
+                out.extend(m.get("$ref").and_then(Value::as_str));
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        assert!(doc.pointer(r.trim_start_matches('#')).is_some(), "dangling reference {r}");
+    }
+    app.stop().await;
+}
