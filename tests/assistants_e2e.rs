@@ -723,7 +723,9 @@ async fn claude_survivors_of_a_killed_parley(crash: Crash, restart_worker_id: &s
     .await;
     let (most_clis, most_tools, samples) = sampler.finish();
     eprintln!("{samples} samples; most CLIs at once: {most_clis:?}; most tools at once: {most_tools:?}");
-    assert!(samples > 100, "the sampler ran ({samples} samples)");
+    // Sampled every 20 ms while the test ran; a loaded machine samples less often, so
+    // only ask for enough samples to have watched both runs.
+    assert!(samples >= 20, "the sampler ran ({samples} samples)");
     assert_eq!(most_clis.clis.len(), 1, "two CLIs ran at once: {most_clis:?}");
     assert_eq!(most_tools.tools.len(), 1, "two tools ran at once: {most_tools:?}");
     let client = db.pool.get().await.unwrap();
