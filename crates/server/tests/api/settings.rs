@@ -2,6 +2,8 @@
 //! the `/model` and `/settings` chat commands — what reaches the assistant, which changes
 //! end the session (and with which reason), what a running turn does, and bad input.
 
+use std::time::Duration;
+
 use parley_server::access::Access;
 use parley_test_support::TestDb;
 use serde_json::{Value, json};
@@ -125,6 +127,13 @@ async fn a_running_turn_finishes_with_the_settings_it_started_with() {
     let conv = app.create_conversation().await;
     let slow = app.send(conv, "take your time [demo:slow]").await;
     app.wait_status(slow, "running").await;
+    // A claimed turn starts its first session a moment later; change the settings once
+    // that session exists, so the change has a session to end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.sessions(conv).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the running turn never started its session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, changed) = app.patch(conv, json!({ "model": "haiku" })).await;
     assert_eq!((status, changed["session_ended"].as_str()), (200, Some("model-changed")), "{changed}");
     assert_eq!(app.wait_turn(slow).await["status"], "completed");
