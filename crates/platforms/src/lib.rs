@@ -3,9 +3,10 @@
 //!
 //! - [`verify`]: pure signature / secret checks over the raw body bytes (Telegram,
 //!   Slack, Discord, GitHub, generic). A failed check is HTTP 401 and changes nothing.
-//! - [`inbound`]: pure parsers from a verified body to an [`Inbound`]: a message for
-//!   ingest (conversation external id, sender, text, dedupe key, reply target), a
-//!   handshake to answer, or an event to ignore (the bot's own messages).
+//! - [`inbound`]: pure parsers from a verified body to an [`Inbound`], one module per
+//!   platform: a message for ingest (conversation external id, sender, text, dedupe key,
+//!   reply target), a handshake to answer, or an event to ignore (the bot's own
+//!   messages); and Discord's interaction responses ([`inbound::discord`]).
 //! - [`sink`]: one [`ReplySink`](parley_orchestrator::ReplySink) per platform, posting,
 //!   editing and splitting replies through each platform's API with retries.
 //! - [`split`]: rendering and splitting long replies (never inside a code fence).
@@ -279,14 +280,16 @@ impl Platforms {
     pub fn parse(&self, platform: Platform, headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
         match platform {
             Platform::Telegram => {
-                inbound::telegram(body, self.config.telegram.as_ref().and_then(|c| c.bot_username.as_deref()))
+                inbound::telegram::parse(body, self.config.telegram.as_ref().and_then(|c| c.bot_username.as_deref()))
             }
-            Platform::Slack => inbound::slack(body, self.config.slack.as_ref().and_then(|c| c.bot_user_id.as_deref())),
-            Platform::Discord => inbound::discord(body, (self.clock)()),
+            Platform::Slack => {
+                inbound::slack::parse(body, self.config.slack.as_ref().and_then(|c| c.bot_user_id.as_deref()))
+            }
+            Platform::Discord => inbound::discord::parse(body, (self.clock)()),
             Platform::Github => {
-                inbound::github(headers, body, self.config.github.as_ref().and_then(|c| c.bot_login.as_deref()))
+                inbound::github::parse(headers, body, self.config.github.as_ref().and_then(|c| c.bot_login.as_deref()))
             }
-            Platform::Generic => inbound::generic(headers, body),
+            Platform::Generic => inbound::generic::parse(headers, body),
         }
     }
 

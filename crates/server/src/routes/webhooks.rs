@@ -36,6 +36,7 @@ use axum::routing::post;
 use parley_db::DbError;
 use parley_db::conversation::{self, Conversation, NewConversation};
 use parley_orchestrator::{Dedupe, Ingested, OrchestratorError, PostMessage, ReplyStatus, ReplyUpdate, validate_text};
+use parley_platforms::inbound::discord;
 use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -176,7 +177,7 @@ fn ack(platform: Platform, extra: Value) -> Response {
         Platform::Discord => {
             // Discord needs an interaction response: say why nothing happens, privately.
             let content = extra.get("ignored").and_then(Value::as_str).unwrap_or("Nothing to do.");
-            axum::Json(json!({ "type": 4, "data": { "content": content, "flags": 64 } })).into_response()
+            axum::Json(discord::private_response(content)).into_response()
         }
         _ => {
             let mut body = json!({ "ok": true });
@@ -280,7 +281,7 @@ fn answer(
 ) -> Response {
     match ingested {
         Ingested::Turn { turn_id, message_id, duplicate } => match platform {
-            Platform::Discord => axum::Json(json!({ "type": 5 })).into_response(),
+            Platform::Discord => axum::Json(discord::deferred_response()).into_response(),
             Platform::Generic => (
                 if duplicate { StatusCode::OK } else { StatusCode::ACCEPTED },
                 axum::Json(json!({
@@ -294,11 +295,7 @@ fn answer(
             _ => ack(platform, json!({ "duplicate": duplicate })),
         },
         Ingested::Command { reply, ok, duplicate, command, .. } => match platform {
-            Platform::Discord => {
-                let content: String = reply.chars().take(2000).collect();
-                axum::Json(json!({ "type": 4, "data": { "content": content, "allowed_mentions": { "parse": [] } } }))
-                    .into_response()
-            }
+            Platform::Discord => axum::Json(discord::message_response(&reply)).into_response(),
             Platform::Generic => {
                 if let (false, Some(conversation)) = (duplicate, conversation) {
                     notify(platforms, platform, conversation, reply.clone());
@@ -331,10 +328,7 @@ fn answer(
 fn refuse(platforms: &Arc<Platforms>, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
     let platform = message.platform;
     match (platform, notice) {
-        (Platform::Discord, Some(text)) => axum::Json(
-            json!({ "type": 4, "data": { "content": text, "flags": 64, "allowed_mentions": { "parse": [] } } }),
-        )
-        .into_response(),
+        (Platform::Discord, Some(text)) => axum::Json(discord::private_response(&text)).into_response(),
         (Platform::Discord, None) => {
             (StatusCode::FORBIDDEN, axum::Json(json!({ "error": { "code": "not_allowed", "message": reason } })))
                 .into_response()
