@@ -767,3 +767,35 @@ async fn a_generic_delivery_id_reused_for_another_message_is_422_and_stores_noth
     assert_eq!(stored_rows(&p).await, before, "nothing stored, not even ticket-2's conversation");
     p.stop().await;
 }
+
+// ---- one transaction per delivery ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_id_raced_for_other_conversations_leaves_only_the_winners() {
+    let p = Parley::start(Options::default()).await;
+    // Eight deliveries under one id, each for a conversation of its own, all at once:
+    // the conversation is created in the delivery's ingest transaction, so the losers
+    // leave none behind.
+    let requests: Vec<_> = (0..8)
+        .map(|n| generic_signed("race-1", &json!({ "conversation_id": format!("race-{n}"), "text": "deploy" })))
+        .collect();
+    let parley = &p;
+    let answers = join_all(requests.into_iter().map(|(headers, raw)| async move {
+        let (status, answer) = parley.post("/webhooks/generic", &headers, raw).await;
+        (status, answer["error"]["code"].clone())
+    }))
+    .await;
+    assert_eq!(answers.iter().filter(|(status, _)| *status == 202).count(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 202 || *a == (422, json!("idempotency_key_reused"))),
+        "the others were refused: {answers:?}"
+    );
+    let stored = [
+        p.count("select count(*) from conversation").await,
+        p.count("select count(*) from message where role = 'user'").await,
+        p.count("select count(*) from turn").await,
+        p.count("select count(*) from inbound_delivery").await,
+    ];
+    assert_eq!(stored, [1, 1, 1, 1], "one conversation, user message, turn and delivery");
+    p.stop().await;
+}

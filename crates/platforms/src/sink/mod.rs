@@ -20,10 +20,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::reply::{ReplySink, ReplyStatus, ReplyUpdate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parley_db::conversation::Conversation;
-use parley_orchestrator::{ReplySink, ReplyStatus, ReplyUpdate};
 use serde_json::Value;
 use tracing::{debug, warn};
 use uuid::Uuid;

@@ -299,7 +299,7 @@ impl Parley {
             default_assistant: default_assistant.into(),
             ..Config::default()
         };
-        let mut builder = platforms.register(Orchestrator::builder(db.pool.clone(), config));
+        let mut builder = Orchestrator::builder(db.pool.clone(), config).platforms(&platforms);
         builder = builder.assistant(Arc::new(Demo::new(options.demo.clone())));
         if let Some(reply) = &options.fixed_reply {
             builder = builder.assistant(Arc::new(Fixed { reply: reply.clone() }));

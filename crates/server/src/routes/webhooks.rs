@@ -11,19 +11,22 @@
 //! 4. the sender is checked against the platform's allow-list
 //!    ([`parley_platforms::Platforms::admit`]) and the text against the ingest rules;
 //!    a refused message stores nothing (no conversation either) and its sender is told
-//!    at most once an hour (see [`parley_platforms::allow`]); a repeated delivery id is
-//!    answered with its first answer before anything is written;
-//! 5. the conversation is upserted by `(platform, external_id)` (owner = the platform's
-//!    name, the orchestrator's default assistant, the platform's delivery mode) and the
-//!    message is ingested with the dedupe key `(platform, delivery id)` — a redelivery
-//!    (Slack `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and
-//!    never runs a second turn;
+//!    at most once an hour (see [`parley_platforms::allow`]);
+//! 5. the orchestrator stores it in one transaction
+//!    ([`parley_orchestrator::Orchestrator::ingest_webhook`]): a repeated delivery id is
+//!    answered with its first answer before anything is written — a redelivery (Slack
+//!    `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and never
+//!    runs a second turn —, otherwise the conversation is upserted by
+//!    `(platform, external_id)` (owner = the platform's name, the orchestrator's default
+//!    assistant, the platform's delivery mode) and the message ingested with the dedupe
+//!    key `(platform, delivery id)`;
 //! 6. a chat command's reply is sent through the platform's reply sink as a notice (on
-//!    Discord it is the interaction response itself).
+//!    Discord it is the interaction response itself, from
+//!    [`parley_platforms::inbound::discord`]).
 //!
+//! This route writes nothing itself: every write goes through the orchestrator.
 //! Errors are JSON `{"error": {"code", "message"}}`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -33,9 +36,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use parley_db::DbError;
-use parley_db::conversation::{self, Conversation, NewConversation};
-use parley_orchestrator::{Dedupe, Ingested, OrchestratorError, PostMessage, ReplyStatus, ReplyUpdate, validate_text};
+use parley_orchestrator::{Ingested, OrchestratorError, WebhookIngested, validate_text};
 use parley_platforms::inbound::discord;
 use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
 use serde_json::{Value, json};
@@ -75,12 +76,6 @@ enum WebhookError {
 impl From<AppError> for WebhookError {
     fn from(err: AppError) -> Self {
         Self::App(err)
-    }
-}
-
-impl From<DbError> for WebhookError {
-    fn from(err: DbError) -> Self {
-        Self::App(err.into())
     }
 }
 
@@ -232,53 +227,18 @@ async fn receive(
         let text = format!("Parley could not accept this message: {reason}");
         return Ok(refuse(platforms, &message, &reason, Some(text)));
     }
-    let dedupe = Dedupe::new(platform.as_str(), &message.dedupe_key, &[&message.external_id, &message.text]);
-    // A redelivery is answered before anything is written (its conversation included).
-    match orchestrator.repeat_of(&dedupe).await {
-        Ok(None) => {}
-        Ok(Some((repeat, conversation_id))) => return Ok(answer(platforms, platform, conversation_id, None, repeat)),
-        Err(e) => return Err(repeat_error(platform, e)),
-    }
-    let conversation = {
-        let client = orchestrator.pool().get().await.map_err(DbError::from)?;
-        conversation::upsert_by_external_id(
-            &client,
-            &NewConversation {
-                platform: platform.as_str().to_owned(),
-                external_id: message.external_id.clone(),
-                owner: platform.as_str().to_owned(),
-                title: message.title.clone(),
-                assistant: orchestrator.config().default_assistant.clone(),
-                cwd: None,
-                delivery: platforms.delivery(platform),
-                reply_target: message.reply_target.clone(),
-            },
-        )
-        .await?
-    };
-    let posted = orchestrator
-        .post_message(PostMessage {
-            conversation_id: conversation.conversation_id,
-            text: message.text,
-            dedupe: Some(dedupe),
-            metadata: message.metadata,
-            owner: None,
-        })
-        .await;
-    let ingested = posted.map_err(|e| repeat_error(platform, e))?;
-    debug!(%platform, conversation_id = %conversation.conversation_id, ?ingested, "webhook ingested");
-    Ok(answer(platforms, platform, Some(conversation.conversation_id), Some(conversation), ingested))
+    let ingested = orchestrator
+        .ingest_webhook(message, platforms.delivery(platform))
+        .await
+        .map_err(|e| repeat_error(platform, e))?;
+    debug!(%platform, conversation_id = ?ingested.conversation_id, ingested = ?ingested.ingested, "webhook ingested");
+    Ok(answer(platform, ingested))
 }
 
-/// The answer to an ingested delivery (`conversation` is `None` for a repeat answered
-/// before its conversation was looked up: nothing is sent again then).
-fn answer(
-    platforms: &Arc<Platforms>,
-    platform: Platform,
-    conversation_id: Option<uuid::Uuid>,
-    conversation: Option<Conversation>,
-    ingested: Ingested,
-) -> Response {
+/// The answer to an ingested delivery (a chat command's reply was sent through the
+/// platform's reply sink by the orchestrator, except on Discord, where it is the
+/// interaction response).
+fn answer(platform: Platform, WebhookIngested { conversation_id, ingested }: WebhookIngested) -> Response {
     match ingested {
         Ingested::Turn { turn_id, message_id, duplicate } => match platform {
             Platform::Discord => axum::Json(discord::deferred_response()).into_response(),
@@ -296,25 +256,15 @@ fn answer(
         },
         Ingested::Command { reply, ok, duplicate, command, .. } => match platform {
             Platform::Discord => axum::Json(discord::message_response(&reply)).into_response(),
-            Platform::Generic => {
-                if let (false, Some(conversation)) = (duplicate, conversation) {
-                    notify(platforms, platform, conversation, reply.clone());
-                }
-                axum::Json(json!({
-                    "conversation_id": conversation_id,
-                    "command": command,
-                    "ok": ok,
-                    "reply": reply,
-                    "duplicate": duplicate,
-                }))
-                .into_response()
-            }
-            _ => {
-                if let (false, Some(conversation)) = (duplicate, conversation) {
-                    notify(platforms, platform, conversation, reply);
-                }
-                ack(platform, json!({ "duplicate": duplicate }))
-            }
+            Platform::Generic => axum::Json(json!({
+                "conversation_id": conversation_id,
+                "command": command,
+                "ok": ok,
+                "reply": reply,
+                "duplicate": duplicate,
+            }))
+            .into_response(),
+            _ => ack(platform, json!({ "duplicate": duplicate })),
         },
     }
 }
@@ -325,7 +275,7 @@ fn answer(
 /// platform's API. Chat platforms get `200` so that they do not retry; a Discord
 /// interaction refused without a notice gets `403` (Discord shows the sender that the
 /// interaction failed).
-fn refuse(platforms: &Arc<Platforms>, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
+fn refuse(platforms: &Platforms, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
     let platform = message.platform;
     match (platform, notice) {
         (Platform::Discord, Some(text)) => axum::Json(discord::private_response(&text)).into_response(),
@@ -356,18 +306,4 @@ fn repeat_error(platform: Platform, err: OrchestratorError) -> WebhookError {
         }
         other => WebhookError::App(AppError::from(other)),
     }
-}
-
-/// Sends a notice (a command's reply) through the platform's sink, in the background.
-fn notify(platforms: &Arc<Platforms>, platform: Platform, conversation: Conversation, text: String) {
-    let Some(sink) = platforms.sink(platform) else {
-        warn!(%platform, "no reply sink for this platform (bot token not set); the notice is not sent");
-        return;
-    };
-    let update = ReplyUpdate { turn_id: None, text, tools: Vec::new(), status: ReplyStatus::Notice };
-    tokio::spawn(async move {
-        if let Err(e) = sink.deliver(&conversation, update).await {
-            warn!(%platform, error = %e, "delivering a notice failed");
-        }
-    });
 }
