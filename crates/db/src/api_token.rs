@@ -20,21 +20,22 @@ pub const TOKEN_PREFIX: &str = "parley_";
 /// The longest principal name, in characters (`api_token_principal_check`).
 pub const MAX_PRINCIPAL_CHARS: usize = 200;
 
-/// A token's plaintext: shown once, never logged (`Debug` prints `[redacted]`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenSecret(String);
+/// A token's plaintext: shown once, never logged (`Debug` prints `[redacted]`), zeroed
+/// in memory when dropped ([`secrecy::SecretString`]).
+#[derive(Clone)]
+pub struct TokenSecret(secrecy::SecretString);
 
 impl TokenSecret {
     /// Wraps a token as received from a client.
     #[must_use]
     pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
+        Self(token.into().into())
     }
 
     /// The plaintext, for printing it once or sending it.
     #[must_use]
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 
@@ -94,7 +95,7 @@ pub fn generate() -> DbResult<TokenSecret> {
     use base64::Engine;
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| DbError::Other(format!("no random bytes for a token: {e}")))?;
-    Ok(TokenSecret(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))))
+    Ok(TokenSecret::new(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))))
 }
 
 /// Creates a token for `principal` and returns its row and plaintext (the only time the
