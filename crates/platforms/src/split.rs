@@ -1,5 +1,5 @@
 //! Rendering a reply for a chat platform and splitting it at the platform's length
-//! limit (DESIGN §6).
+//! limit.
 //!
 //! [`split_message`] prefers paragraph breaks, then line breaks, then spaces, and never
 //! leaves a Markdown code fence unbalanced: a cut outside any fence is preferred even
