@@ -514,20 +514,13 @@ async fn stored_rows(p: &Parley) -> [i64; 4] {
     ]
 }
 
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_once_an_hour() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
-            // The fixture's sender (a private chat: the chat ID is the user's ID).
-            ("PARLEY_TELEGRAM_ALLOWED_USERS", "218485655, 5964236329"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+        // The fixture's sender (a private chat: the chat ID is the user's ID).
+        ("PARLEY_TELEGRAM_ALLOWED_USERS", "218485655, 5964236329"),
+    ])
     .await;
     // A stranger (user 42) in a private chat, three times: nothing stored, one notice.
     for update_id in [7001, 7002, 7003] {
@@ -557,14 +550,11 @@ async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_on
     p.stop().await;
 
     // Chats and users together: a listed user in an unlisted group is refused.
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
-            ("PARLEY_TELEGRAM_ALLOWED_USERS", "5964236329"),
-            ("PARLEY_TELEGRAM_ALLOWED_CHATS", "-100777"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+        ("PARLEY_TELEGRAM_ALLOWED_USERS", "5964236329"),
+        ("PARLEY_TELEGRAM_ALLOWED_CHATS", "-100777"),
+    ])
     .await;
     let (status, body) = p.replay("telegram", "update_supergroup_command_reply").await;
     assert_eq!(status, 200);
@@ -575,14 +565,11 @@ async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slack_allow_list_checks_team_channel_and_user_and_answers_strangers_privately() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_SLACK_ALLOW_EVERYONE", "false"),
-            ("PARLEY_SLACK_ALLOWED_TEAMS", "T0AB12CD3"),
-            ("PARLEY_SLACK_ALLOWED_USERS", "U0USR12345"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_SLACK_ALLOW_EVERYONE", "false"),
+        ("PARLEY_SLACK_ALLOWED_TEAMS", "T0AB12CD3"),
+        ("PARLEY_SLACK_ALLOWED_USERS", "U0USR12345"),
+    ])
     .await;
     // The fixtures' user in the listed team: answered.
     let (status, _) = p.replay("slack", "message_im").await;
@@ -622,13 +609,10 @@ async fn slack_allow_list_checks_team_channel_and_user_and_answers_strangers_pri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn discord_allow_list_answers_a_stranger_with_one_private_interaction_response() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_DISCORD_ALLOW_EVERYONE", "false"),
-            ("PARLEY_DISCORD_ALLOWED_GUILDS", "290926798626357999"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_DISCORD_ALLOW_EVERYONE", "false"),
+        ("PARLEY_DISCORD_ALLOWED_GUILDS", "290926798626357999"),
+    ])
     .await;
     // The fixture comes from the listed guild.
     let (status, body) = p.replay("discord", "application_command_ask").await;
@@ -659,14 +643,11 @@ async fn discord_allow_list_answers_a_stranger_with_one_private_interaction_resp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn github_allow_list_checks_repository_sender_and_association_and_never_comments_on_a_refusal() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_GITHUB_ALLOW_EVERYONE", "false"),
-            ("PARLEY_GITHUB_ALLOWED_REPOS", "codertocat/hello-world"),
-            ("PARLEY_GITHUB_MIN_ASSOCIATION", "collaborator"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_GITHUB_ALLOW_EVERYONE", "false"),
+        ("PARLEY_GITHUB_ALLOWED_REPOS", "codertocat/hello-world"),
+        ("PARLEY_GITHUB_MIN_ASSOCIATION", "collaborator"),
+    ])
     .await;
     // The fixture: the repository's OWNER.
     let (status, _) = p.replay("github", "issue_comment_created").await;
@@ -705,9 +686,7 @@ async fn github_allow_list_checks_repository_sender_and_association_and_never_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_platform_without_an_allow_list_admits_nobody() {
-    let p =
-        Parley::start(Options { extra_env: env(&[("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false")]), ..Options::default() })
-            .await;
+    let p = Parley::with_env(&[("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false")]).await;
     let (status, body) = p.replay("telegram", "update_private_text").await;
     assert_eq!(status, 200);
     assert!(body["refused"].as_str().is_some_and(|r| r.contains("no allow-list")), "{body}");

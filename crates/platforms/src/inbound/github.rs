@@ -121,27 +121,35 @@ pub fn parse(headers: &HeaderMap, body: &[u8], bot_login: Option<&str>) -> Resul
 mod tests {
     use super::*;
     use crate::fixtures::request;
-    use crate::inbound::tests::message;
+    use crate::inbound::tests::{message, names};
+
+    /// The message of the GitHub fixture request `name`.
+    fn fixture(name: &str) -> InboundMessage {
+        let (headers, body) = request("github", name);
+        message(parse(&headers, &body, None).unwrap())
+    }
 
     #[test]
     fn github_issue_comment_is_a_message_on_the_issue() {
-        let (headers, body) = request("github", "issue_comment_created");
-        let m = message(parse(&headers, &body, None).unwrap());
-        assert_eq!(m.external_id, "Codertocat/Hello-World#1");
-        assert_eq!(m.text, "You are totally right! I'll get this fixed right away.");
+        let m = fixture("issue_comment_created");
+        assert_eq!(
+            names(&m),
+            (
+                "Codertocat/Hello-World#1",
+                "You are totally right! I'll get this fixed right away.",
+                "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+            )
+        );
         assert_eq!(m.sender, "Codertocat");
-        assert_eq!(m.dedupe_key, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
         assert_eq!(m.reply_target["kind"], "issue");
         assert_eq!(m.reply_target["number"], 1);
     }
 
     #[test]
     fn github_issue_opened_and_review_comment() {
-        let (headers, body) = request("github", "issues_opened");
-        let m = message(parse(&headers, &body, None).unwrap());
+        let m = fixture("issues_opened");
         assert!(m.text.starts_with("Spelling error in the README file"), "{}", m.text);
-        let (headers, body) = request("github", "pull_request_review_comment_created");
-        let m = message(parse(&headers, &body, None).unwrap());
+        let m = fixture("pull_request_review_comment_created");
         assert_eq!(m.external_id, "Codertocat/Hello-World#2");
         assert_eq!(m.reply_target["kind"], "review_comment");
         assert_eq!(m.reply_target["comment_id"], 284_312_630);

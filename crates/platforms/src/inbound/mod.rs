@@ -172,6 +172,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// What names a message: (conversation external id, text, dedupe key).
+    pub(crate) fn names(m: &InboundMessage) -> (&str, &str, &str) {
+        (&m.external_id, &m.text, &m.dedupe_key)
+    }
+
     #[test]
     fn strip_mention_keeps_lines_and_indentation() {
         assert_eq!(strip_mention("hey @Bot do\n    code @bot", "@bot"), "hey do\n    code");

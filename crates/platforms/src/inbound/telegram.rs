@@ -83,16 +83,14 @@ pub fn parse(body: &[u8], bot_username: Option<&str>) -> Result<Inbound, ParseEr
 mod tests {
     use super::*;
     use crate::fixtures::request;
-    use crate::inbound::tests::message;
+    use crate::inbound::tests::{message, names};
 
     #[test]
     fn telegram_private_text_becomes_a_message_on_the_chat() {
         let (_, body) = request("telegram", "update_private_text");
         let m = message(parse(&body, Some("fixture_bot")).unwrap());
-        assert_eq!(m.external_id, "218485655");
-        assert_eq!(m.text, "hello there");
+        assert_eq!(names(&m), ("218485655", "hello there", "892252934"));
         assert_eq!(m.sender, "WaffleLapkin");
-        assert_eq!(m.dedupe_key, "892252934");
         assert_eq!(m.reply_target, json!({ "chat_id": 218_485_655, "message_id": 6557 }));
     }
 
@@ -100,9 +98,7 @@ mod tests {
     fn telegram_supergroup_thread_is_its_own_conversation() {
         let (_, body) = request("telegram", "update_supergroup_command_reply");
         let m = message(parse(&body, None).unwrap());
-        assert_eq!(m.external_id, "-1001293752024/134545");
-        assert_eq!(m.text, "/report");
-        assert_eq!(m.dedupe_key, "439432600");
+        assert_eq!(names(&m), ("-1001293752024/134545", "/report", "439432600"));
         // Not a forum topic: replies do not name the thread.
         assert_eq!(m.reply_target, json!({ "chat_id": -1_001_293_752_024_i64, "message_id": 134_546 }));
     }

@@ -267,6 +267,13 @@ impl Parley {
         Self::start_on(db, mock, options).await
     }
 
+    /// A Parley with these environment variables on top of the defaults (the
+    /// allow-list tests set theirs this way).
+    pub async fn with_env(vars: &[(&'static str, &str)]) -> Self {
+        let extra_env = vars.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Self::start(Options { extra_env, ..Options::default() }).await
+    }
+
     pub async fn start_on(db: Arc<TestDb>, mock: MockApi, options: Options) -> Self {
         let mut env: HashMap<&str, String> = HashMap::from([
             ("PARLEY_TELEGRAM_SECRET_TOKEN", TELEGRAM_SECRET.to_owned()),
@@ -396,16 +403,7 @@ pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 pub fn telegram_update(update_id: i64, chat_id: i64, text: &str, is_bot: bool) -> (Vec<(String, String)>, Vec<u8>) {
-    let body = json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id % 100_000,
-            "from": { "id": 42, "is_bot": is_bot, "first_name": "Test", "username": "tester" },
-            "chat": { "id": chat_id, "type": "private", "username": "tester" },
-            "date": 1_767_225_600,
-            "text": text,
-        }
-    });
+    let body = parley_test_support::telegram::update(update_id, chat_id, text, is_bot);
     let headers = h(&[("content-type", "application/json"), ("x-telegram-bot-api-secret-token", TELEGRAM_SECRET)]);
     (headers, serde_json::to_vec(&body).unwrap())
 }

@@ -35,7 +35,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use parley_orchestrator::{Ingested, OrchestratorError, WebhookIngested, validate_text};
 use parley_platforms::inbound::discord;
 use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
@@ -45,16 +45,39 @@ use tracing::{debug, info, warn};
 use crate::AppState;
 use crate::error::AppError;
 
-/// The webhook routes; merged into the app's router.
+/// The webhook routes; merged into the app's router. What each platform answers:
+///
+/// - `POST /webhooks/telegram`: a Telegram Bot API update, checked by
+///   `X-Telegram-Bot-Api-Secret-Token`. Answers `200 {"ok": true}`.
+/// - `POST /webhooks/slack` (also `/webhooks/slack/events`): a Slack Events API request,
+///   checked by `X-Slack-Signature` within 5 minutes. Answers `url_verification` with its
+///   challenge, events with `200 {"ok": true}`.
+/// - `POST /webhooks/discord` (also `/webhooks/discord/interactions`): a Discord
+///   interaction, checked by `X-Signature-Ed25519`. PING → `{"type": 1}`; an application
+///   command → `{"type": 5}` (deferred; the reply edits it), or `{"type": 4, …}` with a
+///   chat command's reply.
+/// - `POST /webhooks/github`: a GitHub webhook delivery, checked by
+///   `X-Hub-Signature-256`, deduplicated by `X-GitHub-Delivery`.
+/// - `POST /webhooks/generic`: Parley's generic signed webhook (see docs/platforms.md),
+///   checked by `X-Parley-Signature`, deduplicated by `X-Delivery-Id`. A message →
+///   `202 {"conversation_id", "turn_id", "message_id", "duplicate"}`; a command →
+///   `200 {"conversation_id", "reply", …}`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/webhooks/telegram", post(telegram))
-        .route("/webhooks/slack", post(slack))
-        .route("/webhooks/slack/events", post(slack))
-        .route("/webhooks/discord", post(discord))
-        .route("/webhooks/discord/interactions", post(discord))
-        .route("/webhooks/github", post(github))
-        .route("/webhooks/generic", post(generic))
+        .route("/webhooks/telegram", receiver(Platform::Telegram))
+        .route("/webhooks/slack", receiver(Platform::Slack))
+        .route("/webhooks/slack/events", receiver(Platform::Slack))
+        .route("/webhooks/discord", receiver(Platform::Discord))
+        .route("/webhooks/discord/interactions", receiver(Platform::Discord))
+        .route("/webhooks/github", receiver(Platform::Github))
+        .route("/webhooks/generic", receiver(Platform::Generic))
+}
+
+/// The `POST` handler of `platform`'s webhook: [`handle`] with the raw body.
+fn receiver(platform: Platform) -> MethodRouter<AppState> {
+    post(move |State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+        handle(state, platform, headers, body)
+    })
 }
 
 /// A webhook error, rendered like [`AppError`].
@@ -94,66 +117,17 @@ impl IntoResponse for WebhookError {
     }
 }
 
-/// `POST /webhooks/telegram`: a Telegram Bot API update, checked by
-/// `X-Telegram-Bot-Api-Secret-Token`. Answers `200 {"ok": true}`.
-pub async fn telegram(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Telegram, headers, body).await
-}
-
-/// `POST /webhooks/slack` (also `/webhooks/slack/events`): a Slack Events API request,
-/// checked by `X-Slack-Signature` within 5 minutes. Answers `url_verification` with
-/// its challenge, events with `200 {"ok": true}`.
-pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    if let Some(retry) = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()) {
-        debug!(retry, reason = ?headers.get("x-slack-retry-reason"), "Slack retried a delivery");
-    }
-    handle(state, Platform::Slack, headers, body).await
-}
-
-/// `POST /webhooks/discord` (also `/webhooks/discord/interactions`): a Discord
-/// interaction, checked by `X-Signature-Ed25519`. PING → `{"type": 1}`; an
-/// application command → `{"type": 5}` (deferred; the reply edits it), or
-/// `{"type": 4, …}` with a chat command's reply.
-pub async fn discord(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Discord, headers, body).await
-}
-
-/// `POST /webhooks/github`: a GitHub webhook delivery, checked by
-/// `X-Hub-Signature-256`, deduplicated by `X-GitHub-Delivery`.
-pub async fn github(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Github, headers, body).await
-}
-
-/// `POST /webhooks/generic`: Parley's generic signed webhook (see docs/platforms.md),
-/// checked by `X-Parley-Signature`, deduplicated by `X-Delivery-Id`. A message →
-/// `202 {"conversation_id", "turn_id", "message_id", "duplicate"}`; a command →
-/// `200 {"conversation_id", "reply", …}`.
-pub async fn generic(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Generic, headers, body).await
-}
-
+/// Receives one webhook request and answers it, logging an acknowledgement slower than
+/// a third of the platforms' deadline.
 async fn handle(
     state: AppState,
     platform: Platform,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(retry) = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()) {
+        debug!(%platform, retry, reason = ?headers.get("x-slack-retry-reason"), "Slack retried a delivery");
+    }
     let started = Instant::now();
     let response = match receive(&state, platform, &headers, body).await {
         Ok(r) => r,
