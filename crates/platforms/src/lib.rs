@@ -281,3 +281,23 @@ impl Platforms {
 /// How long a webhook handler may take before platforms give up (Slack and Discord
 /// allow 3 s); the routes log slower acknowledgements.
 pub const ACK_DEADLINE: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    /// The crate's normal dependencies, from its manifest.
+    fn dependencies() -> Vec<&'static str> {
+        let manifest = include_str!("../Cargo.toml");
+        let section = manifest.split("\n[dependencies]\n").nth(1).unwrap_or_default();
+        let section = section.split("\n[").next().unwrap_or_default();
+        section.lines().filter_map(|line| line.split(['.', ' ', '=']).next()).filter(|n| !n.is_empty()).collect()
+    }
+
+    #[test]
+    fn dependencies_point_one_way() {
+        let deps = dependencies();
+        assert!(deps.contains(&"parley-db") && deps.contains(&"reqwest"), "the manifest was read: {deps:?}");
+        for upstream in ["parley-orchestrator", "parley-server"] {
+            assert!(!deps.contains(&upstream), "platforms must not depend on {upstream}: {deps:?}");
+        }
+    }
+}
