@@ -53,11 +53,8 @@ impl MessageApi for SlackApi {
     const LIMIT: (usize, Unit) = (SLACK_LIMIT, Unit::Chars);
 
     fn target(&self, rt: &Value) -> Result<SlackTarget, SinkError> {
-        let channel = super::required(rt, "channel", Value::as_str, "Slack")?;
-        Ok(SlackTarget {
-            channel: channel.to_owned(),
-            thread_ts: rt.get("thread_ts").and_then(Value::as_str).map(str::to_owned),
-        })
+        let channel = super::required(rt, "channel", Value::as_str, "Slack")?.to_owned();
+        Ok(SlackTarget { channel, thread_ts: rt.get("thread_ts").and_then(Value::as_str).map(str::to_owned) })
     }
 
     async fn post(&self, target: &SlackTarget, _index: usize, text: &str) -> Result<String, SinkError> {
