@@ -53,7 +53,8 @@ fn etag(file: &EmbeddedFile) -> String {
 }
 
 /// Whether an `If-None-Match` header names `etag` (`*`, a list, weak tags compared
-/// weakly, as RFC 9110 §13.1.2 says).
+/// weakly, as RFC 9110 §13.1.2 says). Written here because tower-http's `ServeDir`,
+/// which does this, serves files from disk, not from the binary.
 fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
     let Ok(tags) = if_none_match.to_str() else { return false };
     tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
