@@ -1,5 +1,6 @@
-//! The `parley` command: `serve`, `migrate`, `sessions`, `tokens`, `export` and `health`.
-//! Parses the command line, sets up logging and calls library code; see `parley --help`.
+//! The `parley` command: `serve`, `migrate`, `sessions`, `tokens`, `export` and `health`
+//! (and the hidden `watchdog` that `serve` starts). Parses the command line, sets up
+//! logging and calls library code; see `parley --help`.
 //!
 //! Exit codes: 0 success; 1 failure (database unreachable, server error); 2 usage error;
 //! 3 not found or refused (unknown session or token, deleting an active session).
@@ -12,6 +13,7 @@ mod health;
 mod serve;
 mod sessions;
 mod tokens;
+mod watchdog;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -59,6 +61,14 @@ enum Command {
     /// Create, list and revoke API tokens of the web API.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Internal: started by `serve`; kills what the server's assistants leave behind
+    /// when the server dies (see src/watchdog.rs).
+    #[command(hide = true)]
+    Watchdog {
+        /// The server process, as `PID:START`.
+        #[arg(long)]
+        owner: String,
+    },
     /// Export a conversation (messages, session chain, tool calls) to stdout.
     Export(export::ExportArgs),
     /// Check that a running server is ready (GET /readyz): exit 0 when it is, 1 when not.
@@ -129,6 +139,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&db).await,
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
             Command::Tokens(cmd) => tokens::run(&db, cmd).await,
+            Command::Watchdog { owner } => watchdog::run(owner).await,
             Command::Export(args) => export::run(&db, args).await,
             Command::Health(args) => health::run(args).await,
         }

@@ -623,10 +623,13 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     bootstrap_admin(&pool, &args.bootstrap).await?;
     check_container_storage(&args, &workspace_root);
     // Claims, lease extensions and notifications: losing one in a database crash is
-    // harmless (the turn is claimed again), so they do not wait for a WAL flush.
+    // harmless (the turn is claimed again), so they do not wait for a WAL flush. Each
+    // running turn holds one of its connections for its run lock; the server ends a
+    // connection idle for three leases, and its locks with it.
     let coordination = parley_db::connect(&parley_db::DbConfig {
         pool_size: args.workers + 2,
         synchronous_commit: false,
+        idle_session_timeout: Some(Duration::from_secs(args.lease_secs.max(1) * 3)),
         ..db.clone()
     })
     .await?;
@@ -681,6 +684,8 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         info!(root = %workspace.root().display(), "each conversation runs in its own directory under the workspace root");
     }
 
+    // Held until this function returns; the process's end closes it whatever the cause.
+    let _watchdog = crate::watchdog::start();
     let shutdown = CancellationToken::new();
     let workers = {
         let orch = orchestrator.clone();

@@ -15,7 +15,8 @@
 //! Parley's log), kept when the test fails.
 //!
 //! When `.tools/bin/claude` or `.tools/bin/codex` is missing, the tests that need it
-//! print why and pass without running.
+//! print SKIPPED and why, and pass without running — except under `CI=true`, where they
+//! fail.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -36,14 +37,13 @@ fn tools_bin(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// True (after printing SKIPPED) when `.tools/bin/NAME` is missing; under `CI=true` a
+/// missing CLI fails the test instead.
 fn skip(name: &str) -> bool {
-    if tools_bin(name).is_none() {
-        eprintln!(
-            "SKIPPED: .tools/bin/{name} is missing; run scripts/install-assistant-clis to run the {name} end-to-end tests"
-        );
-        return true;
-    }
-    false
+    tools_bin(name).is_none()
+        && parley_test_support::skip_missing(&format!(
+            ".tools/bin/{name} is missing; run scripts/install-assistant-clis to run the {name} end-to-end tests"
+        ))
 }
 
 /// A scratch directory (HOME, CLI config, conversation cwds, Parley's log), removed at
@@ -514,6 +514,252 @@ async fn cancel_and_expect_no_processes_left(
         assert!(Instant::now() < deadline, "processes left after /cancel: {left:?} (they ran as {running:?})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One look at the processes of a test's Claude runs: the CLIs Parley started
+/// (`claude -p … stream-json` whose parent is not such a process: claude-code 2.1.329
+/// starts helper processes with its own command line, some in a session of their own)
+/// and the `tail -F hang.txt` tools they started, as `pid (group pgid): command line`.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    clis: Vec<String>,
+    tools: Vec<String>,
+}
+
+fn snapshot(marker: &str, cwd: &Path) -> Snapshot {
+    let mut shot = Snapshot::default();
+    for p in processes_of(marker, cwd) {
+        let command = p.split_once(": ").map_or("", |(_, c)| c);
+        if command.contains("--output-format stream-json") && !parent_is_a_cli(pid_of(&p)) {
+            shot.clis.push(p);
+        } else if command.starts_with("tail -F hang.txt") {
+            shot.tools.push(p);
+        }
+    }
+    shot
+}
+
+/// Whether the parent of `pid` runs `claude -p … stream-json` too.
+fn parent_is_a_cli(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("0");
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ").contains("--output-format stream-json")
+}
+
+fn pid_of(process: &str) -> u32 {
+    process.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+fn alive(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        })
+        .collect()
+}
+
+/// Samples the test's processes every 20 ms on a thread of its own until dropped; keeps
+/// the largest numbers of CLIs and of tools seen at once, with the snapshot that had them.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Snapshot, Snapshot, usize)>>,
+}
+
+impl Sampler {
+    fn start(marker: String, cwd: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut most_clis, mut most_tools, mut samples) = (Snapshot::default(), Snapshot::default(), 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let shot = snapshot(&marker, &cwd);
+                if shot.clis.len() > most_clis.clis.len() {
+                    most_clis = shot.clone();
+                }
+                if shot.tools.len() > most_tools.tools.len() {
+                    most_tools = shot;
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (most_clis, most_tools, samples)
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops sampling; returns the snapshots with the most CLIs and the most tools at once,
+    /// and how many samples were taken.
+    fn finish(mut self) -> (Snapshot, Snapshot, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or_default()
+    }
+}
+
+/// Waits up to `limit` for a snapshot that satisfies `done`; returns it.
+async fn wait_for(marker: &str, cwd: &Path, limit: Duration, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + limit;
+    loop {
+        let shot = snapshot(marker, cwd);
+        if done(&shot) {
+            return shot;
+        }
+        assert!(Instant::now() < deadline, "{what} within {limit:?}: {shot:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pid of the watchdog `parley serve` started beside itself (`parley watchdog`).
+fn watchdog_of(parley_pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let watchdog = String::from_utf8_lossy(&cmdline).contains("watchdog\0--owner");
+        (ppid == parley_pid && watchdog).then_some(pid)
+    })
+}
+
+/// How Parley dies in [`claude_survivors_of_a_killed_parley`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    /// SIGKILL to Parley's process alone: its watchdog kills the tool at once.
+    ParleyAlone,
+    /// SIGKILL to Parley and then to its watchdog (an OOM kill of both): the tool lives
+    /// until a Parley starts again on the host.
+    ParleyAndWatchdog,
+}
+
+/// Parley is killed with SIGKILL while the Claude CLI runs a tool that never ends
+/// (`tail -F`, which claude-code starts in a session of its own), then started again —
+/// with the same worker id, or another one. The CLI dies with Parley (parent-death
+/// signal); the tool dies within seconds — by Parley's watchdog, or, when that was
+/// killed too, by the restarted Parley before the turn runs again. A sampler watching
+/// every 20 ms proves that no two CLIs (nor two tools) of the conversation ever ran at
+/// once. Deleting the conversation then kills the re-run's CLI and tool.
+async fn claude_survivors_of_a_killed_parley(crash: Crash, restart_worker_id: &str) {
+    let scratch = Scratch::new("claude-kill9");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(tail *)".into()));
+    env.push(("PARLEY_LEASE_SECS", "3".into()));
+    env.push(("PARLEY_SWEEP_INTERVAL_SECS", "1".into()));
+    let mut first_env = env.clone();
+    first_env.push(("PARLEY_WORKER_ID", "e2e-first".into()));
+    let parley = Parley::start(&scratch, &db, &first_env).await;
+    let cwd = scratch.path("work");
+    let id = parley.conversation("claude", &cwd).await;
+    let marker = format!("CLAUDE_CONFIG_DIR={}", scratch.path("claude-config").display());
+    let sampler = Sampler::start(marker.clone(), cwd.clone());
+
+    let turn_id = parley.send(&id, "SCN_HANG wait for me").await;
+    let before =
+        wait_for(&marker, &cwd, Duration::from_secs(60), "the CLI runs its tool", |s| !s.tools.is_empty()).await;
+    let old_clis: Vec<u32> = before.clis.iter().map(|p| pid_of(p)).collect();
+    let old_tools: Vec<u32> = before.tools.iter().map(|p| pid_of(p)).collect();
+    assert_eq!((old_clis.len(), old_tools.len()), (1, 1), "{before:?}");
+    let parley_pid = parley.child.id().expect("pid");
+    let watchdog = watchdog_of(parley_pid).expect("parley serve started its watchdog");
+
+    let mut parley = parley;
+    parley.child.kill().await.unwrap();
+    let killed_at = Instant::now();
+    assert!(alive(&[parley_pid]).is_empty(), "Parley is dead");
+    if crash == Crash::ParleyAndWatchdog {
+        let _ = std::process::Command::new("kill").args(["-KILL", &watchdog.to_string()]).status();
+    }
+    while !alive(&old_clis).is_empty() {
+        assert!(killed_at.elapsed() < Duration::from_secs(3), "the CLI outlived Parley: {:?}", snapshot(&marker, &cwd));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the CLI died {:?} after Parley", killed_at.elapsed());
+    if crash == Crash::ParleyAlone {
+        while !alive(&old_tools).is_empty() {
+            assert!(killed_at.elapsed() < Duration::from_secs(5), "the watchdog left the tool: {old_tools:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("the watchdog killed the tool {:?} after Parley died", killed_at.elapsed());
+        while !alive(&[watchdog]).is_empty() {
+            assert!(killed_at.elapsed() < Duration::from_secs(15), "the watchdog did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        // The tool runs in a session of its own: it outlives Parley until a Parley starts
+        // on this host (here the restart; with tests in parallel, possibly another test's).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("tools of the killed run alive before the restart: {:?} of {old_tools:?}", alive(&old_tools));
+    }
+
+    let mut second_env = env.clone();
+    second_env.push(("PARLEY_WORKER_ID", restart_worker_id.into()));
+    let parley = Parley::start(&scratch, &db, &second_env).await;
+    let restarted_at = Instant::now();
+    while !alive(&old_tools).is_empty() {
+        assert!(restarted_at.elapsed() < Duration::from_secs(5), "the old tool survived the restart: {old_tools:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the old tool was gone {:?} after the restart", restarted_at.elapsed());
+
+    // The turn runs again (resuming the session): a new CLI and a new tool, never beside
+    // the old ones.
+    let again = wait_for(&marker, &cwd, Duration::from_secs(60), "the re-run's tool", |s| !s.tools.is_empty()).await;
+    assert!(again.clis.iter().all(|p| !old_clis.contains(&pid_of(p))), "{again:?}");
+    let turn = parley.get(&format!("/turns/{turn_id}")).await;
+    assert_eq!(turn["status"], "running", "{turn}");
+    assert_eq!(turn["attempt"], 2, "{turn}");
+    let resumed = again.clis.first().is_some_and(|c| c.contains("--resume"));
+    assert!(resumed, "the re-run resumes the session the killed run started: {again:?}");
+
+    // Deleting the conversation stops the re-run: its CLI and tool are killed.
+    let resp = parley.http.delete(format!("{}/api/conversations/{id}", parley.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    wait_for(&marker, &cwd, Duration::from_secs(10), "no process left after the delete", |s| {
+        s.clis.is_empty() && s.tools.is_empty()
+    })
+    .await;
+    let (most_clis, most_tools, samples) = sampler.finish();
+    eprintln!("{samples} samples; most CLIs at once: {most_clis:?}; most tools at once: {most_tools:?}");
+    // Sampled every 20 ms while the test ran; a loaded machine samples less often, so
+    // only ask for enough samples to have watched both runs.
+    assert!(samples >= 20, "the sampler ran ({samples} samples)");
+    assert_eq!(most_clis.clis.len(), 1, "two CLIs ran at once: {most_clis:?}");
+    assert_eq!(most_tools.tools.len(), 1, "two tools ran at once: {most_tools:?}");
+    let client = db.pool.get().await.unwrap();
+    let rows: i64 = client
+        .query_one("select count(*) from event where conversation_id = $1::text::uuid", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the deleted conversation's events are gone");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_and_its_tool_do_not_outlive_a_parley_killed_alone() {
+    if skip("claude") {
+        return;
+    }
+    claude_survivors_of_a_killed_parley(Crash::ParleyAlone, "e2e-first").await;
+}
+
+#[tokio::test]
+async fn claude_tool_left_by_a_killed_parley_and_watchdog_dies_at_a_restart_with_the_same_worker_id() {
+    if skip("claude") {
+        return;
+    }
+    claude_survivors_of_a_killed_parley(Crash::ParleyAndWatchdog, "e2e-first").await;
+}
+
+#[tokio::test]
+async fn claude_tool_left_by_a_killed_parley_and_watchdog_dies_at_a_restart_with_another_worker_id() {
+    if skip("claude") {
+        return;
+    }
+    claude_survivors_of_a_killed_parley(Crash::ParleyAndWatchdog, "e2e-second").await;
 }
 
 #[tokio::test]

@@ -1,56 +1,33 @@
 //! PostgreSQL restarted under load: 503s while it is down, full recovery after, no turn
-//! lost or duplicated. Restarts the machine's PostgreSQL cluster, so it lives in its own
-//! test binary (cargo runs test binaries one after another) and runs only where it can:
-//! as root with Debian's `pg_ctlcluster` (CI here), unless PARLEY_TEST_NO_PG_RESTART=1.
+//! lost or duplicated. The server stopped and started is a throwaway cluster the test
+//! creates itself ([`Cluster`]: `initdb` in a temporary directory, on a free port,
+//! removed afterwards), never the machine's own. Without PostgreSQL's server binaries
+//! the test is skipped, or fails under `CI=true`.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parley_test_support::TestDb;
+use parley_test_support::cluster::{Cluster, ClusterError};
 use parley_test_support::process::Parley;
+use parley_test_support::skip_missing;
 use serde_json::Value;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_parley");
 
-fn cluster() -> Option<String> {
-    if std::env::var("PARLEY_TEST_NO_PG_RESTART").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    let is_root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.starts_with(b"0"));
-    let has_ctl = Command::new("pg_ctlcluster").arg("--help").output().is_ok();
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .max()?;
-    (is_root && has_ctl).then_some(version)
-}
-
-fn pg(action: &str, version: &str) {
-    let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", version, "main", action])
-        .status()
-        .expect("pg_ctlcluster");
-    assert!(status.success(), "pg_ctlcluster {action} failed");
-}
-
 #[tokio::test]
 async fn postgres_restart_mid_load_loses_and_duplicates_nothing() {
-    let Some(version) = cluster() else {
-        println!("skipped: restarting PostgreSQL needs root and pg_ctlcluster");
-        return;
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(ClusterError::Missing(why)) if skip_missing(&why) => return,
+        Err(e) => panic!("cannot start a throwaway PostgreSQL cluster: {e}"),
     };
-    let db = TestDb::new().await;
-    let parley = Arc::new(Parley::start(
-        BIN,
-        &db.url(),
-        "outage",
-        &["--demo-chunk-delay-ms", "20", "--sweep-interval-secs", "1"],
-    ));
+    // Parley creates and migrates its database there.
+    let url = cluster.url("parley");
+    let parley =
+        Arc::new(Parley::start(BIN, &url, "outage", &["--demo-chunk-delay-ms", "20", "--sweep-interval-secs", "1"]));
     let convs: Vec<Uuid> = futures::future::join_all((0..5).map(|_| parley.create_conversation())).await;
 
     // Load: messages to the five conversations, one every 50 ms, for the whole test.
@@ -80,13 +57,13 @@ async fn postgres_restart_mid_load_loses_and_duplicates_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    pg("stop", &version);
+    cluster.stop().expect("stop the throwaway cluster");
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (ready, _) = parley.get("/readyz").await;
     let (_, health) = parley.get("/healthz").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    pg("start", &version);
+    cluster.start_again().expect("start the throwaway cluster again");
     let outage = down.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
@@ -120,8 +97,13 @@ async fn postgres_restart_mid_load_loses_and_duplicates_nothing() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let client = db.pool.get().await.expect("db");
+    let pool = parley_db::connect(&parley_db::DbConfig::new(url)).await.expect("pool");
+    let client = pool.get().await.expect("db");
     let open: i64 =
         client.query_one("select count(*) from turn where status <> 'completed'", &[]).await.expect("count").get(0);
     assert_eq!(open, 0, "every turn completed");
+    drop(client);
+    pool.close();
+    // Parley goes before its database.
+    drop(parley);
 }

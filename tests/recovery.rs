@@ -195,3 +195,92 @@ async fn two_replicas_share_one_database() {
     assert_eq!(t["status"], "cancelled");
     assert!(started.elapsed() < Duration::from_secs(3), "cancel crossed replicas in {:?}", started.elapsed());
 }
+
+/// Rows of `conversation` left in any table that has a `conversation_id` column (tables
+/// added later included), as `(table, count)` for those with rows.
+async fn rows_left(db: &TestDb, conversation: Uuid) -> Vec<(String, i64)> {
+    let client = db.pool.get().await.expect("db");
+    let tables = client
+        .query(
+            "select table_name::text from information_schema.columns \
+             where table_schema = 'public' and column_name = 'conversation_id' order by 1",
+            &[],
+        )
+        .await
+        .expect("tables");
+    // conversation, session, message, turn, event, inbound_delivery at least.
+    assert!(tables.len() >= 6, "{} tables with a conversation_id column", tables.len());
+    let mut left = Vec::new();
+    for row in tables {
+        let table: String = row.get(0);
+        let sql = format!("select count(*) from {table} where conversation_id = $1");
+        let n: i64 = client.query_one(&sql, &[&conversation]).await.expect("count").get(0);
+        if n > 0 {
+            left.push((table, n));
+        }
+    }
+    left
+}
+
+/// Deletes a conversation while its slow demo turn runs on replica A (one worker),
+/// through A or through replica B; expects 204, then no row of it anywhere — right away
+/// and after the turn would have ended — and A's only worker free at once (its next
+/// turn, in another conversation, done long before the slow one would have been).
+async fn delete_during_a_running_turn(through_other_replica: bool) {
+    let db = TestDb::new().await;
+    let args = ["--demo-chunk-delay-ms", "10", "--sweep-interval-secs", "1", "--workers", "1"];
+    let a = Parley::start(BIN, &db.url(), "runs-a", &args);
+    let conv = a.create_conversation().await;
+    let first = a.send(conv, "remember: blue").await;
+    a.wait_turn(first, Duration::from_secs(20)).await;
+    let slow = a.send(conv, "six slow chunks [demo:slow]").await;
+    let started = std::time::Instant::now();
+    // Its reply text is being written to the event log.
+    let client = db.pool.get().await.expect("db");
+    loop {
+        let n: i64 = client
+            .query_one("select count(*) from event where turn_id = $1 and kind = 'text'", &[&slow])
+            .await
+            .expect("count")
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the slow turn never wrote text");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.turn(slow).await["worker_id"], "runs-a");
+    let b = through_other_replica.then(|| Parley::start(BIN, &db.url(), "deletes-b", &args));
+    let deleter = b.as_ref().unwrap_or(&a);
+    let deleted_at = std::time::Instant::now();
+    let resp = deleter.http.delete(deleter.url(&format!("/api/conversations/{conv}"))).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    assert_eq!(rows_left(&db, conv).await, vec![], "rows left right after the delete");
+    if let Some(b) = b {
+        // From now on only A can run turns.
+        let _ = b.terminate(Duration::from_secs(10));
+    }
+
+    // A's only worker is free: the slow turn stopped (it had seconds of reply to go).
+    let other = a.create_conversation().await;
+    let next = a.send(other, "are you free?").await;
+    assert_eq!(a.wait_turn(next, Duration::from_secs(10)).await["status"], "completed");
+    let free_after = deleted_at.elapsed();
+    assert!(free_after < Duration::from_secs(3), "A's worker was busy for {free_after:?} after the delete");
+
+    // Past the moment the slow turn would have finished: still nothing.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    assert_eq!(rows_left(&db, conv).await, vec![], "rows left after the turn would have ended");
+    let (status, _) = a.get(&format!("/api/conversations/{conv}")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn deleting_a_conversation_during_its_turn_stops_the_turn_and_leaves_no_row() {
+    delete_during_a_running_turn(false).await;
+}
+
+#[tokio::test]
+async fn deleting_a_conversation_on_another_replica_stops_its_turn_and_leaves_no_row() {
+    delete_during_a_running_turn(true).await;
+}

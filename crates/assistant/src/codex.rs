@@ -155,6 +155,7 @@ impl Assistant for Codex {
             env: self.config.env(std::env::vars_os()),
             stdin: request.prompt,
             limits: self.config.limits.clone(),
+            run_id: request.run_id,
         };
         let resume = request.resume;
         let cancel = request.cancel;
@@ -163,7 +164,7 @@ impl Assistant for Codex {
                 && let Err(e) = tokio::fs::create_dir_all(cwd).await {
                     warn!(cwd = %cwd.display(), error = %e, "cannot create the conversation's working directory");
                 }
-            let mut process = match CliProcess::spawn(spec) {
+            let mut process = match CliProcess::spawn(spec).await {
                 Ok(p) => p,
                 Err(e) => { yield Err(e); return; }
             };

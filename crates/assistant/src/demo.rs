@@ -191,6 +191,7 @@ mod tests {
             resume,
             cwd: None,
             cancel: tokio_util::sync::CancellationToken::new(),
+            run_id: uuid::Uuid::new_v4(),
             settings: crate::RunSettings::default(),
         }
     }

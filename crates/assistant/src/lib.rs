@@ -5,7 +5,8 @@
 //! This crate knows nothing of PostgreSQL: an adapter turns one [`RunRequest`] into a
 //! stream of chunks and reports the assistant session ID it ran in.
 
-#![forbid(unsafe_code)]
+// Unsafe code is denied; `process::die_with_parent` alone is allowed it (`pre_exec`).
+#![deny(unsafe_code)]
 
 pub mod claude;
 pub mod codex;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod openai;
 pub mod openai_chat;
 pub mod process;
+pub mod run_marker;
 mod sse;
 
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ pub struct RunRequest {
     pub cwd: Option<PathBuf>,
     /// Fired when the turn is cancelled; the adapter stops and releases its resources.
     pub cancel: CancellationToken,
+    /// Marks every process of this run ([`run_marker::RUN_ID_ENV`]), so that the run's
+    /// owner can find and kill them wherever they went ([`run_marker::end_run`]).
+    pub run_id: uuid::Uuid,
     /// The conversation's own settings, over the adapter's configured defaults.
     pub settings: RunSettings,
 }

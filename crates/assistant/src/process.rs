@@ -16,11 +16,20 @@
 //!
 //! Dropping a [`CliProcess`] (the run's stream was dropped) terminates its process group
 //! the same way, in the background.
+//!
+//! Two more safeguards cover what the above cannot reach:
+//! - every CLI carries its run's markers in its environment ([`crate::run_marker`]), which
+//!   its tools inherit whatever group or session they move to: the orchestrator ends each
+//!   run with [`crate::run_marker::end_run`], and after a crash kills what a dead Parley
+//!   left behind;
+//! - on Linux the CLI gets `SIGKILL` when Parley dies, however it dies (`PR_SET_PDEATHSIG`,
+//!   see [`die_with_parent`]).
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -31,7 +40,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
+use uuid::Uuid;
 
+use crate::run_marker::{self, OWNER_ENV, RUN_ID_ENV};
 use crate::{AssistantError, human_duration};
 
 /// Limits applied to one CLI run.
@@ -128,8 +139,11 @@ pub struct ProcessSpec {
     pub args: Vec<OsString>,
     /// Its working directory; Parley's own when `None`.
     pub cwd: Option<PathBuf>,
-    /// Its complete environment (see [`cli_env`]).
+    /// Its complete environment (see [`cli_env`]); the run's markers
+    /// ([`crate::run_marker`]) are added to it.
     pub env: Vec<(OsString, OsString)>,
+    /// The run it belongs to ([`crate::RunRequest::run_id`]).
+    pub run_id: Uuid,
     /// Written to its stdin, which is then closed.
     pub stdin: String,
     /// Limits of the run.
@@ -175,15 +189,21 @@ pub struct CliProcess {
 impl CliProcess {
     /// Starts the process and writes the prompt to its stdin in the background.
     ///
+    /// The process is forked by a thread that lives as long as Parley (see
+    /// [`die_with_parent`]), carries the run's markers in its environment, and runs in a
+    /// process group of its own.
+    ///
     /// # Errors
     /// [`AssistantError::Exited`] (code `None`) when it cannot be started, e.g. the
     /// binary is missing.
-    pub fn spawn(spec: ProcessSpec) -> Result<Self, AssistantError> {
+    pub async fn spawn(spec: ProcessSpec) -> Result<Self, AssistantError> {
         let program = spec.program.display().to_string();
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
+            .env(RUN_ID_ENV, spec.run_id.to_string())
+            .env(OWNER_ENV, run_marker::owner())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -192,8 +212,10 @@ impl CliProcess {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let mut child = cmd
-            .spawn()
+        die_with_parent(&mut cmd);
+        run_marker::note_spawned(spec.run_id);
+        let mut child = spawn_on_lasting_thread(cmd)
+            .await
             .map_err(|e| AssistantError::Exited { code: None, stderr: format!("could not start `{program}`: {e}") })?;
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         debug!(%program, pid = ?pgid, "assistant CLI started");
@@ -295,6 +317,64 @@ impl CliProcess {
         };
         Exit { code: status.and_then(|s| s.code()), stderr: stderr.unwrap_or_default() }
     }
+}
+
+/// Asks the kernel to `SIGKILL` the child when the thread that forked it exits
+/// (`PR_SET_PDEATHSIG`, Linux), which [`spawn_on_lasting_thread`] makes Parley's exit, and
+/// makes the child give up when Parley died between the fork and that request.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs in the child between `fork` and `exec`, where only
+        // async-signal-safe operations are allowed. It makes two raw system calls through
+        // rustix (`prctl`, `getppid`), builds its errors from raw error numbers, and so
+        // allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Spawns `cmd` on a thread that lives as long as the process. The parent-death signal
+/// fires when the *thread* that forked the child exits; runtime worker and blocking
+/// threads may exit while Parley lives on, this one never does.
+async fn spawn_on_lasting_thread(mut cmd: Command) -> std::io::Result<Child> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("parley-spawner".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        if let Err(e) = started {
+            warn!(error = %e, "cannot start the spawner thread; assistant CLIs cannot start");
+        }
+        std::sync::Mutex::new(tx)
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // The child's pipes and exit status belong to the caller's runtime.
+        let _entered = runtime.enter();
+        let _ = done.send(cmd.spawn());
+    });
+    let sent = spawner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    result.await.unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread dropped the request")))
 }
 
 /// Owns the child and kills its process group (and other descendants) when the run

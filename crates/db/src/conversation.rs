@@ -282,25 +282,37 @@ const SUMMARY_COLUMNS: &str = "\
       (select max(e.seq) from event e where e.conversation_id = c.conversation_id), \
       0) as resume_after_seq";
 
-/// Deletes a conversation with its sessions, messages, turns and events.
+/// Deletes a conversation with its sessions, messages, turns and events, in two
+/// statements: run it in a transaction.
+///
+/// Whatever writes a turn's rows first takes [`lock_shared`] on the conversation (or, for
+/// events, locks it in the same statement: [`crate::event::insert_batch`]), so the first
+/// statement waits for writers that hold it and no writer starts after it; the second,
+/// with a snapshot taken after that wait, removes every event committed meanwhile
+/// (events have no foreign key: see migration V4). Taking the conversation's lock first
+/// everywhere also keeps this delete and a finishing turn from deadlocking.
 ///
 /// # Errors
 /// [`DbError::NotFound`] when there is none with that id.
 pub async fn delete(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<()> {
-    // Events have no foreign key (they are written on every turn's hot path): they go
-    // in the same statement; everything else follows by cascade.
-    let row = client
-        .query_one(
-            "with c as (delete from conversation where conversation_id = $1 returning conversation_id), \
-                  e as (delete from event where conversation_id = $1 and exists (select 1 from c)) \
-             select count(*) from c",
-            &[&conversation_id],
-        )
-        .await?;
-    if row.try_get::<_, i64>(0)? == 0 {
+    let deleted = client.execute("delete from conversation where conversation_id = $1", &[&conversation_id]).await?;
+    if deleted == 0 {
         return Err(DbError::not_found("conversation"));
     }
+    client.execute("delete from event where conversation_id = $1", &[&conversation_id]).await?;
     Ok(())
+}
+
+/// Locks the conversation row against deletion until the transaction ends (`for key
+/// share`: other writers are not blocked). Returns false when the conversation does not
+/// exist (any more). A transaction that writes a turn's rows calls this first, so that
+/// it and [`delete`] take their locks in the same order.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn lock_shared(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<bool> {
+    let stmt = client.prepare_cached("select 1 from conversation where conversation_id = $1 for key share").await?;
+    Ok(client.query_opt(&stmt, &[&conversation_id]).await?.is_some())
 }
 
 /// Sets the paused flag. Returns false when it already had that value.

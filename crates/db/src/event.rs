@@ -60,8 +60,11 @@ impl TryFrom<&Row> for Event {
 }
 
 /// Inserts a batch of events in one statement; events of a conversation that no longer
-/// exists are dropped (the table has no foreign key: see migration V4). An empty batch
-/// does nothing.
+/// exists are dropped (the table has no foreign key: see migration V4). The statement
+/// locks each conversation of the batch once (`for key share`, as a foreign key would
+/// for each row), so a concurrent [`crate::conversation::delete`] either waits for it
+/// and removes its events, or has committed and it stores nothing. An empty batch does
+/// nothing.
 ///
 /// # Errors
 /// [`DbError::Conflict`] on `event_pkey` when a `seq` is already used.
@@ -77,10 +80,11 @@ pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbRe
     let created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
     let stmt = client
         .prepare_cached(
-            "insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
+            "with c as (select conversation_id from conversation where conversation_id = any($1) for key share) \
+             insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
              select u.* from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
                  as u (conversation_id, seq, turn_id, kind, data, created_at) \
-             where exists (select 1 from conversation c where c.conversation_id = u.conversation_id)",
+             where u.conversation_id in (select conversation_id from c)",
         )
         .await?;
     client.execute(&stmt, &[&conversation_ids, &seqs, &turn_ids, &kinds, &data, &created]).await?;

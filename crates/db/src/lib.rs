@@ -21,9 +21,12 @@ pub mod message;
 pub mod migrate;
 mod pool;
 pub mod retention;
+pub mod run_lock;
 pub mod session;
 pub mod turn;
 
+/// A connection taken from a [`Pool`] (returned to it when dropped).
+pub use deadpool_postgres::Object as PooledClient;
 pub use deadpool_postgres::{GenericClient, Pool, Transaction};
 pub use error::DbError;
 pub use pool::{DbConfig, check, connect, ensure_database};

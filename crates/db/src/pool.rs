@@ -22,6 +22,12 @@ pub struct DbConfig {
     /// writes whose loss in a database crash is harmless (turn claims, lease extensions,
     /// notifications), never for conversation data.
     pub synchronous_commit: bool,
+    /// `Some(d)` opens connections with `idle_session_timeout = d` (rounded up to a
+    /// millisecond): PostgreSQL ends a session idle that long, and with it the advisory
+    /// locks it holds. For the coordination pool, whose connections hold the run locks
+    /// ([`crate::run_lock`]), so that a replica cut off from the database does not keep
+    /// them forever.
+    pub idle_session_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -36,15 +42,23 @@ impl std::fmt::Debug for DbConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("synchronous_commit", &self.synchronous_commit)
+            .field("idle_session_timeout", &self.idle_session_timeout)
             .finish()
     }
 }
 
 impl DbConfig {
-    /// A configuration with a pool of 16 and a 5 s connect timeout.
+    /// A configuration with a pool of 16, a 5 s connect timeout, synchronous commits and
+    /// no idle-session timeout.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), pool_size: 16, connect_timeout: Duration::from_secs(5), synchronous_commit: true }
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            synchronous_commit: true,
+            idle_session_timeout: None,
+        }
     }
 
     /// The parsed URL.
@@ -63,6 +77,10 @@ impl DbConfig {
         if !self.synchronous_commit {
             let options = cfg.get_options().map_or_else(String::new, |o| format!("{o} "));
             cfg.options(format!("{options}-c synchronous_commit=off"));
+        }
+        if let Some(idle) = self.idle_session_timeout {
+            let options = cfg.get_options().map_or_else(String::new, |o| format!("{o} "));
+            cfg.options(format!("{options}-c idle_session_timeout={}", idle.as_millis().max(1)));
         }
         Ok(cfg)
     }

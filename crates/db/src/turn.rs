@@ -128,6 +128,10 @@ pub struct Claimed {
     pub user_message: crate::message::Message,
     /// The conversation's active session, if it has one.
     pub active_session: Option<crate::session::Session>,
+    /// Whether the claim also took the conversation's run lock ([`crate::run_lock`]) on
+    /// the claiming connection. When true, that connection holds it: keep it (as
+    /// [`crate::run_lock::RunLock::claimed`]) rather than return it to a pool.
+    pub run_locked: bool,
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
@@ -136,9 +140,11 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 }
 
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
-/// paused, marks it `running` for `worker_id` with a lease of `lease`, increments
-/// `attempt`, reserves an event-number block, and reads the conversation, the user
-/// message and the active session. Returns `None` when there is nothing to claim. One
+/// paused, marks it `running` for `worker_id` with a lease of `lease` and the run
+/// `run_id` (the marker its assistant's processes will carry), increments `attempt`,
+/// reserves an event-number block, and reads the conversation, the user message and the
+/// active session, and tries to take the conversation's run lock on this connection
+/// ([`Claimed::run_locked`]). Returns `None` when there is nothing to claim. One
 /// statement: one round trip, one commit.
 ///
 /// Uses `for update skip locked`; the running-turn unique index turns a lost race into
@@ -146,11 +152,16 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration) -> DbResult<Option<Claimed>> {
+pub async fn claim(
+    client: &impl GenericClient,
+    worker_id: &str,
+    lease: Duration,
+    run_id: Uuid,
+) -> DbResult<Option<Claimed>> {
     let stmt = client
         .prepare_cached(&format!(
             "with claimed as ( \
-                 update turn set status = 'running', worker_id = $1, attempt = attempt + 1, \
+                 update turn set status = 'running', worker_id = $1, attempt = attempt + 1, run_id = $3, \
                      lease_until = now() + make_interval(secs => $2), started_at = now(), cancel_requested = false \
                  where turn_id = ( \
                      select t.turn_id from turn t join conversation c using (conversation_id) \
@@ -168,18 +179,21 @@ pub async fn claim(client: &impl GenericClient, worker_id: &str, lease: Duration
                      as conversation, \
                  (select to_jsonb(m) from message m where m.message_id = claimed.user_message_id) as user_message, \
                  (select to_jsonb(s) from session s where s.conversation_id = claimed.conversation_id and s.active) \
-                     as active_session \
+                     as active_session, \
+                 pg_try_advisory_lock({key}) as run_locked \
              from claimed",
-            crate::event::BLOCK_SIZE
+            crate::event::BLOCK_SIZE,
+            key = crate::run_lock::KEY_OF_CONVERSATION.replace("conversation_id", "claimed.conversation_id"),
         ))
         .await?;
-    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease)]).await {
+    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease), &run_id]).await {
         Ok(Some(row)) => Ok(Some(Claimed {
             turn: Turn::try_from(&row)?,
             first_event_seq: row.try_get("first_event_seq")?,
             conversation: from_json(&row, "conversation")?.ok_or(DbError::not_found("conversation"))?,
             user_message: from_json(&row, "user_message")?.ok_or(DbError::not_found("message"))?,
             active_session: from_json(&row, "active_session")?,
+            run_locked: row.try_get("run_locked")?,
         })),
         Ok(None) => Ok(None),
         Err(e) => {
@@ -200,38 +214,47 @@ pub struct Swept {
     pub status: String,
     /// How many times it was claimed.
     pub attempt: i32,
+    /// The run of its last claim (see [`claim`]), whose processes may still be alive.
+    pub run_id: Option<Uuid>,
 }
 
 impl TryFrom<&Row> for Swept {
     type Error = DbError;
 
-    /// From a row of `turn_id, conversation_id, status, attempt`.
+    /// From a row of `turn_id, conversation_id, status, attempt, run_id`.
     fn try_from(r: &Row) -> DbResult<Self> {
         Ok(Self {
             turn_id: r.try_get(0)?,
             conversation_id: r.try_get(1)?,
             status: r.try_get(2)?,
             attempt: r.try_get(3)?,
+            run_id: r.try_get(4)?,
         })
     }
 }
 
 /// Takes back running turns whose lease expired (their worker died or lost the
 /// database): re-queued while `attempt < max_attempts`, else marked `interrupted`.
+/// Their conversations are locked first (see [`crate::conversation::lock_shared`]), for
+/// the message and events the caller then writes in the same transaction.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> DbResult<Vec<Swept>> {
     let rows = client
         .query(
-            "update turn set \
+            "with c as (select conversation_id from conversation where conversation_id in \
+                            (select conversation_id from turn where status = 'running' and lease_until < now()) \
+                        for key share) \
+             update turn set \
                  status = case when attempt >= $1 then 'interrupted' else 'queued' end, \
                  error = case when attempt >= $1 then 'interrupted: its worker stopped before finishing' else error end, \
                  finished_at = case when attempt >= $1 then now() else null end, \
                  worker_id = null, lease_until = null \
              where turn_id in (select turn_id from turn where status = 'running' and lease_until < now() \
+                               and conversation_id in (select conversation_id from c) \
                                for update skip locked) \
-             returning turn_id, conversation_id, status, attempt",
+             returning turn_id, conversation_id, status, attempt, run_id",
             &[&max_attempts],
         )
         .await?;
@@ -305,21 +328,24 @@ pub struct Completion<'a> {
     pub final_event: &'a crate::event::Event,
 }
 
-/// Completes a running turn in one statement (one round trip, one commit): marks it
-/// `completed` with its session, stores the assistant message, the session's
-/// assistant session ID and a cleared `last_error`, and the remaining events with the
-/// final one. Returns the assistant message id, or `None` — with nothing written — when
-/// the turn was no longer running (the sweeper took it back).
+/// Completes a running turn in one statement (one round trip, one commit): locks its
+/// conversation first (as [`crate::conversation::lock_shared`]), marks it `completed`
+/// with its session, stores the assistant message, the session's assistant session ID
+/// and a cleared `last_error`, and the remaining events with the final one. Returns the
+/// assistant message id, or `None` — with nothing written — when the turn was no longer
+/// running (the sweeper took it back, or its conversation was deleted).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResult<Option<i64>> {
     let stmt = client
         .prepare_cached(
-            "with t as ( \
+            "with c as (select 1 from conversation where conversation_id = $2 for key share), \
+             t as ( \
                  update turn set status = 'completed', error = null, finished_at = now(), lease_until = null, \
                      session_id = $3 \
-                 where turn_id = $1 and status = 'running' and worker_id = $17 returning turn_id), \
+                 where turn_id = $1 and status = 'running' and worker_id = $17 and exists (select 1 from c) \
+                 returning turn_id), \
              m as ( \
                  insert into message (conversation_id, turn_id, role, content, metadata) \
                  select $2, t.turn_id, 'assistant', $5, $6 from t returning message_id), \
@@ -401,6 +427,23 @@ pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<boo
     let n = client
         .execute(
             "update turn set status = 'queued', worker_id = null, lease_until = null \
+             where turn_id = $1 and status = 'running'",
+            &[&turn_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Puts a running turn back in the queue as if it had not been claimed (`attempt` goes
+/// back down): its worker never started it (another run of the conversation still held
+/// the run lock). Returns false when it was not running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn unclaim(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
+    let n = client
+        .execute(
+            "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
              where turn_id = $1 and status = 'running'",
             &[&turn_id],
         )
@@ -519,6 +562,21 @@ pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> 
     rows.iter().map(Turn::try_from).collect()
 }
 
+/// The runs (see [`claim`]) of the turns still marked `running` for `worker_id`: at
+/// start-up, what this worker's previous incarnation may have left running.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn running_runs(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Uuid>> {
+    let rows = client
+        .query(
+            "select run_id from turn where status = 'running' and worker_id = $1 and run_id is not null",
+            &[&worker_id],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0).map_err(DbError::from)).collect()
+}
+
 /// Re-queues every turn still marked `running` for `worker_id`: used at start-up, when
 /// this worker cannot be running anything (it restarted after a crash).
 ///
@@ -527,9 +585,12 @@ pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> 
 pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Swept>> {
     let rows = client
         .query(
-            "update turn set status = 'queued', worker_id = null, lease_until = null \
-             where status = 'running' and worker_id = $1 \
-             returning turn_id, conversation_id, status, attempt",
+            "with c as (select conversation_id from conversation where conversation_id in \
+                            (select conversation_id from turn where status = 'running' and worker_id = $1) \
+                        for key share) \
+             update turn set status = 'queued', worker_id = null, lease_until = null \
+             where status = 'running' and worker_id = $1 and conversation_id in (select conversation_id from c) \
+             returning turn_id, conversation_id, status, attempt, run_id",
             &[&worker_id],
         )
         .await?;

@@ -1,21 +1,23 @@
 //! Workers: claim queued turns, resolve the session, run the assistant, publish and
 //! persist events, deliver replies, finish — and recover from stale assistant sessions.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
-use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest, Usage};
-use parley_db::conversation::{Conversation, Delivery};
+use futures::{FutureExt, StreamExt};
+use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest, Usage, run_marker};
+use parley_db::conversation::{self, Conversation, Delivery};
 use parley_db::event::{self, Event};
 use parley_db::message::{self, Message, Role};
+use parley_db::run_lock::RunLock;
 use parley_db::session::{self, NewSession, Session, SessionSettings, Transition};
 use parley_db::turn::{self, Claimed, LeaseState, Turn, TurnStatus};
-use parley_db::{DbError, DbResult, GenericClient};
+use parley_db::{DbError, DbResult, GenericClient, PooledClient};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -37,6 +39,12 @@ const EVENT_TEXT_CHARS: usize = 1_000;
 const TOOL_INPUT_BYTES: usize = 3_000;
 /// How long a finished turn waits for its platform reply to be delivered.
 const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopped run's stream may take to end (its CLI gets `SIGTERM`, a grace
+/// period, then `SIGKILL`) before the run's processes are killed outright.
+const STOP_DRAIN: Duration = Duration::from_secs(15);
+/// How long killing a run's processes may take before Parley gives up on them (a
+/// process stuck in the kernel ignores even `SIGKILL` for a while).
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Which running turns [`Orchestrator::take_back`] takes.
 #[derive(Debug, Clone, Copy)]
@@ -260,6 +268,8 @@ struct TurnRun<'a> {
     /// The conversation's active session as read at claim time.
     active_session: Option<Session>,
     control: TurnControl,
+    /// The run's marker, carried by every process its assistant starts.
+    run_id: Uuid,
     emitter: Emitter,
     reply: Reply,
     sink: Option<SinkHandle>,
@@ -273,6 +283,7 @@ impl Orchestrator {
     /// re-queued for the next start (or another replica).
     pub async fn run_workers(&self, shutdown: CancellationToken) {
         let config = self.config().clone();
+        self.kill_left_behind().await;
         match self.take_back(TakeBack::Owned).await {
             Ok(0) => {}
             Ok(n) => {
@@ -351,8 +362,35 @@ impl Orchestrator {
         }
     }
 
+    /// At start-up, before this worker re-queues its old turns: kills the processes of
+    /// the runs its previous incarnation left running (found by the run IDs recorded
+    /// with its running turns), and those of any other Parley process on this host that
+    /// is gone (a crash under another worker id).
+    async fn kill_left_behind(&self) {
+        let orphans = run_marker::kill_orphans(KILL_WAIT).await;
+        if orphans > 0 {
+            warn!(processes = orphans, "killed assistant processes left by a stopped Parley");
+        }
+        let runs = match self.pool().get().await {
+            Ok(client) => turn::running_runs(&client, &self.config().worker_id).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        match runs {
+            Ok(runs) => {
+                for run_id in runs {
+                    let killed = run_marker::kill_run(run_id, KILL_WAIT).await;
+                    if killed > 0 {
+                        warn!(%run_id, processes = killed, "killed the processes of a run this worker left before it restarted");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read this worker's old runs; their processes are not looked for"),
+        }
+    }
+
     /// Takes back running turns that no worker runs any more, with a
     /// `turn_interrupted` event each (so followers drop the partial reply they saw).
+    /// Processes of their runs found on this host are killed.
     async fn take_back(&self, which: TakeBack) -> DbResult<usize> {
         let mut client = self.pool().get().await?;
         let tx = client.transaction().await?;
@@ -403,6 +441,13 @@ impl Orchestrator {
         if !swept.is_empty() {
             self.wake();
         }
+        // A replica that lost its lease stops its run itself; on this host, make sure.
+        for run_id in swept.iter().filter_map(|t| t.run_id) {
+            let killed = run_marker::kill_run(run_id, KILL_WAIT).await;
+            if killed > 0 {
+                warn!(%run_id, processes = killed, "killed the processes of a run whose lease expired");
+            }
+        }
         Ok(swept.len())
     }
 
@@ -415,16 +460,19 @@ impl Orchestrator {
             let notified = self.inner.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let run_id = Uuid::new_v4();
             let claimed = match self.inner.coordination.get().await {
-                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease).await,
+                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease, run_id)
+                    .await
+                    .map(|claimed| claimed.map(|claimed| (claimed, client))),
                 Err(e) => Err(DbError::from(e)),
             };
             match claimed {
-                Ok(Some(claimed)) => {
+                Ok(Some((claimed, client))) => {
                     backoff = Duration::from_millis(100);
                     // More may be queued: let one more idle worker look (a cascade, not a herd).
                     self.wake_local();
-                    self.run_turn(claimed).await;
+                    self.run_turn(claimed, run_id, client).await;
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -445,7 +493,11 @@ impl Orchestrator {
         }
     }
 
-    async fn run_turn(&self, claimed: Claimed) {
+    /// Runs a claimed turn: holds it (lease and run lock, see [`Self::keep_turn`]; the
+    /// claim took the lock on `client` when it could), runs it so that a panic fails
+    /// only this turn, kills whatever the run's processes left, and only then lets the
+    /// run lock go.
+    async fn run_turn(&self, claimed: Claimed, run_id: Uuid, client: PooledClient) {
         let t = claimed.turn.clone();
         let span = info_span!("turn", conversation_id = %t.conversation_id, turn_id = %t.turn_id, attempt = t.attempt);
         async {
@@ -455,24 +507,62 @@ impl Orchestrator {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(t.conversation_id, RunningTurn { turn_id: t.turn_id, control: control.clone() });
-            let lease = tokio::spawn(self.clone().keep_lease(t.turn_id, control.clone()).in_current_span());
+            let keeper_stop = CancellationToken::new();
+            // However this function ends (even dropped), the keeper stops.
+            let _keeper_guard = keeper_stop.clone().drop_guard();
+            let (locked_tx, locked_rx) = oneshot::channel();
+            let lock = RunLock::claimed(&self.inner.coordination, client, t.conversation_id, claimed.run_locked);
+            let keeper = tokio::spawn(
+                self.clone()
+                    .keep_turn(t.clone(), lock, control.clone(), keeper_stop.clone(), locked_tx)
+                    .in_current_span(),
+            );
+            let sink_conversation =
+                self.inner.sinks.contains_key(&claimed.conversation.platform).then(|| claimed.conversation.clone());
             let started = Instant::now();
-            let result = self.drive(claimed, control).await;
-            lease.abort();
-            self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
+            // Taken by the claim (the common case): no need to hear it from the keeper.
+            let result = if claimed.run_locked || locked_rx.await.unwrap_or(false) {
+                Some(AssertUnwindSafe(self.drive(claimed, control, run_id)).catch_unwind().await)
+            } else {
+                None
+            };
+            // Nothing of this run may outlive it: the next run may start once the lock goes.
+            let killed = run_marker::end_run(run_id, KILL_WAIT).await;
+            if killed > 0 {
+                warn!(processes = killed, "killed processes the assistant left behind");
+            }
             match result {
-                Ok(status) => info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished"),
-                Err(DbError::Conflict { constraint }) if constraint.ends_with("conversation_id_fkey") => {
-                    // The conversation was deleted while its turn ran: nothing is left to store.
+                None => {
+                    warn!("another run of this conversation is still stopping; re-queueing the turn");
+                    if let Ok(client) = self.pool().get().await {
+                        let _ = turn::unclaim(&client, t.turn_id).await;
+                    }
+                }
+                Some(Ok(Ok(status))) => {
+                    info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished");
+                }
+                Some(Ok(Err(e))) if is_conversation_gone(&e) => {
                     info!("the conversation was deleted during the turn; its result is dropped");
                 }
-                Err(e) => {
+                Some(Ok(Err(e))) => {
                     error!(error = %e, "turn could not be finished; re-queueing it");
                     if let Ok(client) = self.pool().get().await {
                         let _ = turn::requeue(&client, t.turn_id).await;
                     }
                 }
+                Some(Err(panic)) => {
+                    let what = panic_message(panic.as_ref());
+                    error!(panic = %what, "the turn panicked; failing it");
+                    if let Err(e) = self.fail_panicked(&t, sink_conversation, &what).await {
+                        error!(error = %e, "could not mark the panicked turn failed; the sweeper will re-queue it");
+                    }
+                }
             }
+            // The lock goes back with its connection before this worker claims again, so
+            // a worker never holds more than one coordination connection.
+            keeper_stop.cancel();
+            let _ = keeper.await;
+            self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&t.conversation_id);
             // This worker claims again at once, so the conversation's next queued turn
             // needs no wake-up (nor a notification to other replicas).
         }
@@ -480,33 +570,161 @@ impl Orchestrator {
         .await;
     }
 
-    /// Extends the lease every third of its length; stops the turn when a cancel was
-    /// requested through the database or the lease was lost.
-    async fn keep_lease(self, turn_id: Uuid, control: TurnControl) {
+    /// Ends a turn whose run panicked: `failed` with an error saying so, a `turn_failed`
+    /// event, and the failure delivered to its platform. Nothing is written when the
+    /// turn is no longer running (or its conversation is gone).
+    async fn fail_panicked(&self, t: &Turn, conversation: Option<Conversation>, what: &str) -> DbResult<()> {
+        let error =
+            format!("internal error: Parley failed while answering this message ({what}). Send /retry to try again.");
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        if !conversation::lock_shared(&tx, t.conversation_id).await?
+            || !turn::finish(&tx, t.turn_id, TurnStatus::Failed, Some(&error)).await?
+        {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let seq = event::reserve_block(&tx).await?;
+        let now = Utc::now();
+        let event = Event {
+            conversation_id: t.conversation_id,
+            seq,
+            turn_id: Some(t.turn_id),
+            kind: "turn_failed".into(),
+            data: json!({ "turn_id": t.turn_id, "ts": now.timestamp_micros(), "error": error, "message_id": null }),
+            created_at: now,
+        };
+        event::insert_batch(&tx, std::slice::from_ref(&event)).await?;
+        tx.commit().await?;
+        self.hub().persisted(t.conversation_id, seq);
+        self.hub().publish(Arc::new(event.clone()), true, false);
+        self.signal(Signal::Persisted { conversation_id: t.conversation_id, seq });
+        self.signal(Signal::Event { event, persisted: true });
+        if let Some(conversation) = conversation
+            && let Some(sink) = self.inner.sinks.get(&conversation.platform)
+        {
+            let update = ReplyUpdate {
+                turn_id: Some(t.turn_id),
+                text: String::new(),
+                tools: Vec::new(),
+                status: ReplyStatus::Failed { error },
+            };
+            if let Err(e) = sink.deliver(&conversation, update).await {
+                warn!(error = %e, "delivering the failure of the panicked turn failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a claimed turn for its worker until `stop`: takes the conversation's run
+    /// lock ([`RunLock`]) — waiting up to a lease for a previous run still stopping,
+    /// then reporting `false` through `locked` so the turn is re-queued — and extends the
+    /// turn's lease every third of its length on the lock's connection. Stops the turn
+    /// when a cancel was requested through the database, the lease was lost, the lease
+    /// ran out before it could be extended, or the lock was lost to another run. Keeps
+    /// the lock until `stop` (after the run's processes are gone), then releases it.
+    async fn keep_turn(
+        self,
+        t: Turn,
+        mut lock: RunLock,
+        control: TurnControl,
+        stop: CancellationToken,
+        locked: oneshot::Sender<bool>,
+    ) {
         let lease = self.config().lease;
+        let worker_id = self.config().worker_id.clone();
+        let mut locked = Some(locked);
+        let claimed_at = Instant::now();
+        let mut extended_at = claimed_at;
+        let mut next_extension = claimed_at + lease / 3;
+        let mut extending = true;
+        let mut poll = Duration::from_millis(5);
+        let mut told = false;
         loop {
-            tokio::time::sleep(lease / 3).await;
-            let state = match self.inner.coordination.get().await {
-                Ok(client) => turn::extend_lease(&client, turn_id, &self.config().worker_id, lease).await,
-                Err(e) => Err(DbError::from(e)),
+            if lock.is_held()
+                && let Some(tx) = locked.take()
+            {
+                // Taken by the claim.
+                let _ = tx.send(true);
+            } else if !lock.is_held() && (locked.is_some() || extending) {
+                match lock.try_acquire().await {
+                    Ok(true) => {
+                        if let Some(tx) = locked.take() {
+                            let _ = tx.send(true);
+                        } else {
+                            info!("run lock taken again on a new connection");
+                        }
+                        poll = Duration::from_millis(5);
+                    }
+                    Ok(false) if locked.is_none() => {
+                        warn!("another run of this conversation took its run lock; stopping the turn");
+                        control.stop(StopReason::LeaseLost);
+                        extending = false;
+                    }
+                    Ok(false) | Err(_) if claimed_at.elapsed() >= lease => {
+                        if let Some(tx) = locked.take() {
+                            let _ = tx.send(false);
+                            return;
+                        }
+                    }
+                    Ok(false) => {
+                        if !told && claimed_at.elapsed() >= Duration::from_secs(1) {
+                            told = true;
+                            info!("waiting for a previous run of this conversation to stop");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "taking the run lock failed; retrying"),
+                }
+            }
+            let wake =
+                if lock.is_held() || !extending { next_extension } else { next_extension.min(Instant::now() + poll) };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if !lock.is_held() {
+                poll = (poll * 2).min(Duration::from_millis(250));
+            }
+            if !extending || Instant::now() < next_extension {
+                continue;
+            }
+            next_extension = Instant::now() + lease / 3;
+            let state = match lock.client().await {
+                Ok(client) => turn::extend_lease(client, t.turn_id, &worker_id, lease).await,
+                Err(e) => Err(e),
             };
             match state {
-                Ok(LeaseState::Held) => {}
-                Ok(LeaseState::CancelRequested) => control.stop(StopReason::Cancelled),
+                Ok(LeaseState::Held) => extended_at = Instant::now(),
+                Ok(LeaseState::CancelRequested) => {
+                    extended_at = Instant::now();
+                    control.stop(StopReason::Cancelled);
+                }
                 Ok(LeaseState::Lost) => {
                     warn!("lease lost; stopping the turn");
                     control.stop(StopReason::LeaseLost);
-                    return;
+                    extending = false;
                 }
-                Err(e) => warn!(error = %e, "extending the lease failed"),
+                Err(e) => {
+                    warn!(error = %e, "extending the lease failed");
+                    lock.check();
+                    if extended_at.elapsed() >= lease {
+                        warn!("the lease ran out before it could be extended; stopping the turn");
+                        control.stop(StopReason::LeaseLost);
+                        extending = false;
+                    }
+                }
             }
         }
+        if let Some(tx) = locked.take() {
+            let _ = tx.send(false);
+        }
+        lock.release().await;
     }
 
     /// Runs a claimed turn to its end. Returns the final status.
-    async fn drive(&self, claimed: Claimed, control: TurnControl) -> DbResult<&'static str> {
+    async fn drive(&self, claimed: Claimed, control: TurnControl, run_id: Uuid) -> DbResult<&'static str> {
         // The claim read the conversation, the message and the active session too.
-        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session } = claimed;
+        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session, .. } = claimed;
         let sink = self
             .inner
             .sinks
@@ -527,6 +745,7 @@ impl Orchestrator {
             user_message,
             active_session,
             control,
+            run_id,
             reply: Reply::default(),
             sink,
             cwd: None,
@@ -607,6 +826,9 @@ impl TurnRun<'_> {
         let conversation_id = self.conversation.conversation_id;
         for _ in 0..3 {
             let tx = client.transaction().await?;
+            if !conversation::lock_shared(&tx, conversation_id).await? {
+                return Err(DbError::not_found("conversation"));
+            }
             let active = session::active(&tx, conversation_id).await?;
             let resolved = match active {
                 Some(s) if s.assistant == assistant && settings::session_change(&s, &self.conversation).is_none() => {
@@ -690,6 +912,9 @@ impl TurnRun<'_> {
     async fn recover_stale(&self, stale_session: &Session, stale_id: &str) -> DbResult<Session> {
         let mut client = self.orch.pool().get().await?;
         let tx = client.transaction().await?;
+        if !conversation::lock_shared(&tx, self.conversation.conversation_id).await? {
+            return Err(DbError::not_found("conversation"));
+        }
         let cleared = session::clear_assistant_session_id(&tx, stale_session.session_id, stale_id).await?;
         debug!(cleared, "cleared the stale assistant session ID");
         let ended = session::end(&tx, stale_session.session_id, Transition::StaleSession, None).await?;
@@ -731,6 +956,7 @@ impl TurnRun<'_> {
             resume: session.assistant_session_id.clone(),
             cwd: self.cwd.clone(),
             cancel: self.control.token.child_token(),
+            run_id: self.run_id,
             settings: self.orch.run_settings(&self.conversation),
         };
         // PostgreSQL cannot store NUL (U+0000): assistant output is made storable here, where it enters.
@@ -738,7 +964,12 @@ impl TurnRun<'_> {
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.control.token.cancelled() => return Ok(Outcome::Stopped(self.control.reason())),
+                () = self.control.token.cancelled() => {
+                    // The adapter saw the same cancellation: let it stop its processes
+                    // gracefully (its stream then ends) before they are killed outright.
+                    let _ = tokio::time::timeout(STOP_DRAIN, async { while stream.next().await.is_some() {} }).await;
+                    return Ok(Outcome::Stopped(self.control.reason()));
+                }
                 next = stream.next() => next,
             };
             let chunk = match next {
@@ -913,7 +1144,9 @@ impl TurnRun<'_> {
         )
         .await?;
         let Some(message_id) = completed else {
-            warn!("the turn was no longer running when it finished; its result is dropped");
+            warn!(
+                "the turn was no longer running when it finished (taken back, or its conversation deleted); its result is dropped"
+            );
             self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
             return Ok("lost");
         };
@@ -935,6 +1168,11 @@ impl TurnRun<'_> {
         let turn_id = self.turn.turn_id;
         let mut client = self.orch.pool().get().await?;
         let tx = client.transaction().await?;
+        // First, as everywhere: a concurrent delete of the conversation waits for this
+        // transaction, or has committed and nothing is written.
+        if !conversation::lock_shared(&tx, conversation_id).await? {
+            return Err(DbError::not_found("conversation"));
+        }
         turn::set_session(&tx, turn_id, session.session_id).await?;
         let (status, final_event, update) = match outcome {
             Outcome::Completed => unreachable!("completed turns are stored by complete()"),
@@ -1020,6 +1258,21 @@ impl TurnRun<'_> {
         self.orch.signal(Signal::Persisted { conversation_id, seq: final_event.seq });
         self.orch.signal(Signal::Event { event: final_event, persisted: true });
     }
+}
+
+/// Whether a turn's write failed because its conversation was deleted meanwhile.
+fn is_conversation_gone(e: &DbError) -> bool {
+    matches!(e, DbError::Conflict { constraint } if constraint.ends_with("conversation_id_fkey"))
+        || matches!(e, DbError::NotFound { what: "conversation" })
+}
+
+/// A panic's message, from its payload (`panic!` with a literal or a formatted string).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! and many small ones. Every turn must end in a final status with the user message
 //! stored, the reply (or its partial) stored, and its events consistent: one
 //! `turn_started`, one final event last, and `text` events adding up to the stored reply.
+//! An assistant that panics mid-stream fails only its turn, and a turn whose
+//! conversation's run lock is taken waits (then is re-queued) until it is free.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,9 @@ const HUGE: usize = 1 << 20;
 
 /// An assistant that plays a script chosen by the message it is asked to answer.
 struct Scripted;
+
+/// How many times the scripted assistant was asked to answer "locked out".
+static LOCKED_OUT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The script for `message`: the chunks (or the error) the run yields, in order.
 fn script(message: &str) -> Vec<Result<Chunk, AssistantError>> {
@@ -93,6 +98,15 @@ impl Assistant for Scripted {
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if request.message == "locked out" {
+            LOCKED_OUT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return futures::stream::iter(script("many small")).boxed();
+        }
+        if request.message == "panic midway" {
+            // Some text, then a bug in the adapter.
+            let text = futures::stream::iter([Ok(Chunk::Text { text: "half an ans".into() })]);
+            return text.chain(futures::stream::poll_fn(|_| panic!("the scripted assistant has a bug"))).boxed();
+        }
         futures::stream::iter(script(&request.message)).boxed()
     }
 }
@@ -106,6 +120,10 @@ struct App {
 
 impl App {
     async fn start() -> Self {
+        Self::start_with_lease(Config::default().lease).await
+    }
+
+    async fn start_with_lease(lease: Duration) -> Self {
         let db = TestDb::new().await;
         let config = Config {
             worker_id: format!("hostile-{}", Uuid::new_v4()),
@@ -113,6 +131,7 @@ impl App {
             idle_poll: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(2),
             default_assistant: "scripted".into(),
+            lease,
             ..Config::default()
         };
         let orchestrator =
@@ -134,14 +153,20 @@ impl App {
 
     /// Posts `text` to a new conversation and waits for its turn to end.
     async fn run(&self, text: &str) -> Finished {
+        let conversation_id = self.conversation(text).await;
+        self.run_in(conversation_id, text).await
+    }
+
+    /// Creates a conversation with the scripted assistant.
+    async fn conversation(&self, title: &str) -> Uuid {
         let client = self.db.pool.get().await.expect("client");
-        let conv = conversation::create(
+        conversation::create(
             &client,
             &NewConversation {
                 platform: "web".into(),
                 external_id: String::new(),
                 owner: "local".into(),
-                title: text.into(),
+                title: title.into(),
                 assistant: "scripted".into(),
                 cwd: None,
                 delivery: Delivery::Stream,
@@ -149,11 +174,17 @@ impl App {
             },
         )
         .await
-        .expect("conversation");
+        .expect("conversation")
+        .conversation_id
+    }
+
+    /// Posts `text` to a conversation and waits for its turn to end.
+    async fn run_in(&self, conversation_id: Uuid, text: &str) -> Finished {
+        let client = self.db.pool.get().await.expect("client");
         let posted = self
             .orchestrator
             .post_message(PostMessage {
-                conversation_id: conv.conversation_id,
+                conversation_id,
                 text: text.into(),
                 dedupe: None,
                 metadata: json!({}),
@@ -176,8 +207,13 @@ impl App {
             turn.status,
             turn.attempt
         );
-        let messages = message::list(&client, conv.conversation_id, 0, 100).await.expect("messages");
-        let events = event::list_after(&client, conv.conversation_id, 0, 10_000).await.expect("events");
+        let messages = message::list(&client, conversation_id, 0, 100).await.expect("messages");
+        let events: Vec<Event> = event::list_after(&client, conversation_id, 0, 10_000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.turn_id == Some(turn_id))
+            .collect();
         Finished { turn, user_message_id: message_id, messages, events }
     }
 }
@@ -275,5 +311,89 @@ async fn hostile_claude_output_lines_end_in_a_stored_reply() {
     let head = "nul:\u{FFFD}:end\n\nbad \u{FFFD}\u{FFFD} utf8";
     assert!(reply.content.starts_with(head), "{:.80}", reply.content);
     assert_eq!(reply.content.len(), head.len() + HUGE, "the 1 MB delta follows whole");
+    app.stop().await;
+}
+
+/// A panic inside a run (here in the assistant's stream) fails that turn with a clear
+/// error and a `turn_failed` event, frees its worker and its lease, and the
+/// conversation takes the next message. Three panics on two workers: a worker lost to a
+/// panic would leave the last turns unanswered.
+#[tokio::test]
+async fn a_panicking_assistant_fails_only_its_turn_and_the_conversation_goes_on() {
+    let app = App::start().await;
+    let conversation_id = app.conversation("panics").await;
+    for _ in 0..3 {
+        let done = app.run_in(conversation_id, "panic midway").await;
+        assert_eq!(done.turn.status, "failed", "{:?}", done.turn);
+        assert_eq!(done.turn.attempt, 1, "failed, not re-run");
+        assert!(done.turn.lease_until.is_none(), "the lease is released");
+        let error = done.turn.error.as_deref().expect("turn error");
+        assert!(error.contains("internal error") && error.contains("the scripted assistant has a bug"), "{error}");
+        assert!(error.contains("/retry"), "tells the user what to do: {error}");
+        let kinds: Vec<&str> = done.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.last(), Some(&"turn_failed"), "{kinds:?}");
+        assert_eq!(event(&done, "turn_failed")["error"], error);
+        assert!(done.messages.iter().any(|m| m.message_id == done.user_message_id), "the user message is kept");
+    }
+    let done = app.run_in(conversation_id, "nul everywhere").await;
+    done.checked_reply("completed").expect("the next message is answered");
+    assert_eq!(app.orchestrator.running_count(), 0);
+    app.stop().await;
+}
+
+/// A previous run of the conversation still holds its run lock (as a run whose lease
+/// was lost does while its processes stop): the claimed turn does not start its
+/// assistant; after a lease of waiting it is re-queued; once the lock is free it runs,
+/// once.
+#[tokio::test]
+async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
+    let app = App::start_with_lease(Duration::from_secs(2)).await;
+    let conversation_id = app.conversation("locked out").await;
+    let holder = app.db.pool.get().await.expect("client");
+    let lock = "select pg_advisory_lock(hashtextextended($1::uuid::text, 0))";
+    holder.execute(lock, &[&conversation_id]).await.expect("lock");
+
+    let posted = app
+        .orchestrator
+        .post_message(PostMessage {
+            conversation_id,
+            text: "locked out".into(),
+            dedupe: None,
+            metadata: json!({}),
+            owner: None,
+        })
+        .await
+        .expect("posted");
+    let Ingested::Turn { turn_id, .. } = posted else { panic!("not a turn: {posted:?}") };
+    let client = app.db.pool.get().await.expect("client");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = turn::get(&client, turn_id).await.expect("turn");
+    assert_eq!(waiting.status, "running", "claimed: {waiting:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "the assistant did not start");
+    let events = event::list_after(&client, conversation_id, 0, 100).await.expect("events");
+    assert!(events.is_empty(), "nothing happened in the conversation yet: {events:?}");
+
+    // Past a lease of waiting, the turn went back to the queue (the claim not counted as
+    // an attempt) and was claimed again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requeued = turn::get(&client, turn_id).await.expect("turn");
+    assert!(requeued.started_at > waiting.started_at, "re-queued and claimed again: {requeued:?}");
+    assert_eq!(requeued.attempt, 1, "{requeued:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "still not started");
+
+    let unlock = "select pg_advisory_unlock(hashtextextended($1::uuid::text, 0))";
+    holder.execute(unlock, &[&conversation_id]).await.expect("unlock");
+    let mut done = turn::get(&client, turn_id).await.expect("turn");
+    for _ in 0..200 {
+        if done.status == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done = turn::get(&client, turn_id).await.expect("turn");
+    }
+    assert_eq!((done.status.as_str(), done.attempt), ("completed", 1), "{done:?}");
+    assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 1, "the assistant ran once");
+    drop(client);
+    drop(holder);
     app.stop().await;
 }

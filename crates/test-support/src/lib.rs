@@ -1,5 +1,6 @@
-//! Test helpers: a fresh migrated PostgreSQL database per test ([`TestDb`]) and an SSE
-//! client ([`sse`]).
+//! Test helpers: a fresh migrated PostgreSQL database per test ([`TestDb`]), a
+//! throwaway PostgreSQL cluster for tests that stop the server ([`cluster`]), an SSE
+//! client ([`sse`]), and [`skip_missing`] for tests whose prerequisite is missing.
 //!
 //! Tests use the real PostgreSQL named by `PARLEY_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`). Each [`TestDb`] is a new database
@@ -8,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod mock_anthropic;
 pub mod mock_openai;
 pub mod process;
@@ -124,4 +126,19 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// What a test does when a prerequisite is missing: prints `SKIPPED: why` and returns
+/// true (the test then returns early) — or, with `CI=true` (as CI runs), panics, since
+/// a suite that skips its checks there would pass without testing anything.
+///
+/// # Panics
+/// With `CI=true`.
+#[must_use]
+pub fn skip_missing(why: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{why} (CI=true: a missing prerequisite fails the run instead of skipping the test)");
+    }
+    eprintln!("SKIPPED: {why}");
+    true
 }

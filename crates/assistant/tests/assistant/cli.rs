@@ -51,6 +51,7 @@ pub fn request(prompt: &str, resume: Option<&str>, cwd: Option<PathBuf>) -> RunR
         resume: resume.map(str::to_owned),
         cwd,
         cancel: CancellationToken::new(),
+        run_id: uuid::Uuid::new_v4(),
         settings: parley_assistant::RunSettings::default(),
     }
 }
@@ -117,8 +118,9 @@ async fn claude_gets_the_prompt_on_stdin_and_an_allow_listed_environment() {
     let cwd = dir.0.join("conversation");
     let claude = claude_with(bin, ProcessLimits::default());
     let prompt = "a prompt with 'quotes' and\nnewlines — never in argv";
-    let chunks: Vec<_> =
-        claude.run(request(prompt, Some("d5f45b2a-004a-48c7-ab76-1d9863355e6e"), Some(cwd.clone()))).collect().await;
+    let req = request(prompt, Some("d5f45b2a-004a-48c7-ab76-1d9863355e6e"), Some(cwd.clone()));
+    let run_id = req.run_id;
+    let chunks: Vec<_> = claude.run(req).collect().await;
     assert!(matches!(chunks.last(), Some(Ok(Chunk::Completed { .. }))), "{chunks:?}");
     assert_eq!(std::fs::read_to_string(dir.0.join("stdin")).unwrap(), prompt);
     let args = std::fs::read_to_string(dir.0.join("args")).unwrap();
@@ -139,6 +141,10 @@ async fn claude_gets_the_prompt_on_stdin_and_an_allow_listed_environment() {
     let env = std::fs::read_to_string(dir.0.join("env")).unwrap();
     assert!(env.lines().any(|l| l == "CLAUDE_CONFIG_DIR=/configured/claude"), "{env}");
     assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    // The run's markers, which every process of the run inherits.
+    assert!(env.lines().any(|l| l == format!("PARLEY_RUN_ID={run_id}")), "{env}");
+    let owner = format!("PARLEY_OWNER={}", parley_assistant::run_marker::owner());
+    assert!(env.lines().any(|l| l == owner), "{env}");
     // Cargo gives the test process these; the CLI must not inherit them.
     assert!(!env.contains("CARGO_MANIFEST_DIR"), "{env}");
     assert!(!env.contains("CARGO_PKG_NAME"), "{env}");
@@ -365,4 +371,72 @@ async fn dropping_the_stream_kills_the_process_group() {
     drop(stream);
     let alive = wait_dead(pids).await;
     assert!(alive.is_empty(), "processes {alive:?} survived the drop");
+}
+
+/// A tool that leaves the CLI's session *and* its parent (a double fork: the
+/// intermediate shell exits at once, so the tool's parent link to the CLI is gone) is
+/// invisible to the process-group and parent-link kills; it still carries the run's
+/// marker, and ending the run kills it.
+#[tokio::test]
+async fn ending_a_run_kills_a_detached_orphan_tool_found_by_its_run_marker() {
+    let dir = Scratch::new("claude-orphan-tool");
+    let fixture = fixtures_dir().join("claude-resume-ok.jsonl");
+    let bin = script(
+        &dir.0,
+        "claude",
+        &format!(
+            "cat > /dev/null\n\
+             setsid sh -c 'sleep 300 & echo $! > \"{d}/pids\"' &\n\
+             wait\n\
+             cat '{f}'",
+            d = dir.0.display(),
+            f = fixture.display()
+        ),
+    );
+    let claude = claude_with(bin, ProcessLimits::default());
+    let req = request("hi", Some("d5f45b2a-004a-48c7-ab76-1d9863355e6e"), None);
+    let run_id = req.run_id;
+    let chunks: Vec<_> = claude.run(req).collect().await;
+    assert!(matches!(chunks.last(), Some(Ok(Chunk::Completed { .. }))), "{chunks:?}");
+    wait_for_file(&dir.0.join("pids")).await;
+    let pids = read_pids(&dir.0.join("pids"));
+    assert_eq!(pids.len(), 1);
+    assert!(pid_alive(pids[0]), "the orphan tool outlived the CLI's normal exit");
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap_or_default();
+    let marker = format!("{}={run_id}", parley_assistant::run_marker::RUN_ID_ENV);
+    assert!(environ.split(|b| *b == 0).any(|e| e == marker.as_bytes()), "the tool carries {marker}");
+
+    let killed = parley_assistant::run_marker::end_run(run_id, Duration::from_secs(5)).await;
+    assert_eq!(killed, 1);
+    assert!(wait_dead(pids).await.is_empty(), "the orphan tool survived the end of its run");
+    assert_eq!(parley_assistant::run_marker::end_run(run_id, Duration::from_secs(5)).await, 0, "ended once");
+}
+
+/// After a crash, what the dead Parley process left behind is found by its owner
+/// marker: processes of a live owner are kept, those of a dead one are killed.
+#[tokio::test]
+async fn orphans_of_a_dead_parley_are_killed_and_a_live_ones_kept() {
+    use parley_assistant::run_marker::{OWNER_ENV, RUN_ID_ENV, kill_orphans, owner};
+    let (pid, start) = owner().split_once(':').expect("PID:START");
+    // This PID started a tick later: another, dead, process.
+    let dead = format!("{pid}:{}", start.parse::<u64>().expect("ticks") + 1);
+    let spawn = |owner: &str| {
+        std::process::Command::new("sleep")
+            .arg("300")
+            .env(OWNER_ENV, owner)
+            .env(RUN_ID_ENV, uuid::Uuid::new_v4().to_string())
+            .spawn()
+            .expect("sleep")
+    };
+    let mut orphan = spawn(&dead);
+    let mut kept = spawn(owner());
+    let orphan_pid = i32::try_from(orphan.id()).expect("pid");
+    let kept_pid = i32::try_from(kept.id()).expect("pid");
+
+    assert!(kill_orphans(Duration::from_secs(5)).await >= 1);
+    let _ = orphan.wait();
+    assert!(!pid_alive(orphan_pid), "the dead owner's process was killed");
+    assert!(pid_alive(kept_pid), "a live owner's process is left alone");
+    let _ = kept.kill();
+    let _ = kept.wait();
 }

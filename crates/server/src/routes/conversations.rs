@@ -230,16 +230,26 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     let orch = &state.orchestrator;
-    let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+    let mut client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
     principal.conversation(&client, id).await?;
+    // The running turn stops wherever it runs (its assistant's processes are killed);
+    // whatever it still writes waits for the delete or finds the conversation gone.
     if let Some(running) = parley_db::turn::running(&client, id).await? {
         orch.cancel(running.turn_id);
     }
-    // The delete cascades to the turn a worker may still be finishing; PostgreSQL may pick
-    // this statement as the victim of the lock cycle. Deadlock victims are meant to retry.
+    // Writers lock the conversation before its child rows, as the delete does, so no
+    // deadlock is expected; should PostgreSQL still pick this transaction as a victim,
+    // it is meant to be retried.
     let mut attempt = 1;
     loop {
-        match conversation::delete(&client, id).await {
+        let deleted: Result<(), DbError> = async {
+            let tx = client.transaction().await?;
+            conversation::delete(&tx, id).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match deleted {
             Ok(()) => return Ok(StatusCode::NO_CONTENT),
             Err(e @ DbError::Retryable(_)) if attempt < DELETE_ATTEMPTS => {
                 tracing::debug!(error = %e, attempt, "deleting the conversation lost a race; retrying");
