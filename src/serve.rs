@@ -668,8 +668,10 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     let demo =
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
     let a = &args.assistants;
-    let orchestrator = platforms
-        .register(Orchestrator::builder(pool, config).listen(db.clone()).coordination_pool(coordination))
+    let orchestrator = Orchestrator::builder(pool, config)
+        .listen(db.clone())
+        .coordination_pool(coordination)
+        .platforms(&platforms)
         .assistant(Arc::new(demo))
         .assistant(Arc::new(Claude::new(a.claude())))
         .assistant(Arc::new(Codex::new(a.codex())))

@@ -298,22 +298,25 @@ pub trait Assistant: Send + Sync + 'static {
     }
 }
 
-/// A secret string (an API key): its `Debug` and `Display` print `[redacted]`, so it
-/// never reaches a log line by accident. Read it with [`Secret::expose`].
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string (an API key, a platform token), held in a [`secrecy::SecretString`]
+/// so it is zeroed in memory when dropped and read only through [`Secret::expose`]. Its
+/// `Debug` and `Display` print `[redacted]`, so it never reaches a log line by accident.
+/// It has no `PartialEq`: compare secrets in constant time where they are checked
+/// (webhook verification does).
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     /// Wraps a secret value.
     #[must_use]
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into().into())
     }
 
     /// The secret value, for the one place that sends it (a header, a child's environment).
     #[must_use]
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 

@@ -6,28 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use futures::future::join_all;
-use serde_json::json;
 
 use crate::server::Target;
 use crate::stats::Samples;
 
 /// Deliveries per round, all sent at once (as ack_bench does).
 pub const CONCURRENCY: usize = 50;
-
-/// A Telegram `message` update (Bot API `Update`), as in the platform tests.
-fn telegram_update(update_id: i64, chat_id: i64) -> Vec<u8> {
-    let body = json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id % 100_000,
-            "from": { "id": 42, "is_bot": false, "first_name": "Bench", "username": "bench" },
-            "chat": { "id": chat_id, "type": "private", "username": "bench" },
-            "date": 1_767_225_600,
-            "text": "bench",
-        }
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
-}
 
 /// Sends `rounds` rounds (after one warm-up round) of [`CONCURRENCY`] updates spread
 /// over 50 chats, signed with `secret`; returns the acknowledgement latencies.
@@ -43,7 +27,12 @@ pub async fn telegram(target: &Target, secret: &str, rounds: usize) -> Result<Sa
         let mut requests = Vec::new();
         for _ in 0..CONCURRENCY {
             seq += 1;
-            let body = telegram_update(base + seq, 900_000 + seq % 50);
+            let body = serde_json::to_vec(&parley_test_support::telegram::update(
+                base + seq,
+                900_000 + seq % 50,
+                "bench",
+                false,
+            ))?;
             requests.push(async move {
                 let started = Instant::now();
                 let resp = target

@@ -20,27 +20,22 @@ pub const TOKEN_PREFIX: &str = "parley_";
 /// The longest principal name, in characters (`api_token_principal_check`).
 pub const MAX_PRINCIPAL_CHARS: usize = 200;
 
-/// A token's plaintext: shown once, never logged (`Debug` prints `[redacted]`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenSecret(String);
+/// A token's plaintext: shown once, never logged (its `Debug` is secrecy's
+/// `[REDACTED]`), zeroed in memory when dropped ([`secrecy::SecretString`]).
+#[derive(Clone, Debug)]
+pub struct TokenSecret(secrecy::SecretString);
 
 impl TokenSecret {
-    /// Wraps a token as received from a client.
+    /// Wraps a token as received (an operator's bootstrap token).
     #[must_use]
     pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
+        Self(token.into().into())
     }
 
     /// The plaintext, for printing it once or sending it.
     #[must_use]
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for TokenSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 
@@ -94,7 +89,8 @@ pub fn generate() -> DbResult<TokenSecret> {
     use base64::Engine;
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| DbError::Other(format!("no random bytes for a token: {e}")))?;
-    Ok(TokenSecret(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))))
+    let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    Ok(TokenSecret(token.into()))
 }
 
 /// Creates a token for `principal` and returns its row and plaintext (the only time the
@@ -223,4 +219,17 @@ pub async fn bootstrap_admin(
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_redacted_in_debug_and_readable_through_expose() {
+        let token = TokenSecret::new("pt_very-secret-value");
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("very-secret-value") && shown.contains("REDACTED"), "{shown}");
+        assert_eq!(token.expose(), "pt_very-secret-value");
+    }
 }

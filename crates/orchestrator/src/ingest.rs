@@ -3,12 +3,13 @@
 //! is acknowledged before it is committed.
 
 use parley_db::message::{self, Role};
-use parley_db::{conversation, inbound_delivery, ingest};
+use parley_db::{DbError, GenericClient, conversation, inbound_delivery, ingest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::command::{self, Command, CommandReply, Parsed};
+use crate::settings::Policy;
 use crate::{Orchestrator, OrchestratorError};
 
 /// The default longest message accepted, in characters ([`crate::Config::max_message_chars`]).
@@ -42,7 +43,7 @@ impl Dedupe {
 
     /// What a recorded delivery of this key means for this request: the first answer
     /// marked as a duplicate, or an error.
-    fn repeat(&self, stored: Option<inbound_delivery::Stored>) -> Result<Ingested, OrchestratorError> {
+    pub(crate) fn repeat(&self, stored: Option<inbound_delivery::Stored>) -> Result<Ingested, OrchestratorError> {
         let stored = stored.ok_or_else(|| OrchestratorError::Conflict("this delivery was already received".into()))?;
         if stored.is_for_another_request(&self.request_hash) {
             return Err(OrchestratorError::IdempotencyKeyReused);
@@ -135,6 +136,38 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), OrchestratorErr
     Ok(())
 }
 
+/// What storing a message left to do once its transaction ends.
+pub(crate) enum Outcome {
+    /// Stored: commit, then [`Orchestrator::after_ingest`].
+    Stored {
+        /// The answer to give.
+        ingested: Ingested,
+        /// The command's reply, when the message was a known chat command.
+        command: Option<CommandReply>,
+    },
+    /// Nothing stored: another delivery recorded the dedupe key first. End the
+    /// transaction, then answer with [`Dedupe::first_answer`].
+    Repeat,
+}
+
+impl Dedupe {
+    /// The first answer given to this key, marked as a duplicate, with the conversation
+    /// it went to: read after an [`Outcome::Repeat`], outside the failed transaction.
+    ///
+    /// # Errors
+    /// [`OrchestratorError::IdempotencyKeyReused`] when the key was first used for another
+    /// request; [`OrchestratorError::Conflict`] when its first delivery has not stored an
+    /// answer yet; [`OrchestratorError::Db`] when the store fails.
+    pub(crate) async fn first_answer(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<(Ingested, Option<Uuid>), OrchestratorError> {
+        let stored = inbound_delivery::stored(client, &self.namespace, &self.key).await?;
+        let conversation_id = stored.as_ref().and_then(|s| s.conversation_id);
+        self.repeat(stored).map(|ingested| (ingested, conversation_id))
+    }
+}
+
 impl Orchestrator {
     /// Stores a user message and queues a turn for it, or runs it as a chat command.
     ///
@@ -153,88 +186,52 @@ impl Orchestrator {
     /// [`OrchestratorError::Db`] when the store fails (nothing stored).
     pub async fn post_message(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
         validate_text(&post.text, self.config().max_message_chars)?;
-        if command::parse(&post.text) == Parsed::Message {
-            return self.enqueue(post).await;
-        }
-        let mut client = self.pool().get().await.map_err(parley_db::DbError::from)?;
-        let tx = client.transaction().await.map_err(parley_db::DbError::from)?;
-        if let Some(d) = &post.dedupe
-            && !inbound_delivery::record(&tx, &d.namespace, &d.key, Some(post.conversation_id), Some(&d.request_hash))
-                .await?
-        {
-            let stored = inbound_delivery::stored(&tx, &d.namespace, &d.key).await?;
-            tx.rollback().await.map_err(parley_db::DbError::from)?;
-            return d.repeat(stored);
-        }
-        let conv = conversation::lock(&tx, post.conversation_id).await?;
-        if post.owner.as_deref().is_some_and(|o| o != conv.owner) {
-            return Err(OrchestratorError::NotFound("conversation"));
-        }
-        let result = match command::parse(&post.text) {
-            Parsed::Message => unreachable!("plain messages are enqueued above"),
-            parsed => {
-                let name = match &parsed {
-                    Parsed::Command(c) => c.name().to_owned(),
-                    Parsed::Unknown(n) => n.clone(),
-                    Parsed::Message => unreachable!("handled above"),
-                };
-                let mut metadata = post.metadata.clone();
-                if let Some(obj) = metadata.as_object_mut() {
-                    obj.insert("command".into(), json!(name));
-                } else {
-                    metadata = json!({ "command": name });
-                }
-                let msg = message::insert(&tx, conv.conversation_id, None, Role::User, &post.text, &metadata).await?;
-                let reply = match parsed {
-                    Parsed::Command(c) => Some(
-                        command::execute(
-                            &tx,
-                            self.settings_policy(),
-                            &conv,
-                            c,
-                            command::arguments(&post.text),
-                            Some(msg.message_id),
-                        )
-                        .await?,
-                    ),
-                    _ => None,
-                };
-                let (command, ok, text) = match &reply {
-                    Some(r) => (Some(r.command), r.ok, r.text.clone()),
-                    None => (None, false, format!("Unknown command /{name}. {}", command::help_text())),
-                };
-                message::insert(
-                    &tx,
-                    conv.conversation_id,
-                    None,
-                    Role::System,
-                    &text,
-                    &json!({ "command": name, "ok": ok }),
-                )
-                .await?;
-                (Ingested::Command { message_id: msg.message_id, command, ok, reply: text, duplicate: false }, reply)
-            }
+        let mut client = self.pool().get().await.map_err(DbError::from)?;
+        let outcome = if command::parse(&post.text) == Parsed::Message {
+            // One statement in autocommit mode: one round trip, one commit.
+            self.store(&client, &post).await?
+        } else {
+            let tx = client.transaction().await.map_err(DbError::from)?;
+            let outcome = self.store(&tx, &post).await?;
+            end(tx, &outcome).await?;
+            outcome
         };
-        if let Some(d) = &post.dedupe {
-            let value = serde_json::to_value(&result.0).map_err(|e| OrchestratorError::InvalidInput(e.to_string()))?;
-            inbound_delivery::set_response(&tx, &d.namespace, &d.key, &value).await?;
+        match (outcome, &post.dedupe) {
+            (Outcome::Stored { ingested, command }, _) => {
+                self.after_ingest(command.as_ref());
+                Ok(ingested)
+            }
+            (Outcome::Repeat, Some(dedupe)) => dedupe.first_answer(&client).await.map(|(ingested, _)| ingested),
+            (Outcome::Repeat, None) => Err(OrchestratorError::Conflict("this message was already received".into())),
         }
-        tx.commit().await.map_err(parley_db::DbError::from)?;
-        match result.1 {
-            Some(reply) => self.after_command(&reply),
-            None => self.wake(),
+    }
+
+    /// Stores `post` through `client`: a plain message with its queued turn in one
+    /// statement, or a chat command with its reply, which needs `client` to be a
+    /// transaction (the conversation stays locked until it ends). Nothing wakes the
+    /// workers: the caller ends the transaction, then calls [`Orchestrator::after_ingest`].
+    pub(crate) async fn store(
+        &self,
+        client: &impl GenericClient,
+        post: &PostMessage,
+    ) -> Result<Outcome, OrchestratorError> {
+        match command::parse(&post.text) {
+            Parsed::Message => self.store_message(client, post).await,
+            parsed => store_command(client, self.settings_policy(), post, parsed).await,
         }
-        Ok(result.0)
     }
 
     /// Stores a plain message and queues its turn in one statement.
-    async fn enqueue(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
-        let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
+    async fn store_message(
+        &self,
+        client: &impl GenericClient,
+        post: &PostMessage,
+    ) -> Result<Outcome, OrchestratorError> {
         let turn_id = Uuid::new_v4();
         let limit = self.config().max_queued_turns;
         let dedupe = post.dedupe.as_ref().map(|d| (d.namespace.as_str(), d.key.as_str()));
         let enqueued = ingest::enqueue(
-            &client,
+            client,
             &ingest::Enqueue {
                 conversation_id: post.conversation_id,
                 owner: post.owner.as_deref(),
@@ -248,36 +245,23 @@ impl Orchestrator {
         )
         .await;
         match enqueued {
-            Ok(ingest::Enqueued::Stored { message_id }) => {
-                self.wake();
-                Ok(Ingested::Turn { turn_id, message_id, duplicate: false })
-            }
+            Ok(ingest::Enqueued::Stored { message_id }) => Ok(Outcome::Stored {
+                ingested: Ingested::Turn { turn_id, message_id, duplicate: false },
+                command: None,
+            }),
             Ok(ingest::Enqueued::NotFound) => Err(OrchestratorError::NotFound("conversation")),
             Ok(ingest::Enqueued::QueueFull { queued }) => Err(OrchestratorError::TooManyQueued { queued, limit }),
-            Err(e) if ingest::is_duplicate(&e) => match &post.dedupe {
-                Some(d) => d.repeat(inbound_delivery::stored(&client, &d.namespace, &d.key).await?),
-                None => Err(e.into()),
-            },
+            Err(e) if ingest::is_duplicate(&e) && dedupe.is_some() => Ok(Outcome::Repeat),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The answer to a repeat of `dedupe`, when that key was already recorded, with the
-    /// conversation it went to: `Ok(None)` for a new key. Lets a surface answer a
-    /// redelivery before it creates anything (a webhook's conversation).
-    ///
-    /// # Errors
-    /// [`OrchestratorError::IdempotencyKeyReused`] when the key was first used for another
-    /// request; [`OrchestratorError::Conflict`] when its first delivery is still being
-    /// stored; [`OrchestratorError::Db`] when the store fails.
-    pub async fn repeat_of(&self, dedupe: &Dedupe) -> Result<Option<(Ingested, Option<Uuid>)>, OrchestratorError> {
-        let client = self.pool().get().await.map_err(parley_db::DbError::from)?;
-        match inbound_delivery::stored(&client, &dedupe.namespace, &dedupe.key).await? {
-            None => Ok(None),
-            Some(stored) => {
-                let conversation_id = stored.conversation_id;
-                dedupe.repeat(Some(stored)).map(|ingested| Some((ingested, conversation_id)))
-            }
+    /// Wakes the workers after a stored message, or applies a command's effects (cancel a
+    /// turn, wake the workers) once its transaction has committed.
+    pub(crate) fn after_ingest(&self, command: Option<&CommandReply>) {
+        match command {
+            Some(reply) => self.after_command(reply),
+            None => self.wake(),
         }
     }
 
@@ -310,4 +294,66 @@ impl Orchestrator {
             self.wake();
         }
     }
+}
+
+/// Commits `tx` when `outcome` stored something, else rolls it back (it may be aborted
+/// by the duplicate key that made it a repeat).
+pub(crate) async fn end(tx: parley_db::Transaction<'_>, outcome: &Outcome) -> Result<(), OrchestratorError> {
+    match outcome {
+        Outcome::Stored { .. } => tx.commit().await,
+        Outcome::Repeat => tx.rollback().await,
+    }
+    .map_err(|e| DbError::from(e).into())
+}
+
+/// Runs a chat command posted as a message, in the caller's transaction: records the
+/// dedupe key (a repeat stops here), locks the conversation, stores the command and
+/// Parley's reply as messages, runs it, and records the answer for repeats.
+async fn store_command(
+    client: &impl GenericClient,
+    policy: &Policy,
+    post: &PostMessage,
+    parsed: Parsed,
+) -> Result<Outcome, OrchestratorError> {
+    if let Some(d) = &post.dedupe
+        && !inbound_delivery::record(client, &d.namespace, &d.key, Some(post.conversation_id), Some(&d.request_hash))
+            .await?
+    {
+        return Ok(Outcome::Repeat);
+    }
+    let conv = conversation::lock(client, post.conversation_id).await?;
+    if post.owner.as_deref().is_some_and(|o| o != conv.owner) {
+        return Err(OrchestratorError::NotFound("conversation"));
+    }
+    let name = match &parsed {
+        Parsed::Command(c) => c.name().to_owned(),
+        Parsed::Unknown(n) => n.clone(),
+        Parsed::Message => return Err(OrchestratorError::InvalidInput("not a chat command".into())),
+    };
+    let mut metadata = post.metadata.clone();
+    if let Some(obj) = metadata.as_object_mut() {
+        obj.insert("command".into(), json!(name));
+    } else {
+        metadata = json!({ "command": name });
+    }
+    let msg = message::insert(client, conv.conversation_id, None, Role::User, &post.text, &metadata).await?;
+    let reply = match parsed {
+        Parsed::Command(c) => {
+            let args = command::arguments(&post.text);
+            Some(command::execute(client, policy, &conv, c, args, Some(msg.message_id)).await?)
+        }
+        _ => None,
+    };
+    let (command, ok, text) = match &reply {
+        Some(r) => (Some(r.command), r.ok, r.text.clone()),
+        None => (None, false, format!("Unknown command /{name}. {}", command::help_text())),
+    };
+    message::insert(client, conv.conversation_id, None, Role::System, &text, &json!({ "command": name, "ok": ok }))
+        .await?;
+    let ingested = Ingested::Command { message_id: msg.message_id, command, ok, reply: text, duplicate: false };
+    if let Some(d) = &post.dedupe {
+        let value = serde_json::to_value(&ingested).map_err(|e| OrchestratorError::InvalidInput(e.to_string()))?;
+        inbound_delivery::set_response(client, &d.namespace, &d.key, &value).await?;
+    }
+    Ok(Outcome::Stored { ingested, command: reply })
 }

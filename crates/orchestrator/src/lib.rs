@@ -1,14 +1,19 @@
-//! Parley's turn pipeline (DESIGN §4): ingest, workers, session resolution, prompt
-//! building, stream and batch delivery, commands, and stale-session recovery.
+//! Parley's turn pipeline: ingest, workers, session resolution, prompt building, stream
+//! and batch delivery, commands, and stale-session recovery.
 //!
 //! ```text
 //! ingest ──tx──▶ conversation locked + message(user) + turn(queued) ──wake──▶ workers
 //! worker: claim (queued → running, lease) ─▶ resolve session ─▶ run assistant ─▶ finish tx
 //! ```
 //!
-//! [`Orchestrator`] is the handle every surface uses: the web API, webhooks and the
-//! CLI call [`Orchestrator::post_message`] and [`Orchestrator::run_command`], follow
-//! turns with [`Orchestrator::follow`], and the binary runs [`Orchestrator::run_workers`].
+//! [`Orchestrator`] is the handle every surface uses: the web API and the CLI call
+//! [`Orchestrator::post_message`] and [`Orchestrator::run_command`], the webhook routes
+//! [`Orchestrator::ingest_webhook`], every surface follows turns with
+//! [`Orchestrator::follow`], and the binary runs [`Orchestrator::run_workers`].
+//!
+//! Reply delivery to chat platforms goes through the [`ReplySink`]s of
+//! `parley_platforms`, registered with [`Builder::platforms`]: this crate depends on
+//! the platforms, never the reverse.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +28,7 @@ pub mod prompt;
 pub mod retention;
 pub mod settings;
 pub mod sink;
+mod webhook;
 mod worker;
 pub mod workspace;
 
@@ -39,6 +45,7 @@ use uuid::Uuid;
 pub use error::OrchestratorError;
 pub use ingest::{Dedupe, Ingested, PostMessage, validate_text};
 pub use sink::{ReplySink, ReplyStatus, ReplyUpdate};
+pub use webhook::WebhookIngested;
 
 /// Settings of the turn pipeline.
 #[derive(Debug, Clone)]
@@ -201,6 +208,17 @@ impl Builder {
     #[must_use]
     pub fn retention_hook(mut self, hook: Arc<dyn retention::RetentionHook>) -> Self {
         self.retention_hook = Some(hook);
+        self
+    }
+
+    /// Registers every reply sink of the configured chat `platforms` and logs how they
+    /// are set up (never their secrets; see [`parley_platforms::Platforms::log_configuration`]).
+    #[must_use]
+    pub fn platforms(mut self, platforms: &parley_platforms::Platforms) -> Self {
+        for (platform, sink) in platforms.sinks() {
+            self = self.sink(platform.as_str(), sink);
+        }
+        platforms.log_configuration();
         self
     }
 

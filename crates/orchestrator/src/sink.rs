@@ -1,60 +1,38 @@
-//! Reply sinks: how a turn's progress reaches a platform that is not the web UI.
+//! Reply sinks as the orchestrator drives them: one per platform, registered on the
+//! [`Builder`](crate::Builder) under the platform's name (`conversation.platform`). A
+//! running turn hands its conversation's sink [`ReplyUpdate`]s (see the worker); a chat
+//! command's reply reaches a platform conversation as a notice ([`Orchestrator::send_notice`]).
 //!
-//! The web UI follows the event log over SSE and needs no sink. A platform (Telegram,
-//! Slack, …) registers a [`ReplySink`]; the worker hands it [`ReplyUpdate`]s through a
-//! latest-wins channel, so a slow platform API never slows the turn. In
-//! [`Delivery::Stream`](parley_db::conversation::Delivery) mode the sink sees the reply
-//! grow; in batch mode it sees only the final update.
+//! The contract itself — [`ReplySink`], [`ReplyUpdate`], [`ReplyStatus`] — belongs to
+//! [`parley_platforms::reply`], which implements it; it is re-exported here.
 
-use futures::future::BoxFuture;
+use std::sync::Arc;
+
 use parley_db::conversation::Conversation;
-use serde::Serialize;
-use uuid::Uuid;
+pub use parley_platforms::reply::{ReplySink, ReplyStatus, ReplyUpdate};
 
-/// Where a reply stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum ReplyStatus {
-    /// The assistant is still generating.
-    Running,
-    /// The reply is complete.
-    Completed,
-    /// The turn failed; `error` is readable by the user.
-    Failed {
-        /// Why.
-        error: String,
-    },
-    /// The turn was cancelled; `text` is the partial reply.
-    Cancelled,
-    /// A message from Parley itself (a command's reply, a notice).
-    Notice,
-}
+use crate::Orchestrator;
 
-/// A snapshot of a turn's reply, as a platform should show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReplyUpdate {
-    /// The turn, or `None` for a notice outside any turn.
-    pub turn_id: Option<Uuid>,
-    /// The reply text so far (whole, not a delta).
-    pub text: String,
-    /// Compact lines for the tools used so far, e.g. `Bash: ls -la`.
-    pub tools: Vec<String>,
-    /// Where it stands.
-    pub status: ReplyStatus,
-}
-
-impl ReplyUpdate {
-    /// True for the last update of a turn (or a notice).
-    #[must_use]
-    pub fn is_final(&self) -> bool {
-        !matches!(self.status, ReplyStatus::Running)
+impl Orchestrator {
+    /// The reply sink registered for `platform` (`conversation.platform`), if any.
+    pub(crate) fn sink(&self, platform: &str) -> Option<Arc<dyn ReplySink>> {
+        self.inner.sinks.get(platform).cloned()
     }
-}
 
-/// Delivers replies to one platform. Implementations throttle, split long replies and
-/// retry as their platform requires; an error is logged and recorded, never fatal to
-/// the turn (the reply is in the database whatever the platform says).
-pub trait ReplySink: Send + Sync + 'static {
-    /// Shows `update` in `conversation`'s thread on the platform.
-    fn deliver(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>>;
+    /// Sends `text` to `conversation` on its platform as a notice (a message from Parley
+    /// outside any turn), in the background. Logged, not returned, when the platform has
+    /// no reply sink (no bot token) or the delivery fails: the text is stored already.
+    pub fn send_notice(&self, conversation: &Conversation, text: String) {
+        let platform = conversation.platform.clone();
+        let Some(sink) = self.sink(&platform) else {
+            tracing::warn!(%platform, "no reply sink for this platform (bot token not set); the notice is not sent");
+            return;
+        };
+        let delivered = sink.deliver(conversation, ReplyUpdate::notice(text));
+        tokio::spawn(async move {
+            if let Err(e) = delivered.await {
+                tracing::warn!(%platform, error = %e, "delivering a notice failed");
+            }
+        });
+    }
 }

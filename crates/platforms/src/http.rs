@@ -59,6 +59,21 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
+    /// The answer as the error of the call `what`: its status and the platform's message.
+    pub(crate) fn error(&self, what: &'static str) -> SinkError {
+        SinkError::Api { what, status: self.status.as_u16(), detail: self.detail() }
+    }
+
+    /// The answer when its status is a success, else [`Answer::error`].
+    pub(crate) fn success(self, what: &'static str) -> Result<Self, SinkError> {
+        if self.status.is_success() { Ok(self) } else { Err(self.error(what)) }
+    }
+
+    /// The error of a successful call `what` whose answer lacks `field`.
+    pub(crate) fn lacks(&self, what: &'static str, field: &str) -> SinkError {
+        SinkError::Api { what, status: self.status.as_u16(), detail: format!("no {field} in the answer") }
+    }
+
     /// A short description of an error answer: the platform's own message if any.
     pub(crate) fn detail(&self) -> String {
         ["description", "error", "message"]

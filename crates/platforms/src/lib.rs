@@ -1,28 +1,37 @@
 //! Parley's chat platforms: inbound webhook verification and parsing, outbound reply
-//! sinks (DESIGN §6, §7).
+//! sinks.
 //!
 //! - [`verify`]: pure signature / secret checks over the raw body bytes (Telegram,
 //!   Slack, Discord, GitHub, generic). A failed check is HTTP 401 and changes nothing.
-//! - [`inbound`]: pure parsers from a verified body to an [`Inbound`]: a message for
-//!   ingest (conversation external id, sender, text, dedupe key, reply target), a
-//!   handshake to answer, or an event to ignore (the bot's own messages).
-//! - [`sink`]: one [`ReplySink`](parley_orchestrator::ReplySink) per platform, posting,
-//!   editing and splitting replies through each platform's API with retries.
+//! - [`inbound`]: pure parsers from a verified body to an [`Inbound`], one module per
+//!   platform: a message for ingest (conversation external id, sender, text, dedupe key,
+//!   reply target), a handshake to answer, or an event to ignore (the bot's own
+//!   messages); and Discord's interaction responses ([`inbound::discord`]).
+//! - [`allow`]: who may talk to the bot (allow-lists, deny by default), checked by
+//!   [`Platforms::admit`] ([`admission`]) before anything is stored.
+//! - [`reply`]: the [`ReplySink`] trait and the [`ReplyUpdate`]s a running turn hands
+//!   it; [`sink`]: one [`ReplySink`] per platform, posting, editing and splitting replies
+//!   through each platform's API with retries.
 //! - [`split`]: rendering and splitting long replies (never inside a code fence).
 //! - [`config`]: configuration from `PARLEY_*` environment variables; secrets redacted.
-//! - [`allow`]: who may talk to the bot (allow-lists, deny by default), checked by
-//!   [`Platforms::admit`] before anything is stored.
 //!
-//! [`Platforms`] bundles them for the server: `parley serve` builds it from the
-//! environment, registers its sinks on the orchestrator and hands it to the webhook
-//! routes.
+//! [`Platforms`] bundles them: `parley serve` builds it from the environment, the
+//! orchestrator registers its reply sinks (`parley_orchestrator::Builder::platforms`),
+//! and the webhook routes verify, parse and admit with it.
+//!
+//! This crate uses only the leaf crates' types — `parley_db`'s conversation row and
+//! delivery mode, `parley_assistant`'s `Secret` — and never the orchestrator or the
+//! server: dependencies run `server → orchestrator → {assistant, platforms, db}`.
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod allow;
 pub mod config;
 mod http;
 pub mod inbound;
+mod platform;
+pub mod reply;
 pub mod sink;
 pub mod split;
 pub mod verify;
@@ -32,19 +41,19 @@ mod fixtures;
 #[cfg(test)]
 mod proptests;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use parley_db::conversation::Delivery;
-use parley_orchestrator::ReplySink;
 use reqwest::header::HeaderMap;
 
+pub use admission::{Admission, DENIAL_NOTICE_INTERVAL};
 pub use allow::{AllowList, Association, Denied, Field, Origin};
 pub use config::{AllowListError, ConfigError, PlatformsConfig, Secret, SinkSettings};
 pub use http::SinkError;
 pub use inbound::{Inbound, InboundMessage, ParseError};
+pub use platform::Platform;
+pub use reply::{ReplySink, ReplyStatus, ReplyUpdate};
 pub use verify::VerifyError;
 
 use crate::http::Http;
@@ -59,76 +68,8 @@ pub fn system_clock() -> Clock {
     Arc::new(|| chrono::Utc::now().timestamp())
 }
 
-/// A chat platform Parley receives webhooks from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Platform {
-    /// Telegram Bot API webhooks.
-    Telegram,
-    /// Slack Events API.
-    Slack,
-    /// Discord interactions endpoint.
-    Discord,
-    /// GitHub repository / app webhooks.
-    Github,
-    /// Parley's generic signed webhook.
-    Generic,
-}
-
-impl Platform {
-    /// Every platform.
-    pub const ALL: [Self; 5] = [Self::Telegram, Self::Slack, Self::Discord, Self::Github, Self::Generic];
-
-    /// The name used in routes, `conversation.platform`, `conversation.owner` and the
-    /// dedupe namespace.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Telegram => "telegram",
-            Self::Slack => "slack",
-            Self::Discord => "discord",
-            Self::Github => "github",
-            Self::Generic => "generic",
-        }
-    }
-
-    /// Parses a platform name.
-    #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// How often one sender is told they are not allowed (and the refusal logged at
-/// `warn`): once per this window, per replica.
-pub const DENIAL_NOTICE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Senders remembered by the notice limit before expired entries are pruned.
-const MAX_DENIAL_ENTRIES: usize = 10_000;
-
-/// What [`Platforms::admit`] decided about a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// The sender may talk to the bot.
-    Allowed,
-    /// The sender may not: store nothing, start no turn.
-    Denied {
-        /// Why (names only the sender's own identifiers).
-        reason: Denied,
-        /// Tell the sender, with this text: the first refusal of this sender in
-        /// [`DENIAL_NOTICE_INTERVAL`] on a platform that can answer privately or in
-        /// place (Telegram, Slack, Discord; never a public GitHub comment).
-        notice: Option<String>,
-    },
 }
 
 /// The configured platforms: verification, parsing, allow-lists and reply sinks.
@@ -137,10 +78,7 @@ pub struct Platforms {
     clock: Clock,
     sinks: Vec<(Platform, Arc<dyn ReplySink>)>,
     notices: Vec<(Platform, Arc<dyn Notice>)>,
-    /// `(platform, sender)` → when they were last told they are not allowed.
-    denied_senders: Mutex<HashMap<(Platform, String), Instant>>,
-    /// Refused messages per platform since start ([`Platform::ALL`] order).
-    denied_count: [AtomicU64; 5],
+    denials: admission::Denials,
 }
 
 impl std::fmt::Debug for Platforms {
@@ -184,14 +122,7 @@ impl Platforms {
         if let Some(c) = &config.generic {
             sinks.push((Platform::Generic, Arc::new(GenericSink::new(http.clone(), c.secret.clone(), interval))));
         }
-        Self {
-            config,
-            clock,
-            sinks,
-            notices,
-            denied_senders: Mutex::new(HashMap::new()),
-            denied_count: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        Self { config, clock, sinks, notices, denials: admission::Denials::default() }
     }
 
     /// The configuration.
@@ -277,69 +208,17 @@ impl Platforms {
     /// # Errors
     /// [`ParseError`] when the body or a required header cannot be understood.
     pub fn parse(&self, platform: Platform, headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
+        let c = &self.config;
         match platform {
             Platform::Telegram => {
-                inbound::telegram(body, self.config.telegram.as_ref().and_then(|c| c.bot_username.as_deref()))
+                inbound::telegram::parse(body, c.telegram.as_ref().and_then(|c| c.bot_username.as_deref()))
             }
-            Platform::Slack => inbound::slack(body, self.config.slack.as_ref().and_then(|c| c.bot_user_id.as_deref())),
-            Platform::Discord => inbound::discord(body, (self.clock)()),
+            Platform::Slack => inbound::slack::parse(body, c.slack.as_ref().and_then(|c| c.bot_user_id.as_deref())),
+            Platform::Discord => inbound::discord::parse(body, (self.clock)()),
             Platform::Github => {
-                inbound::github(headers, body, self.config.github.as_ref().and_then(|c| c.bot_login.as_deref()))
+                inbound::github::parse(headers, body, c.github.as_ref().and_then(|c| c.bot_login.as_deref()))
             }
-            Platform::Generic => inbound::generic(headers, body),
-        }
-    }
-
-    /// Checks a parsed message against its platform's allow-list (the generic webhook has
-    /// none: its secret is the check). A refusal is counted and logged — at `warn` the
-    /// first time a sender is refused in [`DENIAL_NOTICE_INTERVAL`], at `debug` after
-    /// that — with the running count of refusals on the platform (`denied_total`).
-    #[must_use]
-    pub fn admit(&self, message: &InboundMessage) -> Admission {
-        let platform = message.platform;
-        let Some(list) = self.config.allow_list(platform) else { return Admission::Allowed };
-        let reason = match list.check(&message.origin) {
-            Ok(()) => return Admission::Allowed,
-            Err(reason) => reason,
-        };
-        let index = Platform::ALL.iter().position(|p| *p == platform).unwrap_or(0);
-        let denied_total = self.denied_count[index].fetch_add(1, Ordering::Relaxed) + 1;
-        let sender = message.origin.sender().unwrap_or(&message.sender).to_owned();
-        let first = self.first_denial_in_interval(platform, &sender);
-        if first {
-            tracing::warn!(%platform, %sender, %reason, denied_total, "message refused: the sender is not on the allow-list; nothing stored");
-        } else {
-            tracing::debug!(%platform, %sender, %reason, denied_total, "message refused: the sender is not on the allow-list; nothing stored");
-        }
-        let can_answer = matches!(platform, Platform::Telegram | Platform::Slack | Platform::Discord);
-        let notice = (first && can_answer).then(|| denial_notice(&reason));
-        Admission::Denied { reason, notice }
-    }
-
-    /// Messages refused by `platform`'s allow-list since this process started.
-    #[must_use]
-    pub fn denied_count(&self, platform: Platform) -> u64 {
-        let index = Platform::ALL.iter().position(|p| *p == platform).unwrap_or(0);
-        self.denied_count[index].load(Ordering::Relaxed)
-    }
-
-    /// True when `sender` was not refused on `platform` within
-    /// [`DENIAL_NOTICE_INTERVAL`]; remembers this refusal.
-    fn first_denial_in_interval(&self, platform: Platform, sender: &str) -> bool {
-        let now = Instant::now();
-        let mut senders = self.denied_senders.lock().unwrap_or_else(PoisonError::into_inner);
-        if senders.len() >= MAX_DENIAL_ENTRIES {
-            senders.retain(|_, at| now.duration_since(*at) < DENIAL_NOTICE_INTERVAL);
-            if senders.len() >= MAX_DENIAL_ENTRIES {
-                senders.clear();
-            }
-        }
-        match senders.get(&(platform, sender.to_owned())) {
-            Some(at) if now.duration_since(*at) < DENIAL_NOTICE_INTERVAL => false,
-            _ => {
-                senders.insert((platform, sender.to_owned()), now);
-                true
-            }
+            Platform::Generic => inbound::generic::parse(headers, body),
         }
     }
 
@@ -367,13 +246,17 @@ impl Platforms {
         self.sinks.iter().find(|(p, _)| *p == platform).map(|(_, s)| Arc::clone(s))
     }
 
-    /// Registers every reply sink on an orchestrator being built, and logs which
-    /// platforms are served (never their secrets).
+    /// Every reply sink with its platform, to register on the orchestrator under
+    /// [`Platform::as_str`] (`conversation.platform`).
     #[must_use]
-    pub fn register(&self, mut builder: parley_orchestrator::Builder) -> parley_orchestrator::Builder {
-        for (name, sink) in self.sinks() {
-            builder = builder.sink(name, sink);
-        }
+    pub fn sinks(&self) -> Vec<(Platform, Arc<dyn ReplySink>)> {
+        self.sinks.iter().map(|(p, s)| (*p, Arc::clone(s))).collect()
+    }
+
+    /// Logs how the platforms are set up (never their secrets): which webhooks are
+    /// enabled, each allow-list (a warning for "everyone"), and platforms that receive
+    /// messages but cannot answer (no bot token).
+    pub fn log_configuration(&self) {
         let configured = self.config.configured();
         if !configured.is_empty() {
             tracing::info!(platforms = ?configured, "platform webhooks enabled");
@@ -392,28 +275,29 @@ impl Platforms {
         for p in self.without_sink() {
             tracing::warn!(platform = %p, "webhook configured without a bot token: messages are received but not answered");
         }
-        builder
     }
-
-    /// Every reply sink with its platform name, to register on the orchestrator
-    /// (`Orchestrator::builder(..).sink(name, sink)`).
-    #[must_use]
-    pub fn sinks(&self) -> Vec<(&'static str, Arc<dyn ReplySink>)> {
-        self.sinks.iter().map(|(p, s)| (p.as_str(), Arc::clone(s))).collect()
-    }
-}
-
-/// The text telling a refused sender why: short, with the identifier the operator
-/// would add.
-fn denial_notice(reason: &Denied) -> String {
-    let how = match reason {
-        Denied::NotListed { field, value: Some(value) } => format!(" Its operator can allow {field} {value}."),
-        Denied::Association { min, .. } => format!(" Only authors with the association {min} or higher may use it."),
-        Denied::NotListed { value: None, .. } | Denied::NoAllowList => String::new(),
-    };
-    format!("Sorry, you are not allowed to use this bot here.{how}")
 }
 
 /// How long a webhook handler may take before platforms give up (Slack and Discord
 /// allow 3 s); the routes log slower acknowledgements.
 pub const ACK_DEADLINE: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    /// The crate's normal dependencies, from its manifest.
+    fn dependencies() -> Vec<&'static str> {
+        let manifest = include_str!("../Cargo.toml");
+        let section = manifest.split("\n[dependencies]\n").nth(1).unwrap_or_default();
+        let section = section.split("\n[").next().unwrap_or_default();
+        section.lines().filter_map(|line| line.split(['.', ' ', '=']).next()).filter(|n| !n.is_empty()).collect()
+    }
+
+    #[test]
+    fn dependencies_point_one_way() {
+        let deps = dependencies();
+        assert!(deps.contains(&"parley-db") && deps.contains(&"reqwest"), "the manifest was read: {deps:?}");
+        for upstream in ["parley-orchestrator", "parley-server"] {
+            assert!(!deps.contains(&upstream), "platforms must not depend on {upstream}: {deps:?}");
+        }
+    }
+}

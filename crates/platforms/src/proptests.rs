@@ -77,19 +77,19 @@ fn check_storable(m: &InboundMessage) -> Result<(), TestCaseError> {
 fn parse_all(platform: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), TestCaseError> {
     match platform {
         "telegram" => {
-            check(inbound::telegram(body, None))?;
-            check(inbound::telegram(body, Some("fixture_bot")))
+            check(inbound::telegram::parse(body, None))?;
+            check(inbound::telegram::parse(body, Some("fixture_bot")))
         }
         "slack" => {
-            check(inbound::slack(body, None))?;
-            check(inbound::slack(body, Some("U0BOT12345")))
+            check(inbound::slack::parse(body, None))?;
+            check(inbound::slack::parse(body, Some("U0BOT12345")))
         }
-        "discord" => check(inbound::discord(body, SLACK_NOW)),
+        "discord" => check(inbound::discord::parse(body, SLACK_NOW)),
         "github" => {
-            check(inbound::github(headers, body, None))?;
-            check(inbound::github(headers, body, Some("Codertocat")))
+            check(inbound::github::parse(headers, body, None))?;
+            check(inbound::github::parse(headers, body, Some("Codertocat")))
         }
-        _ => check(inbound::generic(headers, body)),
+        _ => check(inbound::generic::parse(headers, body)),
     }
 }
 
@@ -136,11 +136,11 @@ proptest! {
         let body = body.trim_ascii_end();
         let cut = cut.index(body.len());
         let outcome = match *platform {
-            "telegram" => inbound::telegram(&body[..cut], None),
-            "slack" => inbound::slack(&body[..cut], None),
-            "discord" => inbound::discord(&body[..cut], 0),
-            "github" => inbound::github(headers, &body[..cut], None),
-            _ => inbound::generic(headers, &body[..cut]),
+            "telegram" => inbound::telegram::parse(&body[..cut], None),
+            "slack" => inbound::slack::parse(&body[..cut], None),
+            "discord" => inbound::discord::parse(&body[..cut], 0),
+            "github" => inbound::github::parse(headers, &body[..cut], None),
+            _ => inbound::generic::parse(headers, &body[..cut]),
         };
         prop_assert!(matches!(outcome, Err(ParseError::Json(_))), "{:?}", outcome);
     }
@@ -232,8 +232,8 @@ proptest! {
                 headers.append(HeaderName::from_static(name), value);
             }
         }
-        check(inbound::github(&headers, body, None))?;
-        check(inbound::generic(&headers, body))?;
+        check(inbound::github::parse(&headers, body, None))?;
+        check(inbound::generic::parse(&headers, body))?;
     }
 }
 
@@ -252,7 +252,8 @@ fn a_mention_after_letters_that_change_length_when_lowercased_is_stripped() {
         json!({"update_id": 1, "message": {"message_id": 2, "from": {"id": 3}, "chat": {"id": 4}, "text": text}})
             .to_string()
     };
-    let Inbound::Message(m) = inbound::telegram(body("İx@Fixture_Botẞ").as_bytes(), Some("fixture_bot")).unwrap()
+    let Inbound::Message(m) =
+        inbound::telegram::parse(body("İx@Fixture_Botẞ").as_bytes(), Some("fixture_bot")).unwrap()
     else {
         panic!("not a message")
     };
@@ -264,14 +265,18 @@ fn nul_in_identifiers_is_refused_and_in_descriptions_replaced() {
     let mut headers = HeaderMap::new();
     headers.insert("x-delivery-id", HeaderValue::from_static("d-1"));
     let body = json!({"conversation_id": "a\0b", "text": "hi"}).to_string();
-    assert!(matches!(inbound::generic(&headers, body.as_bytes()), Err(ParseError::Invalid(m)) if m.contains("NUL")));
+    assert!(
+        matches!(inbound::generic::parse(&headers, body.as_bytes()), Err(ParseError::Invalid(m)) if m.contains("NUL"))
+    );
     let body = json!({"conversation_id": "ab", "text": "hi\0", "sender": "s\0", "title": "t\0"}).to_string();
-    let Inbound::Message(m) = inbound::generic(&headers, body.as_bytes()).unwrap() else { panic!("not a message") };
+    let Inbound::Message(m) = inbound::generic::parse(&headers, body.as_bytes()).unwrap() else {
+        panic!("not a message")
+    };
     assert_eq!((m.sender.as_str(), m.title.as_str()), ("s\u{FFFD}", "t\u{FFFD}"));
     assert_eq!(m.metadata["sender"], "s\u{FFFD}");
     assert_eq!(m.text, "hi\0", "the text is kept: ingest refuses it and tells the user");
     let (_, body) = request("slack", "message_im");
     let mut v: Value = serde_json::from_slice(&body).unwrap();
     v["event"]["channel"] = json!("D0\0");
-    assert!(matches!(inbound::slack(v.to_string().as_bytes(), None), Err(ParseError::Invalid(_))));
+    assert!(matches!(inbound::slack::parse(v.to_string().as_bytes(), None), Err(ParseError::Invalid(_))));
 }

@@ -1,5 +1,5 @@
 //! Rendering a reply for a chat platform and splitting it at the platform's length
-//! limit (DESIGN §6).
+//! limit.
 //!
 //! [`split_message`] prefers paragraph breaks, then line breaks, then spaces, and never
 //! leaves a Markdown code fence unbalanced: a cut outside any fence is preferred even
@@ -7,7 +7,7 @@
 //! is cut at a line inside the block, closed at the end of the piece and reopened (with
 //! its info string, e.g. ```` ```rust ````) at the start of the next.
 
-use parley_orchestrator::{ReplyStatus, ReplyUpdate};
+use crate::reply::{ReplyStatus, ReplyUpdate};
 
 /// How a platform counts a message's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! End-to-end webhook tests: signed fixture requests against a real Parley (in
-//! process, real PostgreSQL), with the platform APIs replaced by a recording local
+//! process, real PostgreSQL), with the platform APIs replaced by a recording wiremock
 //! server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -23,14 +23,14 @@ async fn telegram_fixtures_run_one_turn_with_typing_send_and_edits() {
             c.iter().any(|c| c.body["text"].as_str().is_some_and(|t| t.contains("fresh demo session")))
         })
         .await;
-    let typing = p.mock.calls_to("/sendChatAction");
+    let typing = p.mock.calls_to("/sendChatAction").await;
     assert_eq!(typing[0].path, format!("/tg/bot{TELEGRAM_BOT_TOKEN}/sendChatAction"));
     assert_eq!(typing[0].body, json!({ "chat_id": 218_485_655, "action": "typing" }));
-    let sends = p.mock.calls_to("/sendMessage");
+    let sends = p.mock.calls_to("/sendMessage").await;
     assert_eq!(sends.len(), 1, "{:#?}", summarize(&calls));
     assert_eq!(sends[0].body["reply_parameters"]["message_id"], 6557);
     assert!(sends[0].body["text"].as_str().unwrap().starts_with("Demo reply"));
-    assert!(!p.mock.calls_to("/editMessageText").is_empty(), "streaming edits: {:#?}", summarize(&calls));
+    assert!(!p.mock.calls_to("/editMessageText").await.is_empty(), "streaming edits: {:#?}", summarize(&calls));
     p.wait_idle(LONG).await;
     assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 1);
     assert_eq!(p.count("select count(*) from conversation where platform = 'telegram' and owner = 'telegram' and external_id = '218485655'").await, 1);
@@ -72,7 +72,7 @@ async fn slack_fixtures_handshake_reply_in_thread_dedupe_retries_and_ignore_the_
             c.iter().filter(|c| c.body["text"].as_str().is_some_and(|t| t.contains("fresh demo session"))).count() >= 2
         })
         .await;
-    let posts = p.mock.calls_to("chat.postMessage");
+    let posts = p.mock.calls_to("chat.postMessage").await;
     assert_eq!(posts.len(), 2, "{:#?}", summarize(&calls));
     assert_eq!(posts[0].headers["authorization"], "Bearer xoxb-test");
     let dm = posts.iter().find(|c| c.body["channel"] == "D0DMCHAN12").unwrap();
@@ -80,7 +80,7 @@ async fn slack_fixtures_handshake_reply_in_thread_dedupe_retries_and_ignore_the_
     let thread = posts.iter().find(|c| c.body["channel"] == "C0CHAN1234").unwrap();
     assert_eq!(thread.body["thread_ts"], "1767225500.000100");
     assert_eq!(thread.body["unfurl_links"], false);
-    assert!(!p.mock.calls_to("chat.update").is_empty());
+    assert!(!p.mock.calls_to("chat.update").await.is_empty());
     assert_eq!(p.count("select count(*) from turn").await, 2, "retry and bot echo ran no turn");
     assert_eq!(p.count("select count(*) from message where role = 'user'").await, 2);
     p.stop().await;
@@ -123,12 +123,12 @@ async fn github_fixtures_ping_and_one_batch_comment_per_turn() {
     p.wait_idle(LONG).await;
     let calls = p.mock.wait_for("three comments", LONG, |c| c.len() >= 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let calls = if calls.len() == 3 { p.mock.calls() } else { calls };
+    let calls = if calls.len() == 3 { p.mock.calls().await } else { calls };
     assert_eq!(calls.len(), 3, "batch: exactly one call per turn: {:#?}", summarize(&calls));
-    let issue = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/issues/1/comments");
+    let issue = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/issues/1/comments").await;
     assert_eq!(issue.len(), 2, "issue comment + issue opened");
     assert_eq!(issue[0].headers["authorization"], "Bearer ghs_test");
-    let review = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/pulls/2/comments/284312630/replies");
+    let review = p.mock.calls_to("/gh/repos/Codertocat/Hello-World/pulls/2/comments/284312630/replies").await;
     assert_eq!(review.len(), 1);
     assert!(review[0].body["body"].as_str().unwrap().contains("Maybe you should use more emoji"));
     // Redelivery (same X-GitHub-Delivery) runs nothing.
@@ -189,7 +189,7 @@ async fn invalid_signatures_and_stale_slack_timestamps_are_401_and_store_nothing
     assert!(answer["error"]["message"].as_str().unwrap().contains("replay window"));
     assert_eq!(p.count("select count(*) from conversation").await, 0);
     assert_eq!(p.count("select count(*) from inbound_delivery").await, 0);
-    assert!(p.mock.calls().is_empty());
+    assert!(p.mock.calls().await.is_empty());
     p.stop().await;
 }
 
@@ -240,9 +240,9 @@ async fn the_same_delivery_five_times_and_concurrently_runs_one_turn_and_one_rep
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.count("select count(*) from turn").await, 4);
     assert_eq!(p.count("select count(*) from message where role = 'user'").await, 4);
-    assert_eq!(p.mock.calls_to("/sendMessage").len(), 1, "{:#?}", summarize(&p.mock.calls()));
-    assert_eq!(p.mock.calls_to("chat.postMessage").len(), 1);
-    assert_eq!(p.mock.calls_to("/gh/").len(), 1);
+    assert_eq!(p.mock.calls_to("/sendMessage").await.len(), 1, "{:#?}", summarize(&p.mock.calls().await));
+    assert_eq!(p.mock.calls_to("chat.postMessage").await.len(), 1);
+    assert_eq!(p.mock.calls_to("/gh/").await.len(), 1);
     p.stop().await;
 }
 
@@ -265,14 +265,14 @@ async fn a_slow_assistant_is_acknowledged_at_once_and_the_reply_follows() {
     assert_eq!(acks[2].1, json!({ "type": 5 }));
     // Acknowledged before any reply text existed: the demo's first chunk comes 300 ms later.
     assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 0);
-    assert!(p.mock.calls_to("/sendMessage").is_empty() && p.mock.calls_to("chat.postMessage").is_empty());
+    assert!(p.mock.calls_to("/sendMessage").await.is_empty() && p.mock.calls_to("chat.postMessage").await.is_empty());
     p.wait_idle(LONG).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(p.mock.calls_to("/editMessageText").len() >= 2, "{:#?}", summarize(&p.mock.calls()));
-    assert!(!p.mock.calls_to("chat.update").is_empty());
-    assert!(p.mock.calls_to("@original").len() >= 3, "PATCHed while streaming");
-    assert_eq!(p.mock.calls_to("/gh/").len(), 1, "GitHub: one comment at the end");
-    let comment = &p.mock.calls_to("/gh/")[0];
+    assert!(p.mock.calls_to("/editMessageText").await.len() >= 2, "{:#?}", summarize(&p.mock.calls().await));
+    assert!(!p.mock.calls_to("chat.update").await.is_empty());
+    assert!(p.mock.calls_to("@original").await.len() >= 3, "PATCHed while streaming");
+    assert_eq!(p.mock.calls_to("/gh/").await.len(), 1, "GitHub: one comment at the end");
+    let comment = &p.mock.calls_to("/gh/").await[0];
     assert!(comment.body["body"].as_str().unwrap().contains("take your time"));
     p.stop().await;
 }
@@ -282,14 +282,16 @@ async fn telegram_429_retry_after_and_message_not_modified_are_handled() {
     let p = Parley::start(Options::default()).await;
     let not_modified: Value =
         serde_json::from_str(include_str!("fixtures/telegram/out.error.400.not_modified.json")).unwrap();
-    p.mock.script(
-        "/sendMessage",
-        429,
-        json!({ "ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": { "retry_after": 1 } }),
-        &[],
-    );
+    p.mock
+        .script(
+            "/sendMessage",
+            429,
+            json!({ "ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": { "retry_after": 1 } }),
+            &[],
+        )
+        .await;
     for _ in 0..10 {
-        p.mock.script("/editMessageText", 400, not_modified.clone(), &[]);
+        p.mock.script("/editMessageText", 400, not_modified.clone(), &[]).await;
     }
     let (headers, body) = telegram_update(700, 700, "hello again", false);
     let started = std::time::Instant::now();
@@ -308,7 +310,7 @@ async fn telegram_429_retry_after_and_message_not_modified_are_handled() {
     // Every edit answered "not modified" and the turn still completed without a new message.
     assert_eq!(p.count("select count(*) from turn where status = 'completed'").await, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(p.mock.calls_to("/sendMessage").len(), 2, "not modified is success: no fallback message");
+    assert_eq!(p.mock.calls_to("/sendMessage").await.len(), 2, "not modified is success: no fallback message");
     p.stop().await;
 }
 
@@ -322,12 +324,14 @@ async fn telegram_parse_errors_are_sent_again_as_plain_text() {
         ..Options::default()
     })
     .await;
-    p.mock.script(
-        "/sendMessage",
-        400,
-        json!({ "ok": false, "error_code": 400, "description": "Bad Request: can't parse entities: Character '.' is reserved and must be escaped" }),
-        &[],
-    );
+    p.mock
+        .script(
+            "/sendMessage",
+            400,
+            json!({ "ok": false, "error_code": 400, "description": "Bad Request: can't parse entities: Character '.' is reserved and must be escaped" }),
+            &[],
+        )
+        .await;
     let (headers, body) = telegram_update(800, 800, "format me.", false);
     assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
     let calls = p
@@ -338,7 +342,7 @@ async fn telegram_parse_errors_are_sent_again_as_plain_text() {
     assert_eq!(sends[0].body["parse_mode"], "MarkdownV2");
     assert!(sends[1].body.get("parse_mode").is_none());
     assert_eq!(sends[0].body["text"], sends[1].body["text"]);
-    assert!(p.mock.calls_to("/editMessageText").is_empty(), "batch mode: no edits");
+    assert!(p.mock.calls_to("/editMessageText").await.is_empty(), "batch mode: no edits");
     p.stop().await;
 }
 
@@ -375,11 +379,11 @@ async fn a_ten_thousand_character_reply_is_split_per_platform() {
     p.mock.wait_for("every piece", LONG, |c| c.iter().filter(|c| c.path.starts_with("/gh/")).count() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let calls = p.mock.calls().await;
     let check = |prefix: &str, key: &str, limit: usize, utf16: bool, min_pieces: usize| {
-        let pieces: Vec<String> = p
-            .mock
-            .calls_to(prefix)
+        let pieces: Vec<String> = calls
             .iter()
+            .filter(|c| c.path.contains(prefix))
             .filter_map(|c| c.body.get(key).and_then(Value::as_str).map(str::to_owned))
             .collect();
         assert!(pieces.len() >= min_pieces, "{prefix}: {} pieces", pieces.len());
@@ -394,7 +398,7 @@ async fn a_ten_thousand_character_reply_is_split_per_platform() {
     check("chat.postMessage", "text", 4000, false, 3);
     check("/discord/", "content", 2000, false, 6);
     check("/gh/", "body", 65_536, false, 1);
-    assert!(p.mock.calls_to("?wait=true").len() >= 5, "Discord follow-ups after the original");
+    assert!(p.mock.calls_to("?wait=true").await.len() >= 5, "Discord follow-ups after the original");
     p.stop().await;
 }
 
@@ -412,7 +416,7 @@ async fn bot_echoes_are_ignored_on_every_platform() {
     assert!(answer["ignored"].is_string());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(p.count("select count(*) from message").await, 0);
-    assert!(p.mock.calls().is_empty());
+    assert!(p.mock.calls().await.is_empty());
     p.stop().await;
 }
 
@@ -510,20 +514,13 @@ async fn stored_rows(p: &Parley) -> [i64; 4] {
     ]
 }
 
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_once_an_hour() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
-            // The fixture's sender (a private chat: the chat ID is the user's ID).
-            ("PARLEY_TELEGRAM_ALLOWED_USERS", "218485655, 5964236329"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+        // The fixture's sender (a private chat: the chat ID is the user's ID).
+        ("PARLEY_TELEGRAM_ALLOWED_USERS", "218485655, 5964236329"),
+    ])
     .await;
     // A stranger (user 42) in a private chat, three times: nothing stored, one notice.
     for update_id in [7001, 7002, 7003] {
@@ -537,12 +534,12 @@ async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_on
     assert_eq!(p.post("/webhooks/telegram", &headers, body).await.0, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_rows(&p).await, [0, 0, 0, 0], "a refused message stores nothing, not even its conversation");
-    let notices = p.mock.calls_to("/sendMessage");
-    assert_eq!(notices.len(), 1, "one notice per sender per hour: {:#?}", summarize(&p.mock.calls()));
+    let notices = p.mock.calls_to("/sendMessage").await;
+    assert_eq!(notices.len(), 1, "one notice per sender per hour: {:#?}", summarize(&p.mock.calls().await));
     assert_eq!(notices[0].body["chat_id"], 42);
     let text = notices[0].body["text"].as_str().unwrap();
     assert!(text.contains("not allowed") && text.contains("42"), "{text}");
-    assert!(p.mock.calls_to("/sendChatAction").is_empty(), "no turn started");
+    assert!(p.mock.calls_to("/sendChatAction").await.is_empty(), "no turn started");
 
     // The listed user is answered as usual.
     let (status, body) = p.replay("telegram", "update_private_text").await;
@@ -553,14 +550,11 @@ async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_on
     p.stop().await;
 
     // Chats and users together: a listed user in an unlisted group is refused.
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
-            ("PARLEY_TELEGRAM_ALLOWED_USERS", "5964236329"),
-            ("PARLEY_TELEGRAM_ALLOWED_CHATS", "-100777"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false"),
+        ("PARLEY_TELEGRAM_ALLOWED_USERS", "5964236329"),
+        ("PARLEY_TELEGRAM_ALLOWED_CHATS", "-100777"),
+    ])
     .await;
     let (status, body) = p.replay("telegram", "update_supergroup_command_reply").await;
     assert_eq!(status, 200);
@@ -571,14 +565,11 @@ async fn telegram_allow_list_refuses_strangers_without_storing_and_tells_them_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slack_allow_list_checks_team_channel_and_user_and_answers_strangers_privately() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_SLACK_ALLOW_EVERYONE", "false"),
-            ("PARLEY_SLACK_ALLOWED_TEAMS", "T0AB12CD3"),
-            ("PARLEY_SLACK_ALLOWED_USERS", "U0USR12345"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_SLACK_ALLOW_EVERYONE", "false"),
+        ("PARLEY_SLACK_ALLOWED_TEAMS", "T0AB12CD3"),
+        ("PARLEY_SLACK_ALLOWED_USERS", "U0USR12345"),
+    ])
     .await;
     // The fixtures' user in the listed team: answered.
     let (status, _) = p.replay("slack", "message_im").await;
@@ -606,25 +597,22 @@ async fn slack_allow_list_checks_team_channel_and_user_and_answers_strangers_pri
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_rows(&p).await, before, "refused mentions store nothing");
 
-    let ephemeral = p.mock.calls_to("chat.postEphemeral");
-    assert_eq!(ephemeral.len(), 2, "one private notice per sender: {:#?}", summarize(&p.mock.calls()));
+    let ephemeral = p.mock.calls_to("chat.postEphemeral").await;
+    assert_eq!(ephemeral.len(), 2, "one private notice per sender: {:#?}", summarize(&p.mock.calls().await));
     let stranger = ephemeral.iter().find(|c| c.body["user"] == "U0STRANGER").expect("the stranger is told");
     assert_eq!(stranger.body["channel"], "C0CHAN1234");
     assert_eq!(stranger.body["thread_ts"], "1767225700.000100");
     assert!(stranger.body["text"].as_str().unwrap().contains("not allowed"));
-    assert_eq!(p.mock.calls_to("chat.postMessage").len(), 1, "only the allowed user's reply was posted");
+    assert_eq!(p.mock.calls_to("chat.postMessage").await.len(), 1, "only the allowed user's reply was posted");
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn discord_allow_list_answers_a_stranger_with_one_private_interaction_response() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_DISCORD_ALLOW_EVERYONE", "false"),
-            ("PARLEY_DISCORD_ALLOWED_GUILDS", "290926798626357999"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_DISCORD_ALLOW_EVERYONE", "false"),
+        ("PARLEY_DISCORD_ALLOWED_GUILDS", "290926798626357999"),
+    ])
     .await;
     // The fixture comes from the listed guild.
     let (status, body) = p.replay("discord", "application_command_ask").await;
@@ -655,14 +643,11 @@ async fn discord_allow_list_answers_a_stranger_with_one_private_interaction_resp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn github_allow_list_checks_repository_sender_and_association_and_never_comments_on_a_refusal() {
-    let p = Parley::start(Options {
-        extra_env: env(&[
-            ("PARLEY_GITHUB_ALLOW_EVERYONE", "false"),
-            ("PARLEY_GITHUB_ALLOWED_REPOS", "codertocat/hello-world"),
-            ("PARLEY_GITHUB_MIN_ASSOCIATION", "collaborator"),
-        ]),
-        ..Options::default()
-    })
+    let p = Parley::with_env(&[
+        ("PARLEY_GITHUB_ALLOW_EVERYONE", "false"),
+        ("PARLEY_GITHUB_ALLOWED_REPOS", "codertocat/hello-world"),
+        ("PARLEY_GITHUB_MIN_ASSOCIATION", "collaborator"),
+    ])
     .await;
     // The fixture: the repository's OWNER.
     let (status, _) = p.replay("github", "issue_comment_created").await;
@@ -690,15 +675,18 @@ async fn github_allow_list_checks_repository_sender_and_association_and_never_co
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_rows(&p).await, before, "refused deliveries store nothing");
-    assert_eq!(p.mock.calls().len(), 1, "no public comment for a refusal: {:#?}", summarize(&p.mock.calls()));
+    assert_eq!(
+        p.mock.calls().await.len(),
+        1,
+        "no public comment for a refusal: {:#?}",
+        summarize(&p.mock.calls().await)
+    );
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_platform_without_an_allow_list_admits_nobody() {
-    let p =
-        Parley::start(Options { extra_env: env(&[("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false")]), ..Options::default() })
-            .await;
+    let p = Parley::with_env(&[("PARLEY_TELEGRAM_ALLOW_EVERYONE", "false")]).await;
     let (status, body) = p.replay("telegram", "update_private_text").await;
     assert_eq!(status, 200);
     assert!(body["refused"].as_str().is_some_and(|r| r.contains("no allow-list")), "{body}");
@@ -734,8 +722,8 @@ async fn a_signed_message_with_unstorable_text_stores_nothing_on_any_platform() 
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_rows(&p).await, [0, 0, 0, 0], "no conversation, message, turn or delivery");
-    let told = p.mock.calls_to("/sendMessage");
-    assert_eq!(told.len(), 2, "{:#?}", summarize(&p.mock.calls()));
+    let told = p.mock.calls_to("/sendMessage").await;
+    assert_eq!(told.len(), 2, "{:#?}", summarize(&p.mock.calls().await));
     assert!(told[0].body["text"].as_str().unwrap().contains("could not accept"));
     p.stop().await;
 }
@@ -765,5 +753,37 @@ async fn a_generic_delivery_id_reused_for_another_message_is_422_and_stores_noth
         assert_eq!(answer["error"]["code"], "idempotency_key_reused");
     }
     assert_eq!(stored_rows(&p).await, before, "nothing stored, not even ticket-2's conversation");
+    p.stop().await;
+}
+
+// ---- one transaction per delivery ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_id_raced_for_other_conversations_leaves_only_the_winners() {
+    let p = Parley::start(Options::default()).await;
+    // Eight deliveries under one id, each for a conversation of its own, all at once:
+    // the conversation is created in the delivery's ingest transaction, so the losers
+    // leave none behind.
+    let requests: Vec<_> = (0..8)
+        .map(|n| generic_signed("race-1", &json!({ "conversation_id": format!("race-{n}"), "text": "deploy" })))
+        .collect();
+    let parley = &p;
+    let answers = join_all(requests.into_iter().map(|(headers, raw)| async move {
+        let (status, answer) = parley.post("/webhooks/generic", &headers, raw).await;
+        (status, answer["error"]["code"].clone())
+    }))
+    .await;
+    assert_eq!(answers.iter().filter(|(status, _)| *status == 202).count(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 202 || *a == (422, json!("idempotency_key_reused"))),
+        "the others were refused: {answers:?}"
+    );
+    let stored = [
+        p.count("select count(*) from conversation").await,
+        p.count("select count(*) from message where role = 'user'").await,
+        p.count("select count(*) from turn").await,
+        p.count("select count(*) from inbound_delivery").await,
+    ];
+    assert_eq!(stored, [1, 1, 1, 1], "one conversation, user message, turn and delivery");
     p.stop().await;
 }

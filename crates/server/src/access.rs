@@ -4,9 +4,9 @@
 //! - **Authentication.** With [`AuthMode::On`] every `/api/*` request carries
 //!   `Authorization: Bearer <token>`; the events stream also accepts `?access_token=`,
 //!   because a browser's `EventSource` cannot set headers. Tokens are looked up by their
-//!   SHA-256 in `api_token` ([`parley_db::api_token`]); a lookup is cached for
-//!   [`AccessConfig::token_cache_ttl`] (5 s by default), so a revoked token stops working
-//!   within that time. Missing, unknown and revoked tokens are all `401 unauthorized`
+//!   SHA-256 in `api_token` ([`parley_db::api_token`]); a lookup is cached (a `moka`
+//!   cache) for [`AccessConfig::token_cache_ttl`] (5 s by default), so a revoked token
+//!   stops working within that time. Missing, unknown and revoked tokens are all `401 unauthorized`
 //!   with `WWW-Authenticate: Bearer`. With [`AuthMode::Off`] every request acts as the
 //!   admin principal `local` (a single-user server on loopback).
 //! - **Ownership.** A conversation belongs to the principal that created it
@@ -15,21 +15,25 @@
 //!   missing one (`404 not_found`): see [`Principal::conversation`]. Admin tokens see all.
 //!   The platform names and `local` are reserved ([`is_reserved_principal`]): no
 //!   non-admin token acts as one, so only admins see platform conversations.
-//! - **Limits.** Posting messages is rate limited per principal with a token bucket
-//!   ([`AccessConfig::messages_per_minute`], [`AccessConfig::message_burst`]) kept in this
-//!   replica's memory (so N replicas allow up to N times the rate); open event streams
+//! - **Limits.** Posting messages is rate limited per principal with `governor`'s GCRA
+//!   limiter, which behaves as a token bucket ([`AccessConfig::messages_per_minute`],
+//!   [`AccessConfig::message_burst`]) kept in this replica's memory (so N replicas allow
+//!   up to N times the rate); open event streams
 //!   are limited per principal ([`AccessConfig::max_event_streams`]). Both answer `429`
 //!   with `Retry-After`. Both apply only with [`AuthMode::On`]: with authentication off
 //!   there is one trusted local user, and load tools drive such servers.
 //! - **CORS.** Off unless origins are configured ([`AccessConfig::cors_origins`]).
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, MatchedPath, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota};
 use parley_db::GenericClient;
 use parley_db::api_token;
 use parley_db::conversation::{self, Conversation};
@@ -52,7 +56,8 @@ pub fn is_reserved_principal(name: &str) -> bool {
         || parley_platforms::Platform::ALL.iter().any(|p| name.eq_ignore_ascii_case(p.as_str()))
 }
 
-/// Entries kept in the token cache and the rate limiter before expired ones are pruned.
+/// Entries kept in the token cache (the least used go beyond it) and in the rate
+/// limiter (refilled buckets are pruned beyond it).
 const MAX_ENTRIES: usize = 10_000;
 
 /// Whether the web API requires API tokens.
@@ -154,23 +159,38 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
+/// The token cache: token hash → the principal it authenticated (`None`: not valid),
+/// for [`AccessConfig::token_cache_ttl`].
+type TokenCache = moka::sync::Cache<[u8; 32], Option<Principal>>;
 
-/// A cached token lookup: the principal it authenticated (`None`: not valid) and when.
-type CachedLookup = (Option<Principal>, Instant);
-
-#[derive(Default)]
 struct Inner {
-    /// Token hash → the principal it authenticated (`None`: not valid) and when looked up.
-    tokens: Mutex<HashMap<[u8; 32], CachedLookup>>,
-    /// Principal → message rate bucket.
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Cached token lookups; `None` when the cache is off (a zero TTL).
+    tokens: Option<TokenCache>,
+    /// Principal → message rate state; `None` without a rate limit.
+    messages: Option<DefaultKeyedRateLimiter<String>>,
     /// Principal → open event streams.
     streams: Mutex<HashMap<String, usize>>,
+}
+
+impl Inner {
+    fn new(config: &AccessConfig) -> Self {
+        let tokens = (!config.token_cache_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder().max_capacity(MAX_ENTRIES as u64).time_to_live(config.token_cache_ttl).build()
+        });
+        let messages = (config.auth == AuthMode::On)
+            .then(|| message_quota(config.messages_per_minute, config.message_burst))
+            .flatten()
+            .map(DefaultKeyedRateLimiter::keyed);
+        Self { tokens, messages, streams: Mutex::default() }
+    }
+}
+
+/// `per_minute` messages a minute on average, `burst` at once (at least 1); `None` for
+/// no limit (0).
+fn message_quota(per_minute: u32, burst: u32) -> Option<Quota> {
+    let per_minute = NonZeroU32::new(per_minute)?;
+    let quota = Quota::with_period(Duration::from_secs(60) / per_minute.get())?;
+    Some(quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)))
 }
 
 /// The web API's access state: configuration, token cache, rate buckets and stream
@@ -222,13 +242,14 @@ impl Access {
                     .max_age(Duration::from_secs(600)),
             )
         };
-        Ok(Self { config: Arc::new(config), cors, inner: Arc::default() })
+        Ok(Self { inner: Arc::new(Inner::new(&config)), config: Arc::new(config), cors })
     }
 
     /// Access with authentication off and default limits (tests, local use).
     #[must_use]
     pub fn local() -> Self {
-        Self { config: Arc::new(AccessConfig::local()), cors: None, inner: Arc::default() }
+        let config = AccessConfig::local();
+        Self { inner: Arc::new(Inner::new(&config)), config: Arc::new(config), cors: None }
     }
 
     /// The settings.
@@ -254,14 +275,8 @@ impl Access {
         }
         let token = bearer_token(parts)?;
         let hash = api_token::hash(&token);
-        let ttl = self.config.token_cache_ttl;
-        if !ttl.is_zero() {
-            let cache = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((principal, at)) = cache.get(&hash)
-                && at.elapsed() < ttl
-            {
-                return principal.clone().ok_or_else(invalid_token);
-            }
+        if let Some(principal) = self.inner.tokens.as_ref().and_then(|cache| cache.get(&hash)) {
+            return principal.ok_or_else(invalid_token);
         }
         let client = pool.get().await.map_err(parley_db::DbError::from)?;
         // A non-admin token of a reserved name (made before names were reserved) would see
@@ -270,51 +285,32 @@ impl Access {
             .await?
             .map(|t| Principal { name: t.principal, admin: t.admin })
             .filter(|p| p.admin || !is_reserved_principal(&p.name));
-        if !ttl.is_zero() {
-            let mut cache = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-            if cache.len() >= MAX_ENTRIES {
-                cache.retain(|_, (_, at)| at.elapsed() < ttl);
-                if cache.len() >= MAX_ENTRIES {
-                    cache.clear();
-                }
-            }
-            cache.insert(hash, (principal.clone(), Instant::now()));
+        if let Some(cache) = &self.inner.tokens {
+            cache.insert(hash, principal.clone());
         }
         principal.ok_or_else(invalid_token)
     }
 
-    /// Takes one message from the principal's rate bucket.
+    /// Takes one message from the principal's rate allowance.
     ///
     /// # Errors
     /// 429 `rate_limited` with the seconds until a message is allowed again.
     pub fn check_message_rate(&self, principal: &Principal) -> Result<(), AppError> {
-        let per_minute = self.config.messages_per_minute;
-        if per_minute == 0 || self.config.auth == AuthMode::Off {
-            return Ok(());
+        let Some(limiter) = &self.inner.messages else { return Ok(()) };
+        // Principals whose allowance has refilled are the same as unseen ones.
+        if limiter.len() >= MAX_ENTRIES {
+            limiter.retain_recent();
         }
-        let rate = f64::from(per_minute) / 60.0;
-        let capacity = f64::from(self.config.message_burst.max(1));
-        let now = Instant::now();
-        let mut buckets = self.inner.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= MAX_ENTRIES {
-            // A bucket that has refilled is the same as no bucket.
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < capacity);
-        }
-        let bucket = buckets.entry(principal.name.clone()).or_insert(Bucket { tokens: capacity, updated: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(capacity);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = ((1.0 - bucket.tokens) / rate).ceil();
-        // `wait` is at most 60 / rate ≤ 60 s: the cast cannot truncate.
+        let Err(not_until) = limiter.check_key(&principal.name) else { return Ok(()) };
+        let wait = not_until.wait_time_from(limiter.clock().now());
+        // `wait` is at most one replenish period, 60 s / rate ≤ 60 s: no truncation.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let retry_after_secs = (wait as u64).max(1);
+        let retry_after_secs = (wait.as_secs_f64().ceil() as u64).max(1);
         Err(AppError::TooManyRequests {
             code: "rate_limited",
             message: format!(
-                "too many messages: the limit is {per_minute} a minute (bursts of {}); try again in {retry_after_secs} s",
+                "too many messages: the limit is {} a minute (bursts of {}); try again in {retry_after_secs} s",
+                self.config.messages_per_minute,
                 self.config.message_burst.max(1)
             ),
             retry_after_secs,
@@ -400,4 +396,39 @@ fn bearer_token(parts: &Parts) -> Result<String, AppError> {
     Err(AppError::Unauthorized(
         "this API needs a token: send `Authorization: Bearer <token>` (create one with `parley tokens create`)".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(name: &str) -> Principal {
+        Principal { name: name.into(), admin: false }
+    }
+
+    #[test]
+    fn the_burst_passes_then_the_rate_applies_per_principal() {
+        let access = Access::new(AccessConfig { messages_per_minute: 6, message_burst: 2, ..AccessConfig::default() })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let alice = principal("alice");
+        assert!(access.check_message_rate(&alice).is_ok() && access.check_message_rate(&alice).is_ok());
+        match access.check_message_rate(&alice) {
+            Err(AppError::TooManyRequests { code: "rate_limited", retry_after_secs, .. }) => {
+                assert!((9..=10).contains(&retry_after_secs), "one message per 10 s: {retry_after_secs}");
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert!(access.check_message_rate(&principal("bob")).is_ok(), "bob has his own allowance");
+    }
+
+    #[test]
+    fn no_rate_limit_when_it_is_zero_or_authentication_is_off() {
+        let off = Access::new(AccessConfig { messages_per_minute: 0, ..AccessConfig::default() })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let local = Access::local();
+        for _ in 0..100 {
+            assert!(off.check_message_rate(&principal("alice")).is_ok());
+            assert!(local.check_message_rate(&principal(LOCAL_PRINCIPAL)).is_ok());
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod mock_openai;
 pub mod process;
 mod served;
 pub mod sse;
+pub mod telegram;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,6 +19,12 @@
 //! - `SCN_SLOW` — text streamed slowly (one word every 250 ms, for about 30 s).
 //!
 //! Every request body is recorded ([`MockAnthropic::requests`]).
+//!
+//! Hand-written on axum rather than wiremock, which the platform tests use: wiremock
+//! answers with a whole body (its delay holds back all of it), while this server streams
+//! SSE events one by one with pauses between them (slow replies, errors mid-stream,
+//! hanging tool calls), and runs on its own as an example binary that the real CLI
+//! talks to.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -22,6 +22,12 @@
 //! - `SCN_SLOW` — text streamed slowly (one word every 250 ms).
 //!
 //! Every request body is recorded ([`MockOpenAi::requests`]).
+//!
+//! Hand-written on axum rather than wiremock, which the platform tests use: wiremock
+//! answers with a whole body (its delay holds back all of it), while this server streams
+//! SSE events one by one with pauses between them (slow replies, errors mid-stream,
+//! hanging tool calls), keeps state between requests, and runs on its own as an example
+//! binary that the real CLIs talk to.
 
 use std::collections::HashSet;
 use std::convert::Infallible;

@@ -61,55 +61,46 @@ impl DiscordApi {
         json!({ "content": text, "allowed_mentions": { "parse": [] } })
     }
 
-    async fn webhook(
+    /// Sends a message body with `text` to `path`: an interaction webhook (its token is
+    /// in the path), or with `bot` a channel endpoint, which needs the bot token.
+    async fn call(
         &self,
         what: &'static str,
         method: reqwest::Method,
         path: &str,
         text: &str,
+        bot: bool,
     ) -> Result<Answer, SinkError> {
+        let auth = match (bot, &self.bot_token) {
+            (false, _) => None,
+            (true, Some(token)) => Some(format!("Bot {}", token.expose())),
+            (true, None) => {
+                return Err(SinkError::Target(
+                    "the Discord interaction token expired and PARLEY_DISCORD_BOT_TOKEN is not set".into(),
+                ));
+            }
+        };
         let url = format!("{}{path}", self.api_base);
         let body = Self::body(text);
-        self.http.send(what, |c| c.request(method.clone(), &url).json(&body)).await
-    }
-
-    async fn channel(
-        &self,
-        what: &'static str,
-        method: reqwest::Method,
-        path: &str,
-        text: &str,
-    ) -> Result<Answer, SinkError> {
-        let token = self.bot_token.as_ref().ok_or_else(|| {
-            SinkError::Target("the Discord interaction token expired and PARLEY_DISCORD_BOT_TOKEN is not set".into())
-        })?;
-        let url = format!("{}{path}", self.api_base);
-        let body = Self::body(text);
-        let auth = format!("Bot {}", token.expose());
-        self.http.send(what, |c| c.request(method.clone(), &url).header("authorization", &auth).json(&body)).await
-    }
-
-    fn check(what: &'static str, answer: &Answer) -> Result<(), SinkError> {
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(SinkError::Api { what, status: answer.status.as_u16(), detail: answer.detail() })
-        }
+        self.http
+            .send(what, |c| {
+                let request = c.request(method.clone(), &url).json(&body);
+                match &auth {
+                    Some(auth) => request.header("authorization", auth),
+                    None => request,
+                }
+            })
+            .await
     }
 
     fn id_of(what: &'static str, answer: &Answer) -> Result<String, SinkError> {
-        answer.body.get("id").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| SinkError::Api {
-            what,
-            status: answer.status.as_u16(),
-            detail: "no message id in the answer".into(),
-        })
+        answer.body.get("id").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| answer.lacks(what, "message id"))
     }
 
     async fn post_channel(&self, target: &DiscordTarget, text: &str) -> Result<String, SinkError> {
         const WHAT: &str = "discord create message";
         let path = format!("/channels/{}/messages", target.channel_id);
-        let answer = self.channel(WHAT, reqwest::Method::POST, &path, text).await?;
-        Self::check(WHAT, &answer)?;
+        let answer = self.call(WHAT, reqwest::Method::POST, &path, text, true).await?.success(WHAT)?;
         Ok(format!("{CHANNEL_PREFIX}{}", Self::id_of(WHAT, &answer)?))
     }
 
@@ -122,13 +113,8 @@ impl DiscordApi {
 impl MessageApi for DiscordApi {
     type Target = DiscordTarget;
 
-    fn name(&self) -> &'static str {
-        "discord"
-    }
-
-    fn limit(&self) -> (usize, Unit) {
-        (DISCORD_LIMIT, Unit::Chars)
-    }
+    const NAME: &'static str = "discord";
+    const LIMIT: (usize, Unit) = (DISCORD_LIMIT, Unit::Chars);
 
     fn target(&self, rt: &Value) -> Result<DiscordTarget, SinkError> {
         let s = |k: &str| rt.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -151,14 +137,14 @@ impl MessageApi for DiscordApi {
         let answer = if index == 0 {
             const WHAT: &str = "discord edit original response";
             let answer =
-                self.webhook(WHAT, reqwest::Method::PATCH, &format!("{base}/messages/@original"), text).await?;
+                self.call(WHAT, reqwest::Method::PATCH, &format!("{base}/messages/@original"), text, false).await?;
             if answer.status.is_success() {
                 return Ok("@original".into());
             }
             answer
         } else {
             const WHAT: &str = "discord create follow-up";
-            let answer = self.webhook(WHAT, reqwest::Method::POST, &format!("{base}?wait=true"), text).await?;
+            let answer = self.call(WHAT, reqwest::Method::POST, &format!("{base}?wait=true"), text, false).await?;
             if answer.status.is_success() {
                 return Self::id_of(WHAT, &answer);
             }
@@ -167,19 +153,14 @@ impl MessageApi for DiscordApi {
         if Self::webhook_gone(&answer) && self.bot_token.is_some() {
             return self.post_channel(target, text).await;
         }
-        Err(SinkError::Api {
-            what: "discord interaction reply",
-            status: answer.status.as_u16(),
-            detail: answer.detail(),
-        })
+        Err(answer.error("discord interaction reply"))
     }
 
     async fn edit(&self, target: &DiscordTarget, id: &str, text: &str) -> Result<(), SinkError> {
         if let Some(message) = id.strip_prefix(CHANNEL_PREFIX) {
             const WHAT: &str = "discord edit message";
             let path = format!("/channels/{}/messages/{message}", target.channel_id);
-            let answer = self.channel(WHAT, reqwest::Method::PATCH, &path, text).await?;
-            return Self::check(WHAT, &answer);
+            return self.call(WHAT, reqwest::Method::PATCH, &path, text, true).await?.success(WHAT).map(|_| ());
         }
         if !self.token_fresh(target) {
             return Err(SinkError::Target(
@@ -188,7 +169,6 @@ impl MessageApi for DiscordApi {
         }
         const WHAT: &str = "discord edit interaction message";
         let path = format!("/webhooks/{}/{}/messages/{id}", target.application_id, target.token);
-        let answer = self.webhook(WHAT, reqwest::Method::PATCH, &path, text).await?;
-        Self::check(WHAT, &answer)
+        self.call(WHAT, reqwest::Method::PATCH, &path, text, false).await?.success(WHAT).map(|_| ())
     }
 }

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::reply::{ReplySink, ReplyStatus, ReplyUpdate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parley_db::conversation::Conversation;
-use parley_orchestrator::{ReplySink, ReplyStatus, ReplyUpdate};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

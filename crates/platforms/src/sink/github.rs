@@ -5,6 +5,7 @@
 //! delivery by default: one comment when the turn ends; in stream mode the comment is
 //! edited (`PATCH …/issues/comments/{id}` or `…/pulls/comments/{id}`).
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{MessageApi, SinkError};
@@ -38,17 +39,11 @@ impl GithubApi {
         Some(Self { http, api_base: config.api_base.clone(), token: config.token.clone()? })
     }
 
-    async fn call(
-        &self,
-        what: &'static str,
-        method: reqwest::Method,
-        path: &str,
-        text: &str,
-    ) -> Result<Answer, SinkError> {
+    /// Sends `{"body": text}` to `path` with the token and GitHub's REST headers.
+    async fn call(&self, what: &'static str, method: Method, path: &str, text: &str) -> Result<Answer, SinkError> {
         let url = format!("{}{path}", self.api_base);
         let body = json!({ "body": text });
-        let answer = self
-            .http
+        self.http
             .send(what, |c| {
                 c.request(method.clone(), &url)
                     .bearer_auth(self.token.expose())
@@ -56,25 +51,16 @@ impl GithubApi {
                     .header("x-github-api-version", "2022-11-28")
                     .json(&body)
             })
-            .await?;
-        if answer.status.is_success() {
-            Ok(answer)
-        } else {
-            Err(SinkError::Api { what, status: answer.status.as_u16(), detail: answer.detail() })
-        }
+            .await?
+            .success(what)
     }
 }
 
 impl MessageApi for GithubApi {
     type Target = GithubTarget;
 
-    fn name(&self) -> &'static str {
-        "github"
-    }
-
-    fn limit(&self) -> (usize, Unit) {
-        (GITHUB_LIMIT, Unit::Chars)
-    }
+    const NAME: &'static str = "github";
+    const LIMIT: (usize, Unit) = (GITHUB_LIMIT, Unit::Chars);
 
     fn target(&self, rt: &Value) -> Result<GithubTarget, SinkError> {
         let repo = rt.get("repo").and_then(Value::as_str).filter(|r| r.contains('/'));
@@ -94,11 +80,11 @@ impl MessageApi for GithubApi {
         let answer = match target.review_comment {
             Some(comment) => {
                 let path = format!("/repos/{}/pulls/{}/comments/{comment}/replies", target.repo, target.number);
-                self.call("github reply to review comment", reqwest::Method::POST, &path, text).await?
+                self.call("github reply to review comment", Method::POST, &path, text).await?
             }
             None => {
                 let path = format!("/repos/{}/issues/{}/comments", target.repo, target.number);
-                self.call("github create issue comment", reqwest::Method::POST, &path, text).await?
+                self.call("github create issue comment", Method::POST, &path, text).await?
             }
         };
         Ok(answer.body.get("id").map(Value::to_string).unwrap_or_default())
@@ -109,6 +95,6 @@ impl MessageApi for GithubApi {
             Some(_) => format!("/repos/{}/pulls/comments/{id}", target.repo),
             None => format!("/repos/{}/issues/comments/{id}", target.repo),
         };
-        self.call("github edit comment", reqwest::Method::PATCH, &path, text).await.map(|_| ())
+        self.call("github edit comment", Method::PATCH, &path, text).await.map(|_| ())
     }
 }

@@ -20,10 +20,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::reply::{ReplySink, ReplyStatus, ReplyUpdate};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parley_db::conversation::Conversation;
-use parley_orchestrator::{ReplySink, ReplyStatus, ReplyUpdate};
 use serde_json::Value;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -50,10 +50,10 @@ pub trait MessageApi: Send + Sync + 'static {
     type Target: Send + Sync + 'static;
 
     /// The platform's name, for logs.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
 
     /// The message length limit and how it is counted.
-    fn limit(&self) -> (usize, Unit);
+    const LIMIT: (usize, Unit);
 
     /// Parses a reply target (`conversation.reply_target`, or the one of a message not
     /// stored, for a notice).
@@ -89,6 +89,20 @@ pub trait MessageApi: Send + Sync + 'static {
 
     /// Replaces the text of a posted message. "Not modified" counts as success.
     fn edit(&self, target: &Self::Target, id: &str, text: &str) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// The value at `key` of a reply target, read by `get`; a [`SinkError::Target`] saying
+/// that `platform`'s reply target lacks it otherwise.
+fn required<'a, T>(
+    reply_target: &'a Value,
+    key: &str,
+    get: impl FnOnce(&'a Value) -> Option<T>,
+    platform: &str,
+) -> Result<T, SinkError> {
+    reply_target
+        .get(key)
+        .and_then(get)
+        .ok_or_else(|| SinkError::Target(format!("the {platform} reply target has no {key}")))
 }
 
 #[derive(Debug, Clone)]
@@ -127,7 +141,7 @@ pub struct Driver<A: MessageApi> {
 
 impl<A: MessageApi> std::fmt::Debug for Driver<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("platform", &self.inner.api.name()).finish_non_exhaustive()
+        f.debug_struct("Driver").field("platform", &A::NAME).finish_non_exhaustive()
     }
 }
 
@@ -153,7 +167,7 @@ impl<A: MessageApi> DriverInner<A> {
 
     async fn deliver(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
         let target = self.api.target(&conversation.reply_target)?;
-        let (limit, unit) = self.api.limit();
+        let (limit, unit) = A::LIMIT;
         let pieces = split_message(&render(&update, self.show_tools), limit, unit);
         let Some(turn_id) = update.turn_id.filter(|_| update.status != ReplyStatus::Notice) else {
             // A notice: post it, no state.
@@ -180,7 +194,7 @@ impl<A: MessageApi> DriverInner<A> {
         let nothing_yet = update.text.trim().is_empty() && (update.tools.is_empty() || !self.show_tools);
         if thread.posted.is_empty() && thread.last_typing.is_none_or(|t| t.elapsed() >= TYPING_EVERY) {
             if let Err(e) = self.api.typing(target).await {
-                debug!(platform = self.api.name(), error = %e, "typing status failed");
+                debug!(platform = A::NAME, error = %e, "typing status failed");
             }
             thread.last_typing = Some(Instant::now());
         }
@@ -203,7 +217,7 @@ impl<A: MessageApi> DriverInner<A> {
                         Ok(()) => thread.posted[i].text.clone_from(piece),
                         Err(e) if update.is_final() => {
                             // The last word must reach the user: post it anew.
-                            warn!(platform = self.api.name(), error = %e, "editing the reply failed; posting it as a new message");
+                            warn!(platform = A::NAME, error = %e, "editing the reply failed; posting it as a new message");
                             let id = self.api.post(target, i, piece).await?;
                             thread.posted[i] = Posted { id, text: piece.clone() };
                         }

@@ -35,13 +35,13 @@ impl SlackApi {
         Some(Self { http, api_base: config.api_base.clone(), token: config.bot_token.clone()? })
     }
 
-    async fn call(&self, what: &'static str, method: &str, body: &Value) -> Result<Value, SinkError> {
+    async fn call(&self, what: &'static str, method: &str, body: &Value) -> Result<Answer, SinkError> {
         let url = format!("{}/{method}", self.api_base);
         let answer: Answer = self.http.send(what, |c| c.post(&url).bearer_auth(self.token.expose()).json(body)).await?;
         if answer.status.is_success() && answer.body.get("ok").and_then(Value::as_bool) == Some(true) {
-            Ok(answer.body)
+            Ok(answer)
         } else {
-            Err(SinkError::Api { what, status: answer.status.as_u16(), detail: answer.detail() })
+            Err(answer.error(what))
         }
     }
 }
@@ -49,23 +49,12 @@ impl SlackApi {
 impl MessageApi for SlackApi {
     type Target = SlackTarget;
 
-    fn name(&self) -> &'static str {
-        "slack"
-    }
-
-    fn limit(&self) -> (usize, Unit) {
-        (SLACK_LIMIT, Unit::Chars)
-    }
+    const NAME: &'static str = "slack";
+    const LIMIT: (usize, Unit) = (SLACK_LIMIT, Unit::Chars);
 
     fn target(&self, rt: &Value) -> Result<SlackTarget, SinkError> {
-        let channel = rt
-            .get("channel")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SinkError::Target("the Slack reply target has no channel".into()))?;
-        Ok(SlackTarget {
-            channel: channel.to_owned(),
-            thread_ts: rt.get("thread_ts").and_then(Value::as_str).map(str::to_owned),
-        })
+        let channel = super::required(rt, "channel", Value::as_str, "Slack")?.to_owned();
+        Ok(SlackTarget { channel, thread_ts: rt.get("thread_ts").and_then(Value::as_str).map(str::to_owned) })
     }
 
     async fn post(&self, target: &SlackTarget, _index: usize, text: &str) -> Result<String, SinkError> {
@@ -75,11 +64,7 @@ impl MessageApi for SlackApi {
             body["thread_ts"] = json!(ts);
         }
         let answer = self.call(WHAT, "chat.postMessage", &body).await?;
-        answer.get("ts").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| SinkError::Api {
-            what: WHAT,
-            status: 200,
-            detail: "no ts in the answer".into(),
-        })
+        answer.body.get("ts").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| answer.lacks(WHAT, "ts"))
     }
 
     /// `chat.postEphemeral`: only `user` sees it, in the thread when there is one.

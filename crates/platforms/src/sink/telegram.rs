@@ -48,10 +48,6 @@ impl TelegramApi {
         self.http.send(what, |c| c.post(&url).json(body)).await
     }
 
-    fn error(what: &'static str, answer: &Answer) -> SinkError {
-        SinkError::Api { what, status: answer.status.as_u16(), detail: answer.detail() }
-    }
-
     fn ok(answer: &Answer) -> bool {
         answer.status.is_success() && answer.body.get("ok").and_then(Value::as_bool) == Some(true)
     }
@@ -81,19 +77,11 @@ impl TelegramApi {
 impl MessageApi for TelegramApi {
     type Target = TelegramTarget;
 
-    fn name(&self) -> &'static str {
-        "telegram"
-    }
-
-    fn limit(&self) -> (usize, Unit) {
-        (TELEGRAM_LIMIT, Unit::Utf16)
-    }
+    const NAME: &'static str = "telegram";
+    const LIMIT: (usize, Unit) = (TELEGRAM_LIMIT, Unit::Utf16);
 
     fn target(&self, rt: &Value) -> Result<TelegramTarget, SinkError> {
-        let chat_id = rt
-            .get("chat_id")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| SinkError::Target("the Telegram reply target has no chat_id".into()))?;
+        let chat_id = super::required(rt, "chat_id", Value::as_i64, "Telegram")?;
         Ok(TelegramTarget {
             chat_id,
             reply_to: rt.get("message_id").and_then(Value::as_i64),
@@ -107,7 +95,7 @@ impl MessageApi for TelegramApi {
             body["message_thread_id"] = json!(t);
         }
         let answer = self.call("telegram sendChatAction", "sendChatAction", &body).await?;
-        if Self::ok(&answer) { Ok(()) } else { Err(Self::error("telegram sendChatAction", &answer)) }
+        if Self::ok(&answer) { Ok(()) } else { Err(answer.error("telegram sendChatAction")) }
     }
 
     async fn post(&self, target: &TelegramTarget, index: usize, text: &str) -> Result<String, SinkError> {
@@ -122,11 +110,10 @@ impl MessageApi for TelegramApi {
         }
         let answer = self.call_formatted(WHAT, "sendMessage", body).await?;
         if !Self::ok(&answer) {
-            return Err(Self::error(WHAT, &answer));
+            return Err(answer.error(WHAT));
         }
-        answer.body.pointer("/result/message_id").and_then(Value::as_i64).map(|id| id.to_string()).ok_or_else(|| {
-            SinkError::Api { what: WHAT, status: 200, detail: "no result.message_id in the answer".into() }
-        })
+        let id = answer.body.pointer("/result/message_id").and_then(Value::as_i64);
+        id.map(|id| id.to_string()).ok_or_else(|| answer.lacks(WHAT, "result.message_id"))
     }
 
     async fn edit(&self, target: &TelegramTarget, id: &str, text: &str) -> Result<(), SinkError> {
@@ -142,7 +129,7 @@ impl MessageApi for TelegramApi {
         if Self::ok(&answer) || answer.detail().contains("message is not modified") {
             Ok(())
         } else {
-            Err(Self::error(WHAT, &answer))
+            Err(answer.error(WHAT))
         }
     }
 }

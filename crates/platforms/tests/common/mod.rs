@@ -1,20 +1,17 @@
 //! Test harness: a real Parley (orchestrator + workers + HTTP server, in process) over
-//! a fresh PostgreSQL database, with a local axum server standing in for every
-//! platform API and recording each call.
+//! a fresh PostgreSQL database, with a wiremock server standing in for every platform
+//! API and recording each call.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::HeaderMap;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use parley_assistant::{Assistant, AssistantError, Chunk, Demo, DemoConfig, RunRequest};
@@ -24,6 +21,8 @@ use parley_server::AppState;
 use parley_test_support::TestDb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{any, method, path_regex};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 pub const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const SLACK_NOW: i64 = 1_767_225_602;
@@ -61,114 +60,124 @@ pub fn fixture(platform: &str, name: &str) -> (String, Vec<(String, String)>, Ve
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: String,
+    /// The path with its query (`/discord/webhooks/…?wait=true`).
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
     pub raw: Vec<u8>,
 }
 
-/// A scripted answer: the next call whose path contains `path` gets it.
-#[derive(Debug, Clone)]
-pub struct Scripted {
-    pub path: String,
-    pub status: u16,
-    pub body: Value,
-    pub headers: Vec<(String, String)>,
+impl From<&Request> for Call {
+    fn from(request: &Request) -> Self {
+        let url = &request.url;
+        Self {
+            method: request.method.to_string(),
+            path: url.query().map_or_else(|| url.path().to_owned(), |q| format!("{}?{q}", url.path())),
+            headers: request.headers.clone(),
+            body: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
+            raw: request.body.clone(),
+        }
+    }
 }
 
-#[derive(Default)]
-struct MockState {
-    calls: Mutex<Vec<Call>>,
-    script: Mutex<VecDeque<Scripted>>,
-    next_id: AtomicI64,
+/// Matches requests whose path contains a string (`/sendMessage`, `chat.update`).
+struct PathContains(String);
+
+impl Match for PathContains {
+    fn matches(&self, request: &Request) -> bool {
+        request.url.path().contains(&self.0)
+    }
 }
 
-/// The platform API stand-in.
+/// The platform APIs' stand-in: a wiremock server under one prefix per platform
+/// (`/tg`, `/slack/api`, `/discord`, `/gh`; anything else is a generic callback) that
+/// answers as the real APIs do, takes scripted answers first, and records every call.
 #[derive(Clone)]
 pub struct MockApi {
-    state: Arc<MockState>,
+    server: Arc<MockServer>,
     pub addr: SocketAddr,
 }
 
-async fn mock_handler(State(state): State<Arc<MockState>>, req: Request) -> axum::response::Response {
-    let method = req.method().to_string();
-    let path = req.uri().path_and_query().map(ToString::to_string).unwrap_or_default();
-    let headers = req.headers().clone();
-    let raw: Bytes = axum::body::to_bytes(req.into_body(), 10 << 20).await.unwrap_or_default();
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    state.calls.lock().unwrap().push(Call {
-        method: method.clone(),
-        path: path.clone(),
-        headers,
-        body,
-        raw: raw.to_vec(),
-    });
-    let scripted = {
-        let mut script = state.script.lock().unwrap();
-        let i = script.iter().position(|s| path.contains(&s.path));
-        i.and_then(|i| script.remove(i))
-    };
-    if let Some(s) = scripted {
-        let mut resp = (StatusCode::from_u16(s.status).unwrap(), axum::Json(s.body)).into_response();
-        for (k, v) in s.headers {
-            resp.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        return resp;
-    }
-    let id = state.next_id.fetch_add(1, Ordering::SeqCst) + 1000;
-    let answer = if path.contains("/sendMessage") {
-        json!({ "ok": true, "result": { "message_id": id } })
-    } else if path.starts_with("/tg/") {
-        json!({ "ok": true, "result": true })
-    } else if path.ends_with("chat.postMessage") {
-        json!({ "ok": true, "ts": format!("1767225603.{id:06}") })
-    } else if path.starts_with("/slack/") {
-        json!({ "ok": true })
-    } else if path.starts_with("/discord/") || path.starts_with("/gh/") {
-        json!({ "id": id.to_string() })
-    } else {
-        json!({})
-    };
-    let status = if path.starts_with("/gh/") && method == "POST" { StatusCode::CREATED } else { StatusCode::OK };
-    (status, axum::Json(answer)).into_response()
+/// A JSON answer with a fresh message id from `ids`, made by `body`.
+fn with_id(
+    ids: &Arc<AtomicI64>,
+    status: u16,
+    body: impl Fn(i64) -> Value + Send + Sync + 'static,
+) -> impl Fn(&Request) -> ResponseTemplate + Send + Sync + 'static {
+    let ids = Arc::clone(ids);
+    move |_: &Request| ResponseTemplate::new(status).set_body_json(body(ids.fetch_add(1, Ordering::SeqCst)))
 }
 
 impl MockApi {
     pub async fn start() -> Self {
-        let state = Arc::new(MockState::default());
-        let app = axum::Router::new().fallback(mock_handler).with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { state, addr }
+        let server = MockServer::start().await;
+        let ids = Arc::new(AtomicI64::new(1000));
+        // Telegram Bot API: `sendMessage` returns the Message; other methods `true`.
+        Mock::given(PathContains("/sendMessage".into()))
+            .respond_with(with_id(&ids, 200, |id| json!({ "ok": true, "result": { "message_id": id } })))
+            .mount(&server)
+            .await;
+        Mock::given(path_regex("^/tg/"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "ok": true, "result": true })))
+            .mount(&server)
+            .await;
+        // Slack Web API: `chat.postMessage` returns the message's `ts`.
+        Mock::given(path_regex(r"chat\.postMessage$"))
+            .respond_with(with_id(&ids, 200, |id| json!({ "ok": true, "ts": format!("1767225603.{id:06}") })))
+            .mount(&server)
+            .await;
+        Mock::given(path_regex("^/slack/"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "ok": true })))
+            .mount(&server)
+            .await;
+        // GitHub REST: a created comment is `201`; Discord: the message object.
+        Mock::given(method("POST"))
+            .and(path_regex("^/gh/"))
+            .respond_with(with_id(&ids, 201, |id| json!({ "id": id.to_string() })))
+            .mount(&server)
+            .await;
+        Mock::given(path_regex("^/(discord|gh)/"))
+            .respond_with(with_id(&ids, 200, |id| json!({ "id": id.to_string() })))
+            .mount(&server)
+            .await;
+        // The generic webhook's callback.
+        Mock::given(any()).respond_with(ResponseTemplate::new(200).set_body_json(json!({}))).mount(&server).await;
+        let addr = *server.address();
+        Self { server: Arc::new(server), addr }
     }
 
     pub fn base(&self, prefix: &str) -> String {
-        format!("http://{}{prefix}", self.addr)
+        format!("{}{prefix}", self.server.uri())
     }
 
-    pub fn script(&self, path: &str, status: u16, body: Value, headers: &[(&str, &str)]) {
-        self.state.script.lock().unwrap().push_back(Scripted {
-            path: path.into(),
-            status,
-            body,
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        });
+    /// Answers the next call whose path contains `path` with `status`, `body` and
+    /// `headers`, before the default answers; scripts for one path are used in order.
+    pub async fn script(&self, path: &str, status: u16, body: Value, headers: &[(&str, &str)]) {
+        let mut answer = ResponseTemplate::new(status).set_body_json(body);
+        for (name, value) in headers {
+            answer = answer.insert_header(*name, *value);
+        }
+        Mock::given(PathContains(path.into()))
+            .respond_with(answer)
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
     }
 
-    pub fn calls(&self) -> Vec<Call> {
-        self.state.calls.lock().unwrap().clone()
+    pub async fn calls(&self) -> Vec<Call> {
+        self.server.received_requests().await.unwrap_or_default().iter().map(Call::from).collect()
     }
 
-    pub fn calls_to(&self, path_part: &str) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.path.contains(path_part)).collect()
+    pub async fn calls_to(&self, path_part: &str) -> Vec<Call> {
+        self.calls().await.into_iter().filter(|c| c.path.contains(path_part)).collect()
     }
 
     /// Waits until `pred` holds over the calls (panics after `timeout`).
     pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Call]) -> bool) -> Vec<Call> {
         let deadline = Instant::now() + timeout;
         loop {
-            let calls = self.calls();
+            let calls = self.calls().await;
             if pred(&calls) {
                 return calls;
             }
@@ -258,6 +267,13 @@ impl Parley {
         Self::start_on(db, mock, options).await
     }
 
+    /// A Parley with these environment variables on top of the defaults (the
+    /// allow-list tests set theirs this way).
+    pub async fn with_env(vars: &[(&'static str, &str)]) -> Self {
+        let extra_env = vars.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Self::start(Options { extra_env, ..Options::default() }).await
+    }
+
     pub async fn start_on(db: Arc<TestDb>, mock: MockApi, options: Options) -> Self {
         let mut env: HashMap<&str, String> = HashMap::from([
             ("PARLEY_TELEGRAM_SECRET_TOKEN", TELEGRAM_SECRET.to_owned()),
@@ -299,7 +315,7 @@ impl Parley {
             default_assistant: default_assistant.into(),
             ..Config::default()
         };
-        let mut builder = platforms.register(Orchestrator::builder(db.pool.clone(), config));
+        let mut builder = Orchestrator::builder(db.pool.clone(), config).platforms(&platforms);
         builder = builder.assistant(Arc::new(Demo::new(options.demo.clone())));
         if let Some(reply) = &options.fixed_reply {
             builder = builder.assistant(Arc::new(Fixed { reply: reply.clone() }));
@@ -387,16 +403,7 @@ pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 pub fn telegram_update(update_id: i64, chat_id: i64, text: &str, is_bot: bool) -> (Vec<(String, String)>, Vec<u8>) {
-    let body = json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id % 100_000,
-            "from": { "id": 42, "is_bot": is_bot, "first_name": "Test", "username": "tester" },
-            "chat": { "id": chat_id, "type": "private", "username": "tester" },
-            "date": 1_767_225_600,
-            "text": text,
-        }
-    });
+    let body = parley_test_support::telegram::update(update_id, chat_id, text, is_bot);
     let headers = h(&[("content-type", "application/json"), ("x-telegram-bot-api-secret-token", TELEGRAM_SECRET)]);
     (headers, serde_json::to_vec(&body).unwrap())
 }

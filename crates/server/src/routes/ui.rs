@@ -1,14 +1,15 @@
 //! The web UI: the static files of `web/` (HTML, CSS, ES modules), embedded in the
-//! binary at compile time and served at `/` and `/assets/…`.
+//! binary at compile time by `rust-embed` (debug builds too) and served at `/` and
+//! `/assets/…`.
 //!
 //! The UI is plain files with no build step, so `cargo build` alone produces a working
-//! UI. Every UI response carries a Content-Security-Policy that allows only this
-//! origin's scripts and styles (no inline script), `X-Content-Type-Options: nosniff`,
+//! UI; every file under `web/assets/` is served, with the content type of its extension.
+//! Every UI response carries a Content-Security-Policy that allows only this origin's
+//! scripts and styles (no inline script), `X-Content-Type-Options: nosniff`,
 //! `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY`. Responses carry an
-//! `ETag` (a hash of the file) and `Cache-Control: no-cache`, so a browser revalidates
-//! and a new binary's UI is picked up at once.
-
-use std::sync::LazyLock;
+//! `ETag` (the file's SHA-256, computed at compile time) and `Cache-Control: no-cache`,
+//! so a browser revalidates (`If-None-Match` → `304`) and a new binary's UI is picked up
+//! at once.
 
 use axum::Router;
 use axum::extract::Path;
@@ -16,6 +17,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, REFER
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rust_embed::{EmbeddedFile, RustEmbed};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -26,49 +28,36 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      img-src 'self' data:; connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
-/// One embedded file.
-struct Asset {
-    /// Its name under `/assets/` (empty for the page itself).
-    name: &'static str,
-    /// `Content-Type` header value.
-    content_type: &'static str,
-    /// The file's bytes.
-    body: &'static [u8],
+/// The embedded files: `index.html` and everything under `assets/` (not the UI's tests).
+#[derive(RustEmbed)]
+#[folder = "../../web/"]
+#[include = "index.html"]
+#[include = "assets/**"]
+struct Ui;
+
+/// The page's path in [`Ui`].
+const INDEX: &str = "index.html";
+
+/// The `Content-Type` of an embedded file: its extension's type, with `charset=utf-8`
+/// for text (HTML, CSS, JavaScript, JSON).
+fn content_type(file: &EmbeddedFile) -> String {
+    let mime = file.metadata.mimetype();
+    let text = mime.starts_with("text/") || mime.ends_with("javascript") || mime.ends_with("json");
+    if text { format!("{mime}; charset=utf-8") } else { mime.to_owned() }
 }
 
-macro_rules! asset {
-    ($name:literal, $content_type:literal) => {
-        Asset {
-            name: $name,
-            content_type: $content_type,
-            body: include_bytes!(concat!("../../../../web/assets/", $name)),
-        }
-    };
+/// The strong `ETag` of an embedded file: its SHA-256 (first 128 bits, hex), quoted.
+fn etag(file: &EmbeddedFile) -> String {
+    let hash = file.metadata.sha256_hash();
+    format!("\"{}\"", hash[..16].iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-/// The page.
-static INDEX: Asset =
-    Asset { name: "", content_type: "text/html; charset=utf-8", body: include_bytes!("../../../../web/index.html") };
-
-/// Everything under `web/assets/`.
-static ASSETS: &[Asset] = &[
-    asset!("app.css", "text/css; charset=utf-8"),
-    asset!("app.js", "text/javascript; charset=utf-8"),
-    asset!("api.js", "text/javascript; charset=utf-8"),
-    asset!("dom.js", "text/javascript; charset=utf-8"),
-    asset!("markdown.js", "text/javascript; charset=utf-8"),
-    asset!("conversation.js", "text/javascript; charset=utf-8"),
-    asset!("settings.js", "text/javascript; charset=utf-8"),
-    asset!("icon.svg", "image/svg+xml"),
-];
-
-/// The `ETag` of every file, computed once: FNV-1a of the bytes.
-static ETAGS: LazyLock<Vec<HeaderValue>> =
-    LazyLock::new(|| std::iter::once(&INDEX).chain(ASSETS).map(|a| etag_of(a.body)).collect());
-
-fn etag_of(body: &[u8]) -> HeaderValue {
-    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    HeaderValue::from_str(&format!("\"{hash:016x}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+/// Whether an `If-None-Match` header names `etag` (`*`, a list, weak tags compared
+/// weakly, as RFC 9110 §13.1.2 says). Written here because tower-http's `ServeDir`,
+/// which does this, serves files from disk, not from the binary.
+fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
+    let Ok(tags) = if_none_match.to_str() else { return false };
+    tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 /// The UI's routes: `GET /` and `GET /assets/{name}` (HEAD too).
@@ -77,8 +66,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /` → the page.
-pub async fn index(headers: HeaderMap) -> Response {
-    respond(&INDEX, 0, &headers)
+///
+/// # Errors
+/// None in practice: the page is embedded (404 otherwise).
+pub async fn index(headers: HeaderMap) -> Result<Response, AppError> {
+    respond(INDEX, &headers)
 }
 
 /// `GET /assets/{name}` → an embedded file.
@@ -86,8 +78,7 @@ pub async fn index(headers: HeaderMap) -> Response {
 /// # Errors
 /// 404 for a name that is not embedded.
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Response, AppError> {
-    let (i, found) = ASSETS.iter().enumerate().find(|(_, a)| a.name == name).ok_or(AppError::NotFound("asset"))?;
-    Ok(respond(found, i + 1, &headers))
+    respond(&format!("assets/{name}"), &headers)
 }
 
 /// Adds the security headers every UI response carries.
@@ -100,36 +91,74 @@ fn secure(headers: &mut HeaderMap) {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
-fn respond(asset: &Asset, etag_index: usize, request: &HeaderMap) -> Response {
-    let etag = ETAGS.get(etag_index).cloned().unwrap_or_else(|| etag_of(asset.body));
-    let fresh = request.get(IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
-    let mut response = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { asset.body.into_response() };
+/// The embedded file at `path`, or `304 Not Modified` when the request's
+/// `If-None-Match` names its `ETag`.
+fn respond(path: &str, request: &HeaderMap) -> Result<Response, AppError> {
+    let file = Ui::get(path).ok_or(AppError::NotFound("asset"))?;
+    let etag = etag(&file);
+    let fresh = request.get(IF_NONE_MATCH).is_some_and(|v| matches(v, &etag));
+    let content_type = content_type(&file);
+    let mut response = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { file.data.into_response() };
     let headers = response.headers_mut();
     secure(headers);
-    headers.insert(ETAG, etag);
-    if !fresh {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(ETAG, etag);
     }
-    response
+    if !fresh && let Ok(content_type) = HeaderValue::from_str(&content_type) {
+        headers.insert(CONTENT_TYPE, content_type);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn file(path: &str) -> EmbeddedFile {
+        Ui::get(path).unwrap_or_else(|| panic!("{path} is not embedded"))
+    }
+
     #[test]
-    fn every_asset_is_listed_once_and_has_an_etag() {
-        let mut names: Vec<&str> = ASSETS.iter().map(|a| a.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), ASSETS.len());
-        assert_eq!(ETAGS.len(), ASSETS.len() + 1);
-        assert!(ASSETS.iter().all(|a| !a.body.is_empty()));
+    fn every_file_of_web_assets_is_embedded_with_its_type_and_an_etag() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/assets");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .map(|name| format!("assets/{name}"))
+            .collect();
+        on_disk.push(INDEX.to_owned());
+        on_disk.sort();
+        let mut embedded: Vec<String> = Ui::iter().map(|p| p.into_owned()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk, "exactly index.html and web/assets, not the UI's tests");
+        let mut etags: Vec<String> = embedded.iter().map(|p| etag(&file(p))).collect();
+        etags.sort();
+        etags.dedup();
+        assert_eq!(etags.len(), embedded.len(), "one ETag per file");
+        assert!(embedded.iter().all(|p| !file(p).data.is_empty()));
+    }
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        assert_eq!(content_type(&file(INDEX)), "text/html; charset=utf-8");
+        assert_eq!(content_type(&file("assets/app.js")), "text/javascript; charset=utf-8");
+        assert_eq!(content_type(&file("assets/app.css")), "text/css; charset=utf-8");
+        assert_eq!(content_type(&file("assets/icon.svg")), "image/svg+xml");
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_the_wildcard() {
+        let tag = etag(&file("assets/app.js"));
+        for header in [tag.clone(), format!("W/{tag}"), format!("\"other\", {tag}"), "*".to_owned()] {
+            assert!(matches(&HeaderValue::from_str(&header).unwrap_or_else(|e| panic!("{e}")), &tag), "{header}");
+        }
+        assert!(!matches(&HeaderValue::from_static("\"other\""), &tag));
     }
 
     #[test]
     fn the_page_loads_only_same_origin_module_scripts() {
-        let page = std::str::from_utf8(INDEX.body).unwrap_or_default();
+        let page = file(INDEX);
+        let page = std::str::from_utf8(&page.data).unwrap_or_default();
         assert!(page.contains(r#"<script type="module" src="/assets/app.js"></script>"#));
         assert!(!page.contains("<script>"), "no inline scripts: the CSP forbids them");
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe-inline"));

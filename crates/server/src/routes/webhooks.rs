@@ -11,19 +11,22 @@
 //! 4. the sender is checked against the platform's allow-list
 //!    ([`parley_platforms::Platforms::admit`]) and the text against the ingest rules;
 //!    a refused message stores nothing (no conversation either) and its sender is told
-//!    at most once an hour (see [`parley_platforms::allow`]); a repeated delivery id is
-//!    answered with its first answer before anything is written;
-//! 5. the conversation is upserted by `(platform, external_id)` (owner = the platform's
-//!    name, the orchestrator's default assistant, the platform's delivery mode) and the
-//!    message is ingested with the dedupe key `(platform, delivery id)` — a redelivery
-//!    (Slack `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and
-//!    never runs a second turn;
+//!    at most once an hour (see [`parley_platforms::allow`]);
+//! 5. the orchestrator stores it in one transaction
+//!    ([`parley_orchestrator::Orchestrator::ingest_webhook`]): a repeated delivery id is
+//!    answered with its first answer before anything is written — a redelivery (Slack
+//!    `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and never
+//!    runs a second turn —, otherwise the conversation is upserted by
+//!    `(platform, external_id)` (owner = the platform's name, the orchestrator's default
+//!    assistant, the platform's delivery mode) and the message ingested with the dedupe
+//!    key `(platform, delivery id)`;
 //! 6. a chat command's reply is sent through the platform's reply sink as a notice (on
-//!    Discord it is the interaction response itself).
+//!    Discord it is the interaction response itself, from
+//!    [`parley_platforms::inbound::discord`]).
 //!
+//! This route writes nothing itself: every write goes through the orchestrator.
 //! Errors are JSON `{"error": {"code", "message"}}`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -32,10 +35,9 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use parley_db::DbError;
-use parley_db::conversation::{self, Conversation, NewConversation};
-use parley_orchestrator::{Dedupe, Ingested, OrchestratorError, PostMessage, ReplyStatus, ReplyUpdate, validate_text};
+use axum::routing::{MethodRouter, post};
+use parley_orchestrator::{Ingested, OrchestratorError, WebhookIngested, validate_text};
+use parley_platforms::inbound::discord;
 use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -43,16 +45,39 @@ use tracing::{debug, info, warn};
 use crate::AppState;
 use crate::error::AppError;
 
-/// The webhook routes; merged into the app's router.
+/// The webhook routes; merged into the app's router. What each platform answers:
+///
+/// - `POST /webhooks/telegram`: a Telegram Bot API update, checked by
+///   `X-Telegram-Bot-Api-Secret-Token`. Answers `200 {"ok": true}`.
+/// - `POST /webhooks/slack` (also `/webhooks/slack/events`): a Slack Events API request,
+///   checked by `X-Slack-Signature` within 5 minutes. Answers `url_verification` with its
+///   challenge, events with `200 {"ok": true}`.
+/// - `POST /webhooks/discord` (also `/webhooks/discord/interactions`): a Discord
+///   interaction, checked by `X-Signature-Ed25519`. PING → `{"type": 1}`; an application
+///   command → `{"type": 5}` (deferred; the reply edits it), or `{"type": 4, …}` with a
+///   chat command's reply.
+/// - `POST /webhooks/github`: a GitHub webhook delivery, checked by
+///   `X-Hub-Signature-256`, deduplicated by `X-GitHub-Delivery`.
+/// - `POST /webhooks/generic`: Parley's generic signed webhook (see docs/platforms.md),
+///   checked by `X-Parley-Signature`, deduplicated by `X-Delivery-Id`. A message →
+///   `202 {"conversation_id", "turn_id", "message_id", "duplicate"}`; a command →
+///   `200 {"conversation_id", "reply", …}`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/webhooks/telegram", post(telegram))
-        .route("/webhooks/slack", post(slack))
-        .route("/webhooks/slack/events", post(slack))
-        .route("/webhooks/discord", post(discord))
-        .route("/webhooks/discord/interactions", post(discord))
-        .route("/webhooks/github", post(github))
-        .route("/webhooks/generic", post(generic))
+        .route("/webhooks/telegram", receiver(Platform::Telegram))
+        .route("/webhooks/slack", receiver(Platform::Slack))
+        .route("/webhooks/slack/events", receiver(Platform::Slack))
+        .route("/webhooks/discord", receiver(Platform::Discord))
+        .route("/webhooks/discord/interactions", receiver(Platform::Discord))
+        .route("/webhooks/github", receiver(Platform::Github))
+        .route("/webhooks/generic", receiver(Platform::Generic))
+}
+
+/// The `POST` handler of `platform`'s webhook: [`handle`] with the raw body.
+fn receiver(platform: Platform) -> MethodRouter<AppState> {
+    post(move |State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+        handle(state, platform, headers, body)
+    })
 }
 
 /// A webhook error, rendered like [`AppError`].
@@ -77,12 +102,6 @@ impl From<AppError> for WebhookError {
     }
 }
 
-impl From<DbError> for WebhookError {
-    fn from(err: DbError) -> Self {
-        Self::App(err.into())
-    }
-}
-
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
@@ -98,66 +117,17 @@ impl IntoResponse for WebhookError {
     }
 }
 
-/// `POST /webhooks/telegram`: a Telegram Bot API update, checked by
-/// `X-Telegram-Bot-Api-Secret-Token`. Answers `200 {"ok": true}`.
-pub async fn telegram(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Telegram, headers, body).await
-}
-
-/// `POST /webhooks/slack` (also `/webhooks/slack/events`): a Slack Events API request,
-/// checked by `X-Slack-Signature` within 5 minutes. Answers `url_verification` with
-/// its challenge, events with `200 {"ok": true}`.
-pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    if let Some(retry) = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()) {
-        debug!(retry, reason = ?headers.get("x-slack-retry-reason"), "Slack retried a delivery");
-    }
-    handle(state, Platform::Slack, headers, body).await
-}
-
-/// `POST /webhooks/discord` (also `/webhooks/discord/interactions`): a Discord
-/// interaction, checked by `X-Signature-Ed25519`. PING → `{"type": 1}`; an
-/// application command → `{"type": 5}` (deferred; the reply edits it), or
-/// `{"type": 4, …}` with a chat command's reply.
-pub async fn discord(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Discord, headers, body).await
-}
-
-/// `POST /webhooks/github`: a GitHub webhook delivery, checked by
-/// `X-Hub-Signature-256`, deduplicated by `X-GitHub-Delivery`.
-pub async fn github(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Github, headers, body).await
-}
-
-/// `POST /webhooks/generic`: Parley's generic signed webhook (see docs/platforms.md),
-/// checked by `X-Parley-Signature`, deduplicated by `X-Delivery-Id`. A message →
-/// `202 {"conversation_id", "turn_id", "message_id", "duplicate"}`; a command →
-/// `200 {"conversation_id", "reply", …}`.
-pub async fn generic(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Platform::Generic, headers, body).await
-}
-
+/// Receives one webhook request and answers it, logging an acknowledgement slower than
+/// a third of the platforms' deadline.
 async fn handle(
     state: AppState,
     platform: Platform,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(retry) = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()) {
+        debug!(%platform, retry, reason = ?headers.get("x-slack-retry-reason"), "Slack retried a delivery");
+    }
     let started = Instant::now();
     let response = match receive(&state, platform, &headers, body).await {
         Ok(r) => r,
@@ -176,7 +146,7 @@ fn ack(platform: Platform, extra: Value) -> Response {
         Platform::Discord => {
             // Discord needs an interaction response: say why nothing happens, privately.
             let content = extra.get("ignored").and_then(Value::as_str).unwrap_or("Nothing to do.");
-            axum::Json(json!({ "type": 4, "data": { "content": content, "flags": 64 } })).into_response()
+            axum::Json(discord::private_response(content)).into_response()
         }
         _ => {
             let mut body = json!({ "ok": true });
@@ -231,56 +201,21 @@ async fn receive(
         let text = format!("Parley could not accept this message: {reason}");
         return Ok(refuse(platforms, &message, &reason, Some(text)));
     }
-    let dedupe = Dedupe::new(platform.as_str(), &message.dedupe_key, &[&message.external_id, &message.text]);
-    // A redelivery is answered before anything is written (its conversation included).
-    match orchestrator.repeat_of(&dedupe).await {
-        Ok(None) => {}
-        Ok(Some((repeat, conversation_id))) => return Ok(answer(platforms, platform, conversation_id, None, repeat)),
-        Err(e) => return Err(repeat_error(platform, e)),
-    }
-    let conversation = {
-        let client = orchestrator.pool().get().await.map_err(DbError::from)?;
-        conversation::upsert_by_external_id(
-            &client,
-            &NewConversation {
-                platform: platform.as_str().to_owned(),
-                external_id: message.external_id.clone(),
-                owner: platform.as_str().to_owned(),
-                title: message.title.clone(),
-                assistant: orchestrator.config().default_assistant.clone(),
-                cwd: None,
-                delivery: platforms.delivery(platform),
-                reply_target: message.reply_target.clone(),
-            },
-        )
-        .await?
-    };
-    let posted = orchestrator
-        .post_message(PostMessage {
-            conversation_id: conversation.conversation_id,
-            text: message.text,
-            dedupe: Some(dedupe),
-            metadata: message.metadata,
-            owner: None,
-        })
-        .await;
-    let ingested = posted.map_err(|e| repeat_error(platform, e))?;
-    debug!(%platform, conversation_id = %conversation.conversation_id, ?ingested, "webhook ingested");
-    Ok(answer(platforms, platform, Some(conversation.conversation_id), Some(conversation), ingested))
+    let ingested = orchestrator
+        .ingest_webhook(message, platforms.delivery(platform))
+        .await
+        .map_err(|e| repeat_error(platform, e))?;
+    debug!(%platform, conversation_id = ?ingested.conversation_id, ingested = ?ingested.ingested, "webhook ingested");
+    Ok(answer(platform, ingested))
 }
 
-/// The answer to an ingested delivery (`conversation` is `None` for a repeat answered
-/// before its conversation was looked up: nothing is sent again then).
-fn answer(
-    platforms: &Arc<Platforms>,
-    platform: Platform,
-    conversation_id: Option<uuid::Uuid>,
-    conversation: Option<Conversation>,
-    ingested: Ingested,
-) -> Response {
+/// The answer to an ingested delivery (a chat command's reply was sent through the
+/// platform's reply sink by the orchestrator, except on Discord, where it is the
+/// interaction response).
+fn answer(platform: Platform, WebhookIngested { conversation_id, ingested }: WebhookIngested) -> Response {
     match ingested {
         Ingested::Turn { turn_id, message_id, duplicate } => match platform {
-            Platform::Discord => axum::Json(json!({ "type": 5 })).into_response(),
+            Platform::Discord => axum::Json(discord::deferred_response()).into_response(),
             Platform::Generic => (
                 if duplicate { StatusCode::OK } else { StatusCode::ACCEPTED },
                 axum::Json(json!({
@@ -294,30 +229,16 @@ fn answer(
             _ => ack(platform, json!({ "duplicate": duplicate })),
         },
         Ingested::Command { reply, ok, duplicate, command, .. } => match platform {
-            Platform::Discord => {
-                let content: String = reply.chars().take(2000).collect();
-                axum::Json(json!({ "type": 4, "data": { "content": content, "allowed_mentions": { "parse": [] } } }))
-                    .into_response()
-            }
-            Platform::Generic => {
-                if let (false, Some(conversation)) = (duplicate, conversation) {
-                    notify(platforms, platform, conversation, reply.clone());
-                }
-                axum::Json(json!({
-                    "conversation_id": conversation_id,
-                    "command": command,
-                    "ok": ok,
-                    "reply": reply,
-                    "duplicate": duplicate,
-                }))
-                .into_response()
-            }
-            _ => {
-                if let (false, Some(conversation)) = (duplicate, conversation) {
-                    notify(platforms, platform, conversation, reply);
-                }
-                ack(platform, json!({ "duplicate": duplicate }))
-            }
+            Platform::Discord => axum::Json(discord::message_response(&reply)).into_response(),
+            Platform::Generic => axum::Json(json!({
+                "conversation_id": conversation_id,
+                "command": command,
+                "ok": ok,
+                "reply": reply,
+                "duplicate": duplicate,
+            }))
+            .into_response(),
+            _ => ack(platform, json!({ "duplicate": duplicate })),
         },
     }
 }
@@ -328,13 +249,10 @@ fn answer(
 /// platform's API. Chat platforms get `200` so that they do not retry; a Discord
 /// interaction refused without a notice gets `403` (Discord shows the sender that the
 /// interaction failed).
-fn refuse(platforms: &Arc<Platforms>, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
+fn refuse(platforms: &Platforms, message: &InboundMessage, reason: &str, notice: Option<String>) -> Response {
     let platform = message.platform;
     match (platform, notice) {
-        (Platform::Discord, Some(text)) => axum::Json(
-            json!({ "type": 4, "data": { "content": text, "flags": 64, "allowed_mentions": { "parse": [] } } }),
-        )
-        .into_response(),
+        (Platform::Discord, Some(text)) => axum::Json(discord::private_response(&text)).into_response(),
         (Platform::Discord, None) => {
             (StatusCode::FORBIDDEN, axum::Json(json!({ "error": { "code": "not_allowed", "message": reason } })))
                 .into_response()
@@ -362,18 +280,4 @@ fn repeat_error(platform: Platform, err: OrchestratorError) -> WebhookError {
         }
         other => WebhookError::App(AppError::from(other)),
     }
-}
-
-/// Sends a notice (a command's reply) through the platform's sink, in the background.
-fn notify(platforms: &Arc<Platforms>, platform: Platform, conversation: Conversation, text: String) {
-    let Some(sink) = platforms.sink(platform) else {
-        warn!(%platform, "no reply sink for this platform (bot token not set); the notice is not sent");
-        return;
-    };
-    let update = ReplyUpdate { turn_id: None, text, tools: Vec::new(), status: ReplyStatus::Notice };
-    tokio::spawn(async move {
-        if let Err(e) = sink.deliver(&conversation, update).await {
-            warn!(%platform, error = %e, "delivering a notice failed");
-        }
-    });
 }
