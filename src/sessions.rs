@@ -46,6 +46,24 @@ fn short(id: Option<&str>) -> String {
     id.map_or_else(|| "-".into(), str::to_owned)
 }
 
+/// Sessions read per query by `sessions list`.
+const PAGE: i64 = 500;
+
+/// One line of `sessions list`.
+fn print_row(s: &session::Session) {
+    println!(
+        "{:<36}  {:<36}  {:<6}  {:<9}  {:<17}  {:<13}  {:<36}  {}",
+        s.session_id,
+        s.conversation_id,
+        if s.active { "yes" } else { "no" },
+        s.assistant,
+        s.transition_reason,
+        short(s.ended_reason.as_deref()),
+        short(s.assistant_session_id.as_deref()),
+        short(s.last_error.as_deref()),
+    );
+}
+
 /// Runs a `sessions` subcommand.
 pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), Failure> {
     let pool = pool(db).await?;
@@ -53,7 +71,6 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
     match cmd {
         SessionsCommand::List { status, conversation } => {
             let filter = StatusFilter::parse(&status).unwrap_or_default();
-            let sessions = session::list(&client, filter, conversation, None, 1000).await?;
             println!(
                 "{:<36}  {:<36}  {:<6}  {:<9}  {:<17}  {:<13}  {:<36}  LAST ERROR",
                 "SESSION",
@@ -64,18 +81,18 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
                 "ENDED BECAUSE",
                 "ASSISTANT SESSION ID"
             );
-            for s in sessions {
-                println!(
-                    "{:<36}  {:<36}  {:<6}  {:<9}  {:<17}  {:<13}  {:<36}  {}",
-                    s.session_id,
-                    s.conversation_id,
-                    if s.active { "yes" } else { "no" },
-                    s.assistant,
-                    s.transition_reason,
-                    short(s.ended_reason.as_deref()),
-                    short(s.assistant_session_id.as_deref()),
-                    short(s.last_error.as_deref()),
-                );
+            // Every session, a page at a time (keyset paging: each page costs the same).
+            let mut after = None;
+            loop {
+                let sessions = session::list(&client, filter, conversation, None, after, PAGE).await?;
+                after = sessions.last().map(session::ListKey::of);
+                let more = sessions.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+                for s in sessions {
+                    print_row(&s);
+                }
+                if !more {
+                    break;
+                }
             }
         }
         SessionsCommand::Show { id } => {

@@ -80,17 +80,21 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
     /// When it last changed (a message arrived, a setting changed).
     pub updated_at: DateTime<Utc>,
-    /// Turn state for lists; filled by [`list`] only, flattened into the JSON.
+    /// Turn state and activity for lists; filled by [`list`] and [`summary`] only,
+    /// flattened into the JSON.
     #[serde(flatten, skip_serializing_if = "Option::is_none", skip_deserializing)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub summary: Option<ConversationSummary>,
 }
 
-/// A conversation's turn state as [`list`] reports it (the web UI's badges and stream
-/// cursor), read in one statement so the fields agree with each other.
+/// A conversation's turn state as [`list`] and [`summary`] report it (the web UI's
+/// badges and stream cursor), read in one statement so the fields agree with each other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
+    /// The list's order key: when the conversation was created or one of its turns last
+    /// ended (completed, failed or cancelled). Lists are most recently active first.
+    pub last_activity_at: DateTime<Utc>,
     /// Status of the turn of the newest user message (`queued`, `running`, `completed`,
     /// `failed`, …); `None` before the first turn.
     pub last_turn_status: Option<String>,
@@ -128,6 +132,7 @@ impl TryFrom<&Row> for Conversation {
             updated_at: row.try_get("updated_at")?,
             summary: if row.columns().iter().any(|c| c.name() == "resume_after_seq") {
                 Some(ConversationSummary {
+                    last_activity_at: row.try_get("last_activity_at")?,
                     last_turn_status: row.try_get("last_turn_status")?,
                     running: row.try_get("running")?,
                     queued: row.try_get("queued")?,
@@ -188,16 +193,23 @@ pub async fn upsert_by_external_id(client: &impl GenericClient, new: &NewConvers
 }
 
 /// Inserts `new` with a random id (and `external_id` = that id when empty), with an
-/// optional `on conflict` clause.
+/// optional `on conflict` clause, and its `conversation_activity` row in the same
+/// statement (an existing row keeps its own).
 async fn insert(client: &impl GenericClient, new: &NewConversation, on_conflict: &str) -> DbResult<Conversation> {
     let id = Uuid::new_v4();
     let external_id = if new.external_id.is_empty() { id.to_string() } else { new.external_id.clone() };
     let row = client
         .query_one(
             &format!(
-                "insert into conversation (conversation_id, platform, external_id, owner, title, \
-                 assistant, cwd, delivery, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 {on_conflict} returning {COLUMNS}"
+                "with c as ( \
+                     insert into conversation (conversation_id, platform, external_id, owner, title, \
+                     assistant, cwd, delivery, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     {on_conflict} returning {COLUMNS}), \
+                 a as ( \
+                     insert into conversation_activity (conversation_id, owner, last_activity_at) \
+                     select conversation_id, owner, created_at from c \
+                     on conflict (conversation_id) do nothing) \
+                 select {COLUMNS} from c"
             ),
             &[
                 &id,
@@ -241,32 +253,63 @@ pub async fn lock(client: &impl GenericClient, conversation_id: Uuid) -> DbResul
     Conversation::try_from(&row)
 }
 
-/// Lists conversations, most recently updated first, each with its
-/// [`ConversationSummary`]. `owner = None` lists everyone's.
+/// Where a page of [`list`] starts: just after this conversation in the list's order
+/// (the last row of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListKey {
+    /// Its [`ConversationSummary::last_activity_at`].
+    pub last_activity_at: DateTime<Utc>,
+    /// Its id (the tie-breaker).
+    pub conversation_id: Uuid,
+}
+
+impl ListKey {
+    /// The key of a listed conversation (`None` when it carries no summary).
+    #[must_use]
+    pub fn of(c: &Conversation) -> Option<Self> {
+        c.summary.as_ref().map(|s| Self { last_activity_at: s.last_activity_at, conversation_id: c.conversation_id })
+    }
+}
+
+/// A page of conversations, most recently active first (by
+/// [`ConversationSummary::last_activity_at`], then id), each with its
+/// [`ConversationSummary`]: at most `limit` of them, starting just after `after` (from
+/// the start when `None`). `owner = None` lists everyone's.
+///
+/// Keyset paging: the page is one range of `conversation_activity`'s index (the owner's,
+/// or everyone's), and the summaries are computed for the page's rows only, so any page
+/// costs what the first one does.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn list(
     client: &impl GenericClient,
     owner: Option<&str>,
+    after: Option<ListKey>,
     limit: i64,
-    offset: i64,
 ) -> DbResult<Vec<Conversation>> {
-    let rows = client
-        .query(
-            &format!(
-                "select {COLUMNS}, {SUMMARY_COLUMNS} from conversation c \
-                 where ($1::text is null or owner = $1) \
-                 order by updated_at desc, conversation_id limit $2 offset $3"
-            ),
-            &[&owner, &limit, &offset],
-        )
-        .await?;
+    // Not a cached statement: each call is planned with its own cursor and page size (a
+    // generic plan cannot know that `$3` is small, and may sort a whole index for a
+    // page). The page's conversations are then looked up by primary key.
+    let owner_condition = if owner.is_some() { "owner = $4 and" } else { "$4::text is null and" };
+    let sql = format!(
+        "select {COLUMNS}, a.last_activity_at, {SUMMARY_COLUMNS} from ( \
+                 select conversation_id, last_activity_at from conversation_activity \
+                 where {owner_condition} (last_activity_at, conversation_id) < ($1, $2) \
+                 order by last_activity_at desc, conversation_id desc limit $3) a \
+             join conversation c using (conversation_id) \
+             order by a.last_activity_at desc, c.conversation_id desc"
+    );
+    // The first page starts after a key that sorts after every row.
+    let after =
+        after.unwrap_or(ListKey { last_activity_at: crate::page::after_any_time(), conversation_id: Uuid::max() });
+    let rows = client.query(&sql, &[&after.last_activity_at, &after.conversation_id, &limit, &owner]).await?;
     rows.iter().map(Conversation::try_from).collect()
 }
 
-/// The [`ConversationSummary`] of `conversation c`, as correlated subqueries that use
-/// the turn and event indexes (the running turn's boundary events are the newest).
+/// The [`ConversationSummary`] of `conversation c` (all but `last_activity_at`), as
+/// correlated subqueries that use the turn and event indexes (the running turn's
+/// boundary events are the newest), so they cost the same for any conversation.
 const SUMMARY_COLUMNS: &str = "\
     (select t.status from turn t where t.conversation_id = c.conversation_id \
      order by t.user_message_id desc limit 1) as last_turn_status, \
@@ -281,6 +324,97 @@ const SUMMARY_COLUMNS: &str = "\
        where r.conversation_id = c.conversation_id and r.status = 'running'), \
       (select max(e.seq) from event e where e.conversation_id = c.conversation_id), \
       0) as resume_after_seq";
+
+/// One conversation's [`ConversationSummary`] (what [`list`] shows beside it).
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id.
+pub async fn summary(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<ConversationSummary> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "select coalesce(a.last_activity_at, c.updated_at) as last_activity_at, {SUMMARY_COLUMNS} \
+             from conversation c left join conversation_activity a using (conversation_id) \
+             where c.conversation_id = $1"
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&conversation_id]).await?.ok_or(DbError::not_found("conversation"))?;
+    Ok(ConversationSummary {
+        last_activity_at: row.try_get("last_activity_at")?,
+        last_turn_status: row.try_get("last_turn_status")?,
+        running: row.try_get("running")?,
+        queued: row.try_get("queued")?,
+        resume_after_seq: row.try_get("resume_after_seq")?,
+    })
+}
+
+/// Where a conversation stands, as the events stream's `snapshot` event reports it to a
+/// client that connects without a position (see [`snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Snapshot {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The newest turn (of the newest user message); null before the first.
+    pub turn_id: Option<Uuid>,
+    /// That turn's status (`queued`, `running`, `completed`, `failed`, …); null before
+    /// the first turn.
+    pub last_turn_status: Option<String>,
+    /// Whether a turn is running now.
+    pub running: bool,
+    /// How many turns wait in the queue.
+    pub queued: i64,
+    /// Whether the conversation is paused (`/pause`): queued turns wait for `/resume`.
+    pub paused: bool,
+    /// The newest stored message's id (null when there is none): the messages up to it
+    /// are `GET …/messages`.
+    pub last_message_id: Option<i64>,
+    /// The stream continues with the events after this seq: those of the running or most
+    /// recent turn's latest attempt (from its `turn_started`), then live ones. It is also
+    /// the `snapshot` event's `id`, so a reconnect resumes right there.
+    pub replay_after_seq: i64,
+    /// When it was read, in Unix microseconds.
+    pub ts: i64,
+}
+
+/// Reads where the conversation stands (see [`Snapshot`]). Every part is an index
+/// lookup; finding the latest `turn_started` reads the events of the latest turn only.
+///
+/// # Errors
+/// [`DbError::NotFound`] when there is none with that id.
+pub async fn snapshot(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<Snapshot> {
+    let stmt = client
+        .prepare_cached(
+            "select c.paused, t.turn_id, t.status as last_turn_status, \
+                 exists (select 1 from turn r where r.conversation_id = c.conversation_id and r.status = 'running') \
+                     as running, \
+                 (select count(*) from turn q where q.conversation_id = c.conversation_id and q.status = 'queued') \
+                     as queued, \
+                 (select max(m.message_id) from message m where m.conversation_id = c.conversation_id) \
+                     as last_message_id, \
+                 coalesce( \
+                   (select e.seq - 1 from event e where e.conversation_id = c.conversation_id \
+                    and e.kind = 'turn_started' order by e.seq desc limit 1), \
+                   (select max(e.seq) from event e where e.conversation_id = c.conversation_id), \
+                   0) as replay_after_seq \
+             from conversation c \
+             left join lateral (select turn_id, status from turn where conversation_id = c.conversation_id \
+                                order by user_message_id desc limit 1) t on true \
+             where c.conversation_id = $1",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&conversation_id]).await?.ok_or(DbError::not_found("conversation"))?;
+    Ok(Snapshot {
+        conversation_id,
+        turn_id: row.try_get("turn_id")?,
+        last_turn_status: row.try_get("last_turn_status")?,
+        running: row.try_get("running")?,
+        queued: row.try_get("queued")?,
+        paused: row.try_get("paused")?,
+        last_message_id: row.try_get("last_message_id")?,
+        replay_after_seq: row.try_get("replay_after_seq")?,
+        ts: Utc::now().timestamp_micros(),
+    })
+}
 
 /// Deletes a conversation with its sessions, messages, turns and events, in two
 /// statements: run it in a transaction.

@@ -33,3 +33,20 @@ pub use pool::{DbConfig, check, connect, ensure_database};
 
 /// The result type of every store function.
 pub type DbResult<T> = Result<T, DbError>;
+
+/// The first page of a keyset-paged list starts after a key that sorts before (or, for
+/// newest-first lists, after) every row; these are its instants: 0001-01-01 and
+/// 9999-12-31, both inside PostgreSQL's `timestamptz` range, unlike chrono's own bounds.
+pub(crate) mod page {
+    use chrono::{DateTime, Utc};
+
+    /// An instant before any stored timestamp.
+    pub fn before_any_time() -> DateTime<Utc> {
+        DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH)
+    }
+
+    /// An instant after any stored timestamp.
+    pub fn after_any_time() -> DateTime<Utc> {
+        DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}

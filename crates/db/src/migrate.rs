@@ -31,11 +31,26 @@ pub struct MigrationReport {
 /// [`DbError::Unavailable`] when the server cannot be reached; [`DbError::Other`] when a
 /// migration fails (its transaction is rolled back).
 pub async fn run(config: &DbConfig) -> DbResult<MigrationReport> {
+    run_until(config, refinery::Target::Latest).await
+}
+
+/// Applies the pending migrations up to and including version `version` (`4` for
+/// `V4__…`), like [`run`]: for tools that write data in an older schema and then upgrade
+/// it the way a deployment would (the scale benchmark's data generator, migration tests).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_to(config: &DbConfig, version: u32) -> DbResult<MigrationReport> {
+    run_until(config, refinery::Target::Version(version)).await
+}
+
+async fn run_until(config: &DbConfig, target: refinery::Target) -> DbResult<MigrationReport> {
     let (mut client, conn) =
         config.pg_config()?.connect(NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))?;
     let conn = tokio::spawn(conn);
     client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
-    let result = embedded::migrations::runner().set_abort_divergent(true).run_async(&mut client).await;
+    let result =
+        embedded::migrations::runner().set_abort_divergent(true).set_target(target).run_async(&mut client).await;
     // Unlock even when the run failed; closing the connection would release it too.
     let _ = client.execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
     drop(client);

@@ -185,19 +185,23 @@ pub struct NewSession<'a> {
     pub settings: &'a SessionSettings,
 }
 
-/// Starts a new active session. The conversation must have none active.
+/// Starts a new active session (owned, like its conversation, by the conversation's
+/// owner). The conversation must have none active.
 ///
 /// # Errors
-/// [`DbError::Conflict`] on `session_one_active_per_conversation` when it has one.
+/// [`DbError::Conflict`] on `session_one_active_per_conversation` when it has one;
+/// [`DbError::NotFound`] when the conversation does not exist.
 pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResult<Session> {
     let stmt = client
         .prepare_cached(&format!(
             "insert into session (session_id, conversation_id, assistant, parent_session_id, transition_reason, \
-             history_from_message_id, settings) values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
+             history_from_message_id, settings, owner) \
+             select $1, $2, $3, $4, $5, $6, $7, c.owner from conversation c where c.conversation_id = $2 \
+             returning {COLUMNS}"
         ))
         .await?;
     let row = client
-        .query_one(
+        .query_opt(
             &stmt,
             &[
                 &Uuid::new_v4(),
@@ -209,7 +213,8 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
                 &serde_json::to_value(new.settings).map_err(|e| DbError::Other(e.to_string()))?,
             ],
         )
-        .await?;
+        .await?
+        .ok_or(DbError::not_found("conversation"))?;
     Session::try_from(&row)
 }
 
@@ -331,8 +336,32 @@ impl StatusFilter {
     }
 }
 
-/// Lists sessions, oldest first within a conversation, newest conversations' last.
-/// `owner = None` lists everyone's.
+/// Where a page of [`list`] starts: just after this session in the list's order (the
+/// last row of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListKey {
+    /// Its [`Session::started_at`].
+    pub started_at: DateTime<Utc>,
+    /// Its id (the tie-breaker).
+    pub session_id: Uuid,
+}
+
+impl ListKey {
+    /// The key of a listed session.
+    #[must_use]
+    pub fn of(s: &Session) -> Self {
+        Self { started_at: s.started_at, session_id: s.session_id }
+    }
+}
+
+/// A page of sessions, oldest first (by `started_at`, then id): at most `limit` of them
+/// with `status`, starting just after `after` (from the start when `None`), of one
+/// conversation when `conversation_id` is given, of one owner's conversations when
+/// `owner` is (`None`: everyone's).
+///
+/// Keyset paging over an index for each status, with and without an owner (see
+/// migration V7), so any page costs what the first one does. Within one conversation
+/// the status is checked on that conversation's sessions.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -341,26 +370,32 @@ pub async fn list(
     status: StatusFilter,
     conversation_id: Option<Uuid>,
     owner: Option<&str>,
+    after: Option<ListKey>,
     limit: i64,
 ) -> DbResult<Vec<Session>> {
-    let condition = match status {
+    // Literals, not parameters, pick the index; and the statement is not cached, so each
+    // call is planned with its own cursor and page size (a generic plan cannot know that
+    // `$3` is small).
+    let status_condition = match status {
         StatusFilter::All => "true",
-        StatusFilter::Active => "s.active",
-        StatusFilter::Ended => "not s.active",
-        StatusFilter::Failed => "s.last_error is not null",
+        StatusFilter::Active => "active = true",
+        StatusFilter::Ended => "active = false",
+        StatusFilter::Failed => "last_error is not null",
     };
-    let columns = COLUMNS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
-    let rows = client
-        .query(
-            &format!(
-                "select {columns} from session s join conversation c using (conversation_id) \
-                 where {condition} and ($1::uuid is null or s.conversation_id = $1) \
-                 and ($2::text is null or c.owner = $2) \
-                 order by s.started_at, s.session_id limit $3"
-            ),
-            &[&conversation_id, &owner, &limit],
-        )
-        .await?;
+    let scope = match (conversation_id.is_some(), owner.is_some()) {
+        (true, true) => "conversation_id = $4 and owner = $5",
+        (true, false) => "conversation_id = $4 and $5::text is null",
+        (false, true) => "$4::uuid is null and owner = $5",
+        (false, false) => "$4::uuid is null and $5::text is null",
+    };
+    let sql = format!(
+        "select {COLUMNS} from session \
+         where {scope} and {status_condition} and (started_at, session_id) > ($1, $2) \
+         order by started_at, session_id limit $3"
+    );
+    // The first page starts after a key that sorts before every row.
+    let after = after.unwrap_or(ListKey { started_at: crate::page::before_any_time(), session_id: Uuid::nil() });
+    let rows = client.query(&sql, &[&after.started_at, &after.session_id, &limit, &conversation_id, &owner]).await?;
     rows.iter().map(Session::try_from).collect()
 }
 

@@ -38,6 +38,16 @@ pub enum TurnStatus {
 }
 
 impl TurnStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [Self; 7] =
+        [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Cancelled, Self::Interrupted, Self::Skipped];
+
+    /// Parses a stored status (`queued`, `running`, …); anything else is `None`.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
     /// The stored text.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -331,9 +341,10 @@ pub struct Completion<'a> {
 /// Completes a running turn in one statement (one round trip, one commit): locks its
 /// conversation first (as [`crate::conversation::lock_shared`]), marks it `completed`
 /// with its session, stores the assistant message, the session's assistant session ID
-/// and a cleared `last_error`, and the remaining events with the final one. Returns the
-/// assistant message id, or `None` — with nothing written — when the turn was no longer
-/// running (the sweeper took it back, or its conversation was deleted).
+/// and a cleared `last_error`, the remaining events with the final one, and the
+/// conversation's `last_activity_at`. Returns the assistant message id, or `None` —
+/// with nothing written — when the turn was no longer running (the sweeper took it
+/// back, or its conversation was deleted).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -353,6 +364,9 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                  update session set assistant_session_id = coalesce($4, assistant_session_id), last_error = null \
                  where session_id = $3 and exists (select 1 from t) \
                    and (last_error is not null or ($4::text is not null and assistant_session_id is distinct from $4))), \
+             a as ( \
+                 update conversation_activity set last_activity_at = now() \
+                 where conversation_id = $2 and exists (select 1 from t)), \
              e as ( \
                  insert into event (conversation_id, seq, turn_id, kind, data, created_at) \
                  select u.* from unnest($7::uuid[], $8::bigint[], $9::uuid[], $10::text[], $11::jsonb[], \
@@ -398,8 +412,9 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
     row.map(|r| r.try_get(0)).transpose().map_err(DbError::from)
 }
 
-/// Moves a running turn to a final status. Returns false when it was not running
-/// (for example because the sweeper already took it back).
+/// Moves a running turn to a final status and refreshes its conversation's
+/// `last_activity_at`. Returns false, changing nothing, when it was not running (for
+/// example because the sweeper already took it back).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -411,11 +426,16 @@ pub async fn finish(
 ) -> DbResult<bool> {
     let stmt = client
         .prepare_cached(
-            "update turn set status = $2, error = $3, finished_at = now(), lease_until = null \
-             where turn_id = $1 and status = 'running'",
+            "with t as ( \
+                 update turn set status = $2, error = $3, finished_at = now(), lease_until = null \
+                 where turn_id = $1 and status = 'running' returning conversation_id), \
+             a as ( \
+                 update conversation_activity set last_activity_at = now() \
+                 where conversation_id = (select conversation_id from t)) \
+             select count(*) from t",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&turn_id, &status.as_str(), &error]).await? == 1)
+    Ok(client.query_one(&stmt, &[&turn_id, &status.as_str(), &error]).await?.try_get::<_, i64>(0)? == 1)
 }
 
 /// Puts a running turn back in the queue (a shutdown before it could finish).
@@ -508,6 +528,59 @@ pub async fn last_finished(client: &impl GenericClient, conversation_id: Uuid) -
         )
         .await?;
     row.as_ref().map(Turn::try_from).transpose()
+}
+
+/// Where a page of [`list_by_status`] starts: just after this turn in the list's order
+/// (the last row of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListKey {
+    /// Its [`Turn::user_message_id`].
+    pub user_message_id: i64,
+    /// Its id (the tie-breaker).
+    pub turn_id: Uuid,
+}
+
+impl ListKey {
+    /// The key of a listed turn.
+    #[must_use]
+    pub fn of(t: &Turn) -> Self {
+        Self { user_message_id: t.user_message_id, turn_id: t.turn_id }
+    }
+}
+
+/// The statuses [`list_by_status`] lists, each served by an index: `queued`
+/// (`turn_queued_idx`), `running` (`turn_one_running_per_conversation`, at most one per
+/// conversation), `failed` and `interrupted` (`turn_failed_idx`).
+pub const LISTED_STATUSES: [TurnStatus; 4] =
+    [TurnStatus::Queued, TurnStatus::Running, TurnStatus::Failed, TurnStatus::Interrupted];
+
+/// A page of the turns with `status` across every conversation, newest first (by the
+/// user message they answer, then id): at most `limit` of them, starting just after
+/// `after` (from the start when `None`). Keyset paging over an index, so any page costs
+/// what the first one does.
+///
+/// # Errors
+/// [`DbError::Other`] for a status not in [`LISTED_STATUSES`] (no index serves it);
+/// [`DbError::Unavailable`] otherwise.
+pub async fn list_by_status(
+    client: &impl GenericClient,
+    status: TurnStatus,
+    after: Option<ListKey>,
+    limit: i64,
+) -> DbResult<Vec<Turn>> {
+    if !LISTED_STATUSES.contains(&status) {
+        return Err(DbError::Other(format!("turns are not listed by status {}", status.as_str())));
+    }
+    // The status is a literal, which the planner matches to its partial index; and the
+    // statement is not cached, so each call is planned with its own cursor and page size.
+    let sql = format!(
+        "select {COLUMNS} from turn where status = '{}' and (user_message_id, turn_id) < ($1, $2) \
+         order by user_message_id desc, turn_id desc limit $3",
+        status.as_str()
+    );
+    let after = after.unwrap_or(ListKey { user_message_id: i64::MAX, turn_id: Uuid::max() });
+    let rows = client.query(&sql, &[&after.user_message_id, &after.turn_id, &limit]).await?;
+    rows.iter().map(Turn::try_from).collect()
 }
 
 /// Flags the running turn for cancellation; the worker sees it on its next lease

@@ -418,7 +418,7 @@ async fn status_text(client: &impl GenericClient, conversation: &Conversation) -
 }
 
 async fn sessions_text(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<String> {
-    let sessions = session::list(client, session::StatusFilter::All, Some(conversation_id), None, 100).await?;
+    let sessions = session::list(client, session::StatusFilter::All, Some(conversation_id), None, None, 100).await?;
     if sessions.is_empty() {
         return Ok("No sessions yet.".into());
     }

@@ -115,7 +115,7 @@ pub fn export(
         let sessions = {
             let client = pool.get().await?;
             let mut sessions = Vec::new();
-            for s in session::list(&client, session::StatusFilter::All, Some(id), None, i64::MAX).await? {
+            for s in session::list(&client, session::StatusFilter::All, Some(id), None, None, i64::MAX).await? {
                 let usage = session::usage_totals(&client, s.session_id).await?;
                 sessions.push(ExportedSession { session: s, usage });
             }

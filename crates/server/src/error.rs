@@ -22,9 +22,10 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable code: `invalid_json`, `invalid_text`, `invalid_id`,
-    /// `invalid_query`, `invalid_cwd`, `unauthorized`, `not_found`, `conflict`,
-    /// `payload_too_large`, `request_timeout`, `idempotency_key_reused`, `rate_limited`,
-    /// `too_many_queued`, `too_many_streams`, `unavailable`, …
+    /// `invalid_query`, `invalid_cursor`, `invalid_cwd`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `payload_too_large`, `request_timeout`,
+    /// `idempotency_key_reused`, `rate_limited`, `too_many_queued`, `too_many_streams`,
+    /// `unavailable`, …
     #[schema(example = "not_found")]
     pub code: String,
     /// Readable explanation (never internal details).
@@ -48,6 +49,10 @@ pub enum AppError {
     /// `WWW-Authenticate: Bearer`.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the operation is for admin tokens only (the caller is authenticated, and
+    /// what it asked for is public knowledge, so there is nothing to hide behind a 404).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the thing does not exist (or is not the caller's to see).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -101,6 +106,7 @@ impl AppError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

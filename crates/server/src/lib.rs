@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -110,7 +111,8 @@ pub fn documented_routes() -> OpenApiRouter<AppState> {
         // /api/sessions, /api/sessions/{id}
         .routes(routes!(sessions::index))
         .routes(routes!(sessions::show, sessions::delete))
-        // /api/turns/{id}
+        // /api/turns, /api/turns/{id}
+        .routes(routes!(turns::index))
         .routes(routes!(turns::show));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api", api)

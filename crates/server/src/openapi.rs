@@ -35,10 +35,11 @@ use crate::error::ErrorBody;
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(
-        schemas(ErrorBody),
+        schemas(ErrorBody, parley_db::conversation::Snapshot),
         responses(
             BadRequest,
             Unauthorized,
+            Forbidden,
             NotFound,
             Conflict,
             PayloadTooLarge,
@@ -198,12 +199,14 @@ macro_rules! error_responses {
 
 error_responses! {
     /// 400: malformed or invalid input (`invalid_json`, `invalid_text`, `invalid_id`,
-    /// `invalid_query`, `invalid_path`, `invalid_header`, `invalid_assistant`,
-    /// `invalid_cwd`, …).
-    BadRequest => "Malformed or invalid input; `error.code` says which (invalid_json, invalid_text, invalid_id, invalid_query, invalid_cwd, …)";
+    /// `invalid_query`, `invalid_cursor`, `invalid_path`, `invalid_header`,
+    /// `invalid_assistant`, `invalid_cwd`, …).
+    BadRequest => "Malformed or invalid input; `error.code` says which (invalid_json, invalid_text, invalid_id, invalid_query, invalid_cursor, invalid_cwd, …)";
     /// 401: no valid API token.
     Unauthorized => "No valid API token (missing, malformed, unknown or revoked)",
         "WWW-Authenticate": "`Bearer realm=\"parley\"`";
+    /// 403: an admin-only operation called with a non-admin token.
+    Forbidden => "The operation is for admin tokens only";
     /// 404: no such thing, or not the caller's to see.
     NotFound => "It does not exist, or belongs to another principal (the two answer alike)";
     /// 409: the state does not allow the request.

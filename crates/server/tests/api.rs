@@ -1,6 +1,6 @@
 //! Web API tests against real PostgreSQL: the turn pipeline, stale-session recovery,
 //! SSE replay, idempotency, bad input and chat commands; accounts and limits (`auth`);
-//! the OpenAPI document (`openapi`).
+//! the OpenAPI document (`openapi`); paged lists and bounded replay (`paging`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,8 @@ mod auth;
 mod export;
 #[path = "api/openapi.rs"]
 mod openapi;
+#[path = "api/paging.rs"]
+mod paging;
 #[path = "api/retention.rs"]
 mod retention;
 #[path = "api/settings.rs"]
@@ -386,6 +388,9 @@ async fn sse_reconnect_with_last_event_id_gets_the_rest_exactly_once() {
     })
     .await;
     drop(first);
+    // Opened without a position, the stream started with a snapshot (nothing to replay).
+    assert_eq!((seen[0].event.as_str(), seen[0].id), ("snapshot", 0));
+    let seen = &seen[1..];
     let last_id = seen.last().expect("events").id;
     assert_eq!(app.turn(turn).await["status"], "running", "disconnected mid-turn");
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod dataset;
 pub mod mock_anthropic;
 pub mod mock_openai;
 pub mod process;
@@ -98,6 +99,25 @@ impl TestDb {
             .await
             .expect("create test database");
         client.execute("select pg_advisory_unlock($1)", &[&TEMPLATE_LOCK]).await.expect("unlock");
+        let config = DbConfig::new(url_for(&name));
+        let pool = parley_db::connect(&config).await.expect("pool");
+        Self { name, config, pool }
+    }
+
+    /// Creates a new empty database (no migration applied), for tests that migrate it
+    /// themselves (to an older schema first, for example).
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be reached or the database cannot be created.
+    pub async fn empty() -> Self {
+        let client = admin().await;
+        let name = format!(
+            "parley_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or("x")
+        );
+        client.batch_execute(&format!("create database {name}")).await.expect("create test database");
         let config = DbConfig::new(url_for(&name));
         let pool = parley_db::connect(&config).await.expect("pool");
         Self { name, config, pool }

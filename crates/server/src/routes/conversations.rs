@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
+use crate::cursor;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable};
@@ -120,23 +121,31 @@ pub async fn create(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// The `next` of the previous page: this page continues just after it (omit it for
+    /// the first page).
+    pub after: Option<String>,
     /// Page size, 1–200 (default 50; other values are clamped into range).
     pub limit: Option<i64>,
-    /// How many to skip (default 0; negative counts as 0).
-    pub offset: Option<i64>,
+    /// Removed (a deep offset cost as much as every row before it): answered with
+    /// `400 invalid_query`. Not in the document.
+    #[param(ignore)]
+    pub offset: Option<String>,
 }
 
-/// Body of `GET /api/conversations`.
+/// Body of `GET /api/conversations`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationList {
     /// Most recently active first, each with its turn state.
     #[schema(value_type = Vec<ListedConversation>)]
     pub conversations: Vec<Conversation>,
+    /// The `after` of the next page; null on the last page. Opaque: pass it back as is.
+    pub next: Option<String>,
 }
 
-/// A conversation as [`ConversationList`] shows it: the conversation and its turn state
-/// (`last_turn_status`, `running`, `queued`, `resume_after_seq`) side by side. Only the
-/// document uses this type: the list serialises [`Conversation`] with its `summary`.
+/// A conversation as [`ConversationList`] and `GET /api/conversations/{id}` show it: the
+/// conversation and its turn state (`last_activity_at`, `last_turn_status`, `running`,
+/// `queued`, `resume_after_seq`) side by side. Only the document uses this type: the
+/// handlers serialise [`Conversation`] with its `summary`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListedConversation {
     /// The conversation.
@@ -147,19 +156,24 @@ pub struct ListedConversation {
     pub summary: ConversationSummary,
 }
 
-/// `GET /api/conversations` → `{"conversations": [...]}`, most recently active first:
-/// the caller's own (an admin's: everyone's).
+/// `GET /api/conversations?after=&limit=` → `{"conversations": [...], "next": CURSOR|null}`,
+/// most recently active first: the caller's own (an admin's: everyone's). Keyset paged:
+/// every page costs what the first does.
 ///
 /// # Errors
-/// 400 for a malformed query; 503 when the database is down.
+/// 400 for a malformed query or cursor, or for the removed `offset`; 503 when the
+/// database is down.
 #[utoipa::path(
     get,
     operation_id = "conversations_index",
     path = "/conversations",
     tag = "conversations",
+    description = "Most recently active first (`last_activity_at`: created, or a turn ended), a page at a time: \
+                   follow `next` with `?after=`. The `offset` parameter was removed (a deep offset cost as much as \
+                   every row before it) and is answered with 400 `invalid_query`.",
     params(ListQuery),
     responses(
-        (status = 200, description = "The caller's conversations (an admin's: everyone's)", body = ConversationList),
+        (status = 200, description = "A page of the caller's conversations (an admin's: everyone's)", body = ConversationList),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 503, response = Unavailable),
@@ -170,14 +184,22 @@ pub async fn index(
     principal: Principal,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, AppError> {
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    if q.offset.is_some() {
+        return Err(AppError::bad_request(
+            "invalid_query",
+            "`offset` is no longer supported: follow the `next` cursor of each page with `?after=`",
+        ));
+    }
+    let after = q.after.as_deref().map(cursor::decode::<conversation::ListKey>).transpose()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let offset = q.offset.unwrap_or(0).max(0);
-    let conversations = conversation::list(&client, principal.owner_filter(), limit, offset).await?;
-    Ok(Json(ConversationList { conversations }))
+    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let rows = conversation::list(&client, principal.owner_filter(), after, limit + 1).await?;
+    let (conversations, next) = cursor::page(rows, limit, conversation::ListKey::of);
+    Ok(Json(ConversationList { conversations, next }))
 }
 
-/// `GET /api/conversations/{id}`.
+/// `GET /api/conversations/{id}` → the conversation with its turn state, as a list shows
+/// it.
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or another principal's).
@@ -188,7 +210,7 @@ pub async fn index(
     tag = "conversations",
     params(("id" = uuid::Uuid, Path, description = "The conversation's id")),
     responses(
-        (status = 200, description = "The conversation", body = Conversation),
+        (status = 200, description = "The conversation with its turn state", body = ListedConversation),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
@@ -202,7 +224,9 @@ pub async fn show(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    Ok(Json(principal.conversation(&client, id).await?))
+    let mut conversation = principal.conversation(&client, id).await?;
+    conversation.summary = Some(conversation::summary(&client, id).await?);
+    Ok(Json(conversation))
 }
 
 /// `DELETE /api/conversations/{id}` → `204`; a running turn is cancelled first.

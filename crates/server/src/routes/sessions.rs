@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
+use crate::cursor;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
@@ -24,6 +25,9 @@ pub struct ListQuery {
     /// Only this conversation's sessions.
     #[param(value_type = Option<uuid::Uuid>)]
     pub conversation_id: Option<String>,
+    /// The `next` of the previous page: this page continues just after it (omit it for
+    /// the first page).
+    pub after: Option<String>,
     /// Page size, 1–1000 (default 200; other values are clamped into range).
     pub limit: Option<i64>,
 }
@@ -43,11 +47,13 @@ pub enum SessionStatus {
     All,
 }
 
-/// Body of `GET /api/sessions`.
+/// Body of `GET /api/sessions`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     /// Oldest first.
     pub sessions: Vec<Session>,
+    /// The `after` of the next page; null on the last page. Opaque: pass it back as is.
+    pub next: Option<String>,
 }
 
 /// Body of `GET /api/sessions/{id}`: the session's fields, its turns and usage totals.
@@ -62,11 +68,13 @@ pub struct SessionDetail {
     pub usage: UsageTotals,
 }
 
-/// `GET /api/sessions?status=…&conversation_id=…` → `{"sessions": [...]}`, oldest first:
-/// the sessions of the caller's conversations (an admin's: everyone's).
+/// `GET /api/sessions?status=…&conversation_id=…&after=…&limit=…` →
+/// `{"sessions": [...], "next": CURSOR|null}`, oldest first: the sessions of the caller's
+/// conversations (an admin's: everyone's). Keyset paged over an index per status: every
+/// page costs what the first does.
 ///
 /// # Errors
-/// 400 for an unknown status or malformed conversation id.
+/// 400 for an unknown status, a malformed conversation id or cursor.
 #[utoipa::path(
     get,
     operation_id = "sessions_index",
@@ -74,7 +82,7 @@ pub struct SessionDetail {
     tag = "sessions",
     params(ListQuery),
     responses(
-        (status = 200, description = "Sessions of the caller's conversations (an admin's: everyone's)", body = SessionList),
+        (status = 200, description = "A page of the sessions of the caller's conversations (an admin's: everyone's)", body = SessionList),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 503, response = Unavailable),
@@ -91,10 +99,12 @@ pub async fn index(
             .ok_or_else(|| AppError::bad_request("invalid_query", "status must be active, ended, failed or all"))?,
     };
     let conversation_id = q.conversation_id.as_deref().map(|c| parse_id(c, "conversation")).transpose()?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let after = q.after.as_deref().map(cursor::decode::<session::ListKey>).transpose()?;
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
-    let sessions = session::list(&client, status, conversation_id, principal.owner_filter(), limit).await?;
-    Ok(Json(SessionList { sessions }))
+    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let rows = session::list(&client, status, conversation_id, principal.owner_filter(), after, limit + 1).await?;
+    let (sessions, next) = cursor::page(rows, limit, |s| Some(session::ListKey::of(s)));
+    Ok(Json(SessionList { sessions, next }))
 }
 
 /// `GET /api/sessions/{id}` → the session with its `turns` and `usage` totals.

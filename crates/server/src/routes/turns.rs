@@ -1,13 +1,97 @@
-//! `GET /api/turns/{id}`: one turn's status.
+//! `/api/turns`: one turn's status, and the turns of every conversation by status (an
+//! admin's view of the queue and of what failed).
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use parley_db::turn::{self, Turn, TurnStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
+use crate::cursor;
 use crate::error::AppError;
-use crate::extract::{Json, Path, parse_id};
-use crate::openapi::{BadRequest, NotFound, Unauthorized, Unavailable};
+use crate::extract::{Json, Path, Query, parse_id};
+use crate::openapi::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable};
+
+/// Query of `GET /api/turns`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Which turns: `queued`, `running`, `failed` or `interrupted` (required).
+    #[param(value_type = ListedTurnStatus, required = true, inline)]
+    pub status: Option<String>,
+    /// The `next` of the previous page: this page continues just after it (omit it for
+    /// the first page).
+    pub after: Option<String>,
+    /// Page size, 1–200 (default 50; other values are clamped into range).
+    pub limit: Option<i64>,
+}
+
+/// The `status` of `GET /api/turns` (parsed with [`TurnStatus::parse`] and checked
+/// against [`turn::LISTED_STATUSES`]; this type describes the values in the document).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListedTurnStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// The assistant failed (`error` says why).
+    Failed,
+    /// Stopped by a shutdown or crash and not re-run.
+    Interrupted,
+}
+
+/// Body of `GET /api/turns`: one page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnList {
+    /// Newest first (by the user message each answers).
+    pub turns: Vec<Turn>,
+    /// The `after` of the next page; null on the last page. Opaque: pass it back as is.
+    pub next: Option<String>,
+}
+
+/// `GET /api/turns?status=…&after=…&limit=…` → `{"turns": [...], "next": CURSOR|null}`:
+/// the turns with that status in every conversation, newest first. Admin tokens only.
+/// Keyset paged over an index per status: every page costs what the first does.
+///
+/// # Errors
+/// 400 for a missing or unknown status or a malformed cursor; 403 `forbidden` for a
+/// token that is not an admin's.
+#[utoipa::path(
+    get,
+    operation_id = "turns_index",
+    path = "/turns",
+    tag = "turns",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the turns with that status across every conversation, newest first", body = TurnList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn index(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    if !principal.admin {
+        return Err(AppError::Forbidden("listing turns across conversations needs an admin token".into()));
+    }
+    let status =
+        q.status.as_deref().and_then(TurnStatus::parse).filter(|s| turn::LISTED_STATUSES.contains(s)).ok_or_else(
+            || AppError::bad_request("invalid_query", "status must be queued, running, failed or interrupted"),
+        )?;
+    let after = q.after.as_deref().map(cursor::decode::<turn::ListKey>).transpose()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let rows = turn::list_by_status(&client, status, after, limit + 1).await?;
+    let (turns, next) = cursor::page(rows, limit, |t| Some(turn::ListKey::of(t)));
+    Ok(Json(TurnList { turns, next }))
+}
 
 /// `GET /api/turns/{id}` → the turn (`status`, `attempt`, `error`, timestamps).
 ///

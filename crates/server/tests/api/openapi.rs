@@ -156,13 +156,32 @@ async fn document_declares_security_parameters_and_the_event_stream() {
     let post = operation(&doc, "POST", "/api/conversations/{id}/messages");
     assert!(params(post).contains(&pair("header", "Idempotency-Key")));
     assert!(
-        params(operation(&doc, "GET", "/api/sessions"))
-            .is_superset(&[pair("query", "status"), pair("query", "conversation_id"), pair("query", "limit")].into())
+        params(operation(&doc, "GET", "/api/sessions")).is_superset(
+            &[
+                pair("query", "status"),
+                pair("query", "conversation_id"),
+                pair("query", "limit"),
+                pair("query", "after")
+            ]
+            .into()
+        )
     );
+    // Lists page by cursor; `offset` is gone, and the description says so.
+    let conversations = operation(&doc, "GET", "/api/conversations");
+    assert_eq!(params(conversations), [pair("query", "after"), pair("query", "limit")].into());
+    assert!(conversations["description"].as_str().is_some_and(|d| d.contains("`offset`")), "{conversations}");
+    let turns = operation(&doc, "GET", "/api/turns");
     assert!(
-        params(operation(&doc, "GET", "/api/conversations"))
-            .is_superset(&[pair("query", "limit"), pair("query", "offset")].into())
+        params(turns).is_superset(&[pair("query", "status"), pair("query", "after"), pair("query", "limit")].into())
     );
+    assert!(turns["responses"]["403"].is_object(), "admin-only: documents its 403");
+    for list in ["ConversationList", "SessionList", "TurnList"] {
+        assert!(doc["components"]["schemas"][list]["properties"]["next"].is_object(), "{list} has `next`");
+    }
+    // The stream's first event without a position, and its data.
+    let description = events["responses"]["200"]["description"].as_str().unwrap_or_default();
+    assert!(description.contains("`snapshot`"), "{description}");
+    assert!(doc["components"]["schemas"]["Snapshot"]["properties"]["replay_after_seq"].is_object());
 
     // Operation ids are unique, and every link names one of them.
     let ids: Vec<&str> = operations(&doc)
@@ -227,6 +246,20 @@ async fn real_answers_match_their_documented_schemas() {
     }
     let list = checker.call("GET", "/api/conversations?limit=10", "/api/conversations", None, 200).await;
     assert!(list["conversations"][0]["resume_after_seq"].is_i64(), "lists carry the turn state: {list}");
+    assert!(list["next"].is_null(), "one page: {list}");
+    checker.call("GET", "/api/conversations?offset=10", "/api/conversations", None, 400).await;
+    checker.call("GET", "/api/conversations?after=nope", "/api/conversations", None, 400).await;
+    // Listing turns across conversations is for admins only.
+    checker.call("GET", "/api/turns?status=failed", "/api/turns", None, 403).await;
+    let root = {
+        let client = app.db.pool.get().await.expect("client");
+        let (_, token) = parley_db::api_token::create(&client, "root", true).await.expect("create token");
+        token.expose().to_owned()
+    };
+    let admin = Checker { app: &app, doc: &doc, token: &root };
+    let turns = admin.call("GET", "/api/turns?status=queued&limit=1", "/api/turns", None, 200).await;
+    assert!(turns["turns"].is_array() && turns["next"].is_null(), "{turns}");
+    admin.call("GET", "/api/turns?status=completed", "/api/turns", None, 400).await;
     let status = checker.call("POST", &messages, m, Some(json!({"text": "/status"})), 200).await;
     assert_eq!((status["command"].as_str(), status["ok"].as_bool()), (Some("status"), Some(true)));
     let unknown = checker.call("POST", &messages, m, Some(json!({"text": "/frobnicate"})), 200).await;
