@@ -107,8 +107,9 @@ export async function request(method, path, { body, headers = {}, signal } = {})
 const enc = encodeURIComponent;
 
 export const api = {
-  listConversations: (limit = 200, offset = 0) =>
-    request('GET', `/conversations?limit=${limit}&offset=${offset}`).then((r) => r.data.conversations),
+  /** A page of conversations, most recently active first: `{conversations, next}`; pass `next` back as `after`. */
+  listConversations: (limit = 50, after = null) =>
+    request('GET', `/conversations?limit=${limit}${after ? `&after=${enc(after)}` : ''}`).then((r) => r.data),
   createConversation: (title) => request('POST', '/conversations', { body: { title } }).then((r) => r.data),
   deleteConversation: (id) => request('DELETE', `/conversations/${enc(id)}`),
   getConversation: (id) => request('GET', `/conversations/${enc(id)}`).then((r) => r.data),

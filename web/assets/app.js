@@ -11,7 +11,9 @@ const $ = (id) => document.getElementById(id);
 
 const els = {
   list: $('conversation-list'),
+  listWrap: $('conversation-list-wrap'),
   listEmpty: $('list-empty'),
+  listMore: $('list-more'),
   messages: $('messages'),
   welcome: $('welcome'),
   title: $('conversation-title'),
@@ -44,8 +46,14 @@ const els = {
   tokenError: $('token-error'),
 };
 
+/** Conversations fetched per page of the list. */
+const LIST_PAGE = 50;
+
 const state = {
+  /** The list as loaded so far, most recently active first. */
   conversations: [],
+  /** The cursor of the next (older) page; null once the oldest is loaded. */
+  listNext: null,
   view: null,
   currentId: null,
   running: false,
@@ -66,9 +74,15 @@ function titleOf(c) {
   return c.title?.trim() || 'Untitled conversation';
 }
 
+/** When a conversation was last active: its list key, or when it changed. */
+function activeAt(c) {
+  return c.last_activity_at || c.updated_at;
+}
+
 function renderList() {
   clear(els.list);
   els.listEmpty.hidden = state.conversations.length > 0;
+  els.listMore.hidden = !state.listNext;
   for (const c of state.conversations) {
     const active = c.conversation_id === state.currentId;
     els.list.append(
@@ -84,7 +98,7 @@ function renderList() {
             dataset: { id: c.conversation_id },
           },
           h('span', { class: 'conversation-title' }, titleOf(c)),
-          h('span', { class: 'conversation-meta' }, h('span', {}, c.platform === 'web' ? relativeTime(c.updated_at) : `${c.platform} · ${relativeTime(c.updated_at)}`), statusBadge(c)),
+          h('span', { class: 'conversation-meta' }, h('span', {}, c.platform === 'web' ? relativeTime(activeAt(c)) : `${c.platform} · ${relativeTime(activeAt(c))}`), statusBadge(c)),
         ),
       ),
     );
@@ -102,15 +116,33 @@ function renderList() {
   }
 }
 
+/** Orders two list entries as the server does: newest activity first, then id. */
+function listOrder(a, b) {
+  const d = Date.parse(activeAt(b)) - Date.parse(activeAt(a));
+  if (d) return d;
+  return a.conversation_id < b.conversation_id ? 1 : a.conversation_id > b.conversation_id ? -1 : 0;
+}
+
 let listTimer = 0;
 let listInFlight = null;
+/**
+ * Re-reads the first page and keeps the older pages already loaded after it (activity
+ * only moves a conversation up, so they stay valid; one that moved up is in the page).
+ */
 async function refreshList() {
   if (listInFlight) return listInFlight;
   listInFlight = (async () => {
     try {
-      state.conversations = await api.listConversations(200, 0);
+      const page = await api.listConversations(LIST_PAGE);
+      const first = page.conversations;
+      const inFirst = new Set(first.map((c) => c.conversation_id));
+      const last = first[first.length - 1];
+      const older = page.next && last ? state.conversations.filter((c) => !inFirst.has(c.conversation_id) && listOrder(last, c) < 0) : [];
+      state.conversations = [...first, ...older];
+      if (!older.length) state.listNext = page.next;
       renderList();
       setConnectionText(null);
+      maybeLoadMore();
     } catch (e) {
       if (!(e instanceof ApiError)) setConnectionText('Server unreachable — retrying…');
     } finally {
@@ -118,6 +150,34 @@ async function refreshList() {
     }
   })();
   return listInFlight;
+}
+
+let moreInFlight = null;
+/** Appends the next older page of conversations. */
+async function loadMore() {
+  if (moreInFlight || !state.listNext) return moreInFlight;
+  moreInFlight = (async () => {
+    try {
+      const page = await api.listConversations(LIST_PAGE, state.listNext);
+      const have = new Set(state.conversations.map((c) => c.conversation_id));
+      state.conversations.push(...page.conversations.filter((c) => !have.has(c.conversation_id)));
+      state.listNext = page.next;
+      renderList();
+    } catch (e) {
+      if (!(e instanceof ApiError)) setConnectionText('Server unreachable — retrying…');
+      return;
+    } finally {
+      moreInFlight = null;
+    }
+    maybeLoadMore();
+  })();
+  return moreInFlight;
+}
+
+/** Loads older conversations when the list is scrolled near its end (or does not fill it). */
+function maybeLoadMore() {
+  const w = els.listWrap;
+  if (state.listNext && w.scrollHeight - w.scrollTop - w.clientHeight < 200) loadMore();
 }
 
 function scheduleListRefresh(ms = 150) {
@@ -366,6 +426,7 @@ function signOut() {
   state.view = null;
   state.currentId = null;
   state.conversations = [];
+  state.listNext = null;
   renderList();
   location.hash = '#/';
   // The next request answers 401 (when the server needs a token) and asks for one.
@@ -438,6 +499,7 @@ function init() {
     if (location.hash === '#/' || location.hash === '') route();
     else location.hash = '#/';
   });
+  els.listWrap.addEventListener('scroll', maybeLoadMore, { passive: true });
   els.toggleSidebar.addEventListener('click', () => showSidebar(!document.body.classList.contains('sidebar-open')));
   els.scrim.addEventListener('click', () => showSidebar(false));
   window.addEventListener('hashchange', route);

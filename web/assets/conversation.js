@@ -4,10 +4,10 @@
 // Exactly-once, across reloads and reconnects:
 // 1. Stored messages are the truth and are rendered keyed by `message_id` (a message
 //    is never rendered twice).
-// 2. On open, messages are read FIRST, then the conversation list's
-//    `resume_after_seq` (the seq just before the running turn's current attempt
-//    started, or the last event), then the event stream opens with `?after=` that
-//    seq. An attempt running when the cursor was read had not finished when the
+// 2. On open, messages are read FIRST, then the conversation's `resume_after_seq`
+//    (the seq just before the running turn's current attempt started, or the last
+//    event), then the event stream opens with `?after=` that seq (always a position:
+//    the server's `snapshot` start is for clients without one). An attempt running when the cursor was read had not finished when the
 //    messages were read, so its reply is not among them: its events are shown live,
 //    from its `turn_started` on, and nothing earlier is replayed.
 // 3. A live attempt ends with an event carrying the `message_id` of the stored reply;
@@ -142,16 +142,11 @@ export class ConversationView {
 
   // ----- loading -----
 
-  /** `resume_after_seq` from the conversation list (read after the messages). */
+  /** The conversation's `resume_after_seq` (read after the messages). */
   async resumeCursor() {
-    for (let offset = 0; offset < 5000; offset += 200) {
-      const page = await api.listConversations(200, offset);
-      const found = page.find((c) => c.conversation_id === this.id);
-      if (found && typeof found.resume_after_seq === 'number') return found.resume_after_seq;
-      if (page.length < 200) break;
-    }
+    const c = await api.getConversation(this.id);
     // Unknown: replay everything; rule 3 drops replies already on the page.
-    return 0;
+    return typeof c.resume_after_seq === 'number' ? c.resume_after_seq : 0;
   }
 
   /** Shows the state of the newest turns that have no reply on the page yet. */

@@ -491,6 +491,49 @@ test('screenshots of the conversation view (desktop and phone width)', async () 
   await phone.close();
 });
 
+test('the conversation list loads older conversations as it is scrolled', async () => {
+  // More conversations than one page of the list (50), created oldest first.
+  const titles = Array.from({ length: 70 }, (_, i) => `Scroll test ${String(i).padStart(2, '0')}`);
+  for (const title of titles) {
+    const r = await fetch(`${BASE}/api/conversations`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ title }),
+    });
+    assert.equal(r.status, 201);
+  }
+  let total = 0;
+  for (let after = null; ; ) {
+    const { conversations, next } = await apiGet(`/conversations?limit=200${after ? `&after=${after}` : ''}`);
+    total += conversations.length;
+    if (!next) break;
+    after = next;
+  }
+  const p = await newPage();
+  await p.goto(`${BASE}/#/`);
+  const items = p.locator('#conversation-list .conversation-item');
+  await p.locator('#conversation-list .conversation-item', { hasText: 'Scroll test 69' }).waitFor();
+  assert.equal(await items.count(), 50, 'one page at first');
+  assert.equal(await p.locator('.conversation-item', { hasText: 'Scroll test 00' }).count(), 0, 'the oldest is not loaded yet');
+  await p.locator('#list-more').waitFor({ state: 'attached' });
+  // Scrolling to the end of the list loads the older pages, each conversation once.
+  for (let i = 0; i < 10 && (await items.count()) < total; i += 1) {
+    await p.locator('#conversation-list-wrap').evaluate((el) => {
+      el.scrollTop = el.scrollHeight;
+    });
+    await sleep(300);
+  }
+  await p.locator('.conversation-item', { hasText: 'Scroll test 00' }).waitFor();
+  assert.equal(await items.count(), total, 'every conversation is listed once scrolled to the end');
+  const ids = await items.evaluateAll((els) => els.map((e) => e.dataset.id));
+  assert.equal(new Set(ids).size, ids.length, 'no conversation is listed twice');
+  assert.equal(await p.locator('#list-more').isVisible(), false, 'nothing more to load');
+  // The periodic refresh of the first page keeps the older pages.
+  await sleep(5500);
+  assert.equal(await items.count(), total);
+  await p.close();
+});
+
 test('with auth on, the page asks for a token, a valid one works, and other principals\' conversations stay hidden', async () => {
   await stopServer();
   const alice = createToken('ui-alice');
