@@ -52,3 +52,6 @@ create index session_conversation_id_idx on session (conversation_id, started_at
 --    failed and interrupted turns get a partial index, which a successful turn never
 --    enters: the success path writes no entry into it.
 create index turn_failed_idx on turn (status, user_message_id, turn_id) where status in ('failed', 'interrupted');
+-- A session's turns, oldest first (`GET /api/sessions/{id}/turns`).
+drop index turn_session_id_idx;
+create index turn_session_id_idx on turn (session_id, user_message_id, turn_id);

@@ -46,7 +46,7 @@ fn short(id: Option<&str>) -> String {
     id.map_or_else(|| "-".into(), str::to_owned)
 }
 
-/// Sessions read per query by `sessions list`.
+/// Sessions (or turns) read per query by `sessions list` (`sessions show`).
 const PAGE: i64 = 500;
 
 /// One line of `sessions list`.
@@ -97,7 +97,6 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
         }
         SessionsCommand::Show { id } => {
             let s = session::get(&client, id).await?;
-            let turns = turn::list_for_session(&client, id).await?;
             let usage = session::usage_totals(&client, id).await?;
             println!("session:              {}", s.session_id);
             println!("conversation:         {}", s.conversation_id);
@@ -112,17 +111,28 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
             println!("last error:           {}", short(s.last_error.as_deref()));
             println!("tokens:               {} in, {} out", usage.input_tokens, usage.output_tokens);
             println!("cost:                 ${:.4}", usage.cost_usd);
-            println!("turns:                {}", turns.len());
-            for t in turns {
-                println!(
-                    "  {}  {:<11}  attempt {}  {}{}",
-                    t.turn_id,
-                    t.status,
-                    t.attempt,
-                    t.started_at.map(|s| s.to_string()).unwrap_or_default(),
-                    t.error.map(|e| format!("  error: {e}")).unwrap_or_default()
-                );
+            println!("turns (oldest first):");
+            let (mut after, mut count) = (None, 0_usize);
+            loop {
+                let turns = turn::list_for_session(&client, id, after, PAGE).await?;
+                after = turns.last().map(turn::ListKey::of);
+                let more = turns.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+                count += turns.len();
+                for t in turns {
+                    println!(
+                        "  {}  {:<11}  attempt {}  {}{}",
+                        t.turn_id,
+                        t.status,
+                        t.attempt,
+                        t.started_at.map(|s| s.to_string()).unwrap_or_default(),
+                        t.error.map(|e| format!("  error: {e}")).unwrap_or_default()
+                    );
+                }
+                if !more {
+                    break;
+                }
             }
+            println!("turns:                {count}");
         }
         SessionsCommand::Delete { id, force } => {
             let s = session::get(&client, id).await?;

@@ -431,7 +431,9 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Sums the usage of a session's assistant messages.
+/// Sums the usage of a session's assistant messages. It reads the messages of the
+/// session's conversation (`message` has no index by turn), so it costs in proportion
+/// to that conversation, never to the whole table.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -441,8 +443,10 @@ pub async fn usage_totals(client: &impl GenericClient, session_id: Uuid) -> DbRe
             "select coalesce(sum((m.metadata->'usage'->>'input_tokens')::bigint), 0)::bigint, \
                     coalesce(sum((m.metadata->'usage'->>'output_tokens')::bigint), 0)::bigint, \
                     coalesce(sum((m.metadata->>'cost_usd')::float8), 0)::float8 \
-             from message m join turn t on t.turn_id = m.turn_id \
-             where t.session_id = $1 and m.role = 'assistant'",
+             from message m \
+             where m.conversation_id = (select conversation_id from session where session_id = $1) \
+               and m.role = 'assistant' \
+               and m.turn_id in (select turn_id from turn where session_id = $1)",
             &[&session_id],
         )
         .await?;

@@ -624,13 +624,27 @@ pub async fn transition(
     Ok(n == 1)
 }
 
-/// The turns that ran in a session, oldest first.
+/// A page of the turns that ran in a session, oldest first (by the user message they
+/// answer, then id): at most `limit` of them, starting just after `after` (from the
+/// first when `None`). Keyset paging over `turn_session_id_idx`.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn list_for_session(client: &impl GenericClient, session_id: Uuid) -> DbResult<Vec<Turn>> {
+pub async fn list_for_session(
+    client: &impl GenericClient,
+    session_id: Uuid,
+    after: Option<ListKey>,
+    limit: i64,
+) -> DbResult<Vec<Turn>> {
+    let after = after.unwrap_or(ListKey { user_message_id: i64::MIN, turn_id: Uuid::nil() });
     let rows = client
-        .query(&format!("select {COLUMNS} from turn where session_id = $1 order by user_message_id"), &[&session_id])
+        .query(
+            &format!(
+                "select {COLUMNS} from turn where session_id = $1 and (user_message_id, turn_id) > ($2, $3) \
+                 order by user_message_id, turn_id limit $4"
+            ),
+            &[&session_id, &after.user_message_id, &after.turn_id, &limit],
+        )
         .await?;
     rows.iter().map(Turn::try_from).collect()
 }

@@ -263,6 +263,20 @@ async fn every_listing_reads_one_index_range_at_any_depth() {
         assert_indexed(&format!("{what}, last page"), &plans, &["turn"], LIMIT);
     }
 
+    // One session's turns, and its usage totals (which read only its conversation's six
+    // messages).
+    let sid: Uuid = x
+        .client
+        .query_one("select session_id from session where conversation_id = $1 and active", &[&one])
+        .await
+        .expect("session")
+        .get(0);
+    let (plans, turns) = explained(&mut x, async |c| turn::list_for_session(c, sid, None, LIMIT).await).await;
+    assert_eq!(turns.len(), 3);
+    assert_indexed("a session's turns", &plans, &["turn"], LIMIT);
+    let (plans, _) = explained(&mut x, async |c| session::usage_totals(c, sid).await.map(|u| vec![u])).await;
+    assert_indexed("a session's usage totals", &plans, &["message"], 6);
+
     // A conversation's messages and events, from the middle of its log.
     let (plans, _) = explained(&mut x, async |c| message::list(c, one, 3, LIMIT).await).await;
     assert_indexed("messages", &plans, &["message"], LIMIT);

@@ -1,6 +1,6 @@
 //! Opaque cursors of the keyset-paged lists (`GET /api/conversations`, `/api/sessions`,
-//! `/api/turns`): a list answers `next`, and `?after=` that value returns the page that
-//! follows.
+//! `/api/sessions/{id}/turns`, `/api/turns`): a list answers `next`, and `?after=` that
+//! value returns the page that follows.
 //!
 //! A cursor is the last row's sort key, tagged with its list's name, as unpadded
 //! base64url (RFC 4648 §5) of `list:part:part` text. Clients must not build or parse
@@ -113,6 +113,23 @@ impl Key for turn::ListKey {
     fn from_parts(parts: &str) -> Option<Self> {
         let (id, turn_id) = split2(parts)?;
         Some(Self { user_message_id: id.parse().ok()?, turn_id })
+    }
+}
+
+/// The key of a session's turns (`GET /api/sessions/{id}/turns`): a turn's key, in a
+/// list of its own (oldest first), so a cursor of `GET /api/turns` is refused there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTurns(pub turn::ListKey);
+
+impl Key for SessionTurns {
+    const LIST: &'static str = "session-turns";
+
+    fn parts(&self) -> String {
+        self.0.parts()
+    }
+
+    fn from_parts(parts: &str) -> Option<Self> {
+        turn::ListKey::from_parts(parts).map(Self)
     }
 }
 

@@ -108,9 +108,10 @@ pub fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::reset))
         .routes(routes!(conversations::pause))
         .routes(routes!(conversations::resume))
-        // /api/sessions, /api/sessions/{id}
+        // /api/sessions, /api/sessions/{id}, /api/sessions/{id}/turns
         .routes(routes!(sessions::index))
         .routes(routes!(sessions::show, sessions::delete))
+        .routes(routes!(sessions::turns))
         // /api/turns, /api/turns/{id}
         .routes(routes!(turns::index))
         .routes(routes!(turns::show));

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use parley_db::session::{self, Session, StatusFilter, UsageTotals};
-use parley_db::turn::Turn;
+use parley_db::turn::{self, Turn};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -14,6 +14,7 @@ use crate::cursor;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use crate::routes::turns::TurnList;
 
 /// Query of `GET /api/sessions`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -56,16 +57,35 @@ pub struct SessionList {
     pub next: Option<String>,
 }
 
-/// Body of `GET /api/sessions/{id}`: the session's fields, its turns and usage totals.
+/// Body of `GET /api/sessions/{id}`: the session's fields, the first page of its turns
+/// and its usage totals.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionDetail {
     /// The session.
     #[serde(flatten)]
     pub session: Session,
-    /// The turns that ran in it, oldest first.
+    /// The first turns that ran in it, oldest first (at most [`DETAIL_TURNS`]).
     pub turns: Vec<Turn>,
+    /// When more turns follow: the `after` of `GET /api/sessions/{id}/turns` for the
+    /// next page; null when `turns` holds them all.
+    pub turns_next: Option<String>,
     /// Token and cost totals of its assistant messages.
     pub usage: UsageTotals,
+}
+
+/// How many turns `GET /api/sessions/{id}` shows; the rest are paged by
+/// `GET /api/sessions/{id}/turns`.
+pub const DETAIL_TURNS: i64 = 100;
+
+/// Query of `GET /api/sessions/{id}/turns`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TurnsQuery {
+    /// The `next` of the previous page (or the session's `turns_next`): this page
+    /// continues just after it (omit it for the first page).
+    pub after: Option<String>,
+    /// Page size, 1–200 (default 100; other values are clamped into range).
+    pub limit: Option<i64>,
 }
 
 /// `GET /api/sessions?status=…&conversation_id=…&after=…&limit=…` →
@@ -107,7 +127,8 @@ pub async fn index(
     Ok(Json(SessionList { sessions, next }))
 }
 
-/// `GET /api/sessions/{id}` → the session with its `turns` and `usage` totals.
+/// `GET /api/sessions/{id}` → the session with its first [`DETAIL_TURNS`] `turns`
+/// (`turns_next` pages the rest) and its `usage` totals.
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or one of another principal's
@@ -119,7 +140,7 @@ pub async fn index(
     tag = "sessions",
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     responses(
-        (status = 200, description = "The session with its turns and usage totals", body = SessionDetail),
+        (status = 200, description = "The session with its first turns and its usage totals", body = SessionDetail),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
@@ -134,9 +155,47 @@ pub async fn show(
     let id = parse_id(&id, "session")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let session = visible(&client, &principal, id).await?;
-    let turns = parley_db::turn::list_for_session(&client, id).await?;
+    let rows = turn::list_for_session(&client, id, None, DETAIL_TURNS + 1).await?;
+    let (turns, turns_next) = cursor::page(rows, DETAIL_TURNS, |t| Some(cursor::SessionTurns(turn::ListKey::of(t))));
     let usage = session::usage_totals(&client, id).await?;
-    Ok(Json(SessionDetail { session, turns, usage }))
+    Ok(Json(SessionDetail { session, turns, turns_next, usage }))
+}
+
+/// `GET /api/sessions/{id}/turns?after=…&limit=…` → `{"turns": [...], "next": CURSOR|null}`:
+/// the turns that ran in the session, oldest first. Keyset paged: every page costs what
+/// the first does.
+///
+/// # Errors
+/// 400 for a malformed id or cursor, 404 for an unknown session (or one of another
+/// principal's conversations).
+#[utoipa::path(
+    get,
+    operation_id = "sessions_turns",
+    path = "/sessions/{id}/turns",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "The session's id"), TurnsQuery),
+    responses(
+        (status = 200, description = "A page of the session's turns, oldest first", body = TurnList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn turns(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<TurnsQuery>,
+) -> Result<impl IntoResponse, AppError> {
+    let id = parse_id(&id, "session")?;
+    let after = q.after.as_deref().map(cursor::decode::<cursor::SessionTurns>).transpose()?.map(|k| k.0);
+    let limit = q.limit.unwrap_or(DETAIL_TURNS).clamp(1, 200);
+    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    visible(&client, &principal, id).await?;
+    let rows = turn::list_for_session(&client, id, after, limit + 1).await?;
+    let (turns, next) = cursor::page(rows, limit, |t| Some(cursor::SessionTurns(turn::ListKey::of(t))));
+    Ok(Json(TurnList { turns, next }))
 }
 
 /// `DELETE /api/sessions/{id}` → `204`.

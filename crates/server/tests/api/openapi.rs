@@ -273,6 +273,11 @@ async fn real_answers_match_their_documented_schemas() {
     let session = sessions["sessions"][0]["session_id"].as_str().expect("session").to_owned();
     let detail = checker.call("GET", &format!("/api/sessions/{session}"), "/api/sessions/{id}", None, 200).await;
     assert_eq!(detail["turns"][0]["turn_id"], turn.as_str());
+    assert!(detail["turns_next"].is_null(), "{detail}");
+    let turns = checker
+        .call("GET", &format!("/api/sessions/{session}/turns?limit=1"), "/api/sessions/{id}/turns", None, 200)
+        .await;
+    assert_eq!(turns["turns"][0]["turn_id"], turn.as_str());
 
     // Errors, each with its documented status and the shared body.
     checker.call("DELETE", &format!("/api/sessions/{session}"), "/api/sessions/{id}", None, 409).await;

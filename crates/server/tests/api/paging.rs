@@ -119,6 +119,48 @@ async fn sessions_page_by_cursor_oldest_first_by_status() {
 }
 
 #[tokio::test]
+async fn a_sessions_turns_page_by_cursor_beyond_the_first_hundred() {
+    let app = TestApp::spawn().await;
+    let conv = app.create_conversation().await;
+    let first = app.send(conv, "hello").await;
+    app.wait_turn(first).await;
+    let session = app.sessions(conv).await[0]["session_id"].as_str().expect("session").to_owned();
+    let (_, detail) = app.get(&format!("/api/sessions/{session}")).await;
+    assert_eq!((detail["turns"].as_array().map(Vec::len), &detail["turns_next"]), (Some(1), &Value::Null));
+    // 100 more turns of that session, stored directly (as a long-lived session has them).
+    let client = app.db.pool.get().await.expect("client");
+    let session_id: Uuid = session.parse().expect("uuid");
+    client
+        .execute(
+            "with m as (insert into message (conversation_id, role, content) \
+                        select $1, 'user', 'bulk ' || i from generate_series(1, 100) i returning message_id) \
+             insert into turn (turn_id, conversation_id, session_id, user_message_id, status, attempt) \
+             select gen_random_uuid(), $1, $2, message_id, 'completed', 1 from m",
+            &[&conv, &session_id],
+        )
+        .await
+        .expect("insert turns");
+    let (_, detail) = app.get(&format!("/api/sessions/{session}")).await;
+    let shown = detail["turns"].as_array().cloned().unwrap_or_default();
+    assert_eq!(shown.len(), 100, "the detail shows the first hundred");
+    assert_eq!(shown[0]["turn_id"], first.to_string(), "oldest first");
+    let next = detail["turns_next"].as_str().expect("more follow");
+    let (status, rest) = app.get(&format!("/api/sessions/{session}/turns?after={next}")).await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!((rest["turns"].as_array().map(Vec::len), &rest["next"]), (Some(1), &Value::Null));
+    let all = walk(&app, &format!("/api/sessions/{session}/turns"), "turns", 7).await;
+    assert_eq!(all.len(), 101);
+    assert_eq!(ids(&all, "turn_id").into_iter().collect::<HashSet<_>>().len(), 101, "each once");
+    assert!(all.windows(2).all(|w| w[0]["user_message_id"].as_i64() < w[1]["user_message_id"].as_i64()));
+    let (status, err) = app.get(&format!("/api/sessions/{session}/turns?after=bogus")).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (400, Some("invalid_cursor")), "{err}");
+    let (status, _) = app.get(&format!("/api/sessions/{}/turns", Uuid::new_v4())).await;
+    assert_eq!(status, 404);
+    drop(client);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn turns_across_conversations_are_listed_by_status_for_admins_only() {
     let app = TestApp::spawn_with(
         TestDb::new().await,
@@ -179,6 +221,15 @@ async fn turns_across_conversations_are_listed_by_status_for_admins_only() {
     assert!(listed.iter().all(|t| t["status"] == "failed" && t["error"].is_string()));
     let (_, queued) = get("/api/turns?status=queued", &root).await;
     assert_eq!(queued["turns"].as_array().map(Vec::len), Some(1), "{queued}");
+    // A session's turns are its owner's (and admins'): another principal gets 404.
+    let (_, bob) = parley_db::api_token::create(&client, "bob", false).await.expect("token");
+    let (_, sessions) = get("/api/sessions?status=failed", &alice).await;
+    let session = sessions["sessions"][0]["session_id"].as_str().expect("session").to_owned();
+    let path = format!("/api/sessions/{session}/turns");
+    assert_eq!(get(&path, &alice).await.0, 200);
+    assert_eq!(get(&path, &root).await.0, 200);
+    let (code, err) = get(&path, bob.expose()).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (404, Some("not_found")), "{err}");
     let (_, running) = get("/api/turns?status=running", &root).await;
     assert_eq!(running["turns"], json!([]));
     for bad in ["/api/turns", "/api/turns?status=completed", "/api/turns?status=failed&after=xyz"] {
