@@ -6,6 +6,9 @@
 //! ```sh
 //! cargo build --release -p parley && cargo run --release -p parley-bench -- --conversations 16
 //! ```
+//!
+//! `parley-bench scale` measures instead how each API operation's latency grows with the
+//! stored data (see [`scale`]).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +16,7 @@ mod floor;
 mod idle;
 mod load;
 mod pgstat;
+mod scale;
 mod server;
 mod stats;
 mod webhook;
@@ -32,9 +36,32 @@ use crate::pgstat::{Counters, Delta, STATS_SETTLE};
 use crate::server::{ScratchDb, SpawnOptions, Target};
 use crate::stats::{Samples, fmt_ms};
 
-/// Command-line options.
+/// The command line: the load benchmark's options, or a mode.
 #[derive(Debug, Parser)]
-#[command(name = "parley-bench", about = "Load benchmark of Parley against the PostgreSQL floor (issue 8)")]
+#[command(
+    name = "parley-bench",
+    about = "Load benchmark of Parley against the PostgreSQL floor; `scale`: latency as the data grows",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Another benchmark than the load one.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// The load benchmark's options.
+    #[command(flatten)]
+    load: Args,
+}
+
+/// The other benchmarks.
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Latency of each API operation as the data grows (1k–100k conversations, one
+    /// conversation of 100–50,000 turns), for one server or a baseline and a server.
+    Scale(scale::ScaleArgs),
+}
+
+/// Options of the load benchmark.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Concurrent conversations (and floor clients), each a closed loop.
     #[arg(long, default_value_t = 16)]
@@ -155,7 +182,11 @@ fn loadavg() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match cli.mode {
+        Some(Mode::Scale(scale)) => return scale::run(scale).await,
+        None => cli.load,
+    };
     let nofile = server::raise_nofile().unwrap_or(0);
     let admin = admin_url(&args);
     let started = Instant::now();

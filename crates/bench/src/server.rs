@@ -272,6 +272,19 @@ impl ScratchDb {
         Ok(Self { admin_url: admin_url.to_owned(), name, url })
     }
 
+    /// Creates `parley_bench_<pid>_<label>` without migrating it (the caller migrates it,
+    /// to an older schema for instance, or lets the server under test do it).
+    ///
+    /// # Errors
+    /// When it cannot be created.
+    pub async fn create_unmigrated(admin_url: &str, label: &str) -> Result<Self> {
+        let name = format!("parley_bench_{}_{label}", std::process::id());
+        let admin = connect(admin_url).await?;
+        admin.batch_execute(&format!("drop database if exists {name} with (force)")).await?;
+        admin.batch_execute(&format!("create database {name}")).await?;
+        Ok(Self { admin_url: admin_url.to_owned(), name: name.clone(), url: url_for(admin_url, &name)? })
+    }
+
     /// Drops it.
     pub async fn drop_now(self) {
         if let Ok(admin) = connect(&self.admin_url).await {
