@@ -51,9 +51,40 @@ pub fn decode<K: Key>(cursor: &str) -> Result<K, AppError> {
         })
 }
 
-/// A page of a keyset-paged list: up to `limit` rows and the cursor of the next page.
-/// Give it the rows of a query for `limit + 1`: the extra row only says that more
-/// follow, so `next` is null exactly on the last page.
+/// A request for one page of a keyset-paged list: where it starts and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest<K> {
+    /// The key it starts after (`None`: the first page).
+    pub after: Option<K>,
+    /// How many rows the page holds.
+    pub limit: i64,
+}
+
+impl<K: Key> PageRequest<K> {
+    /// From `?after=&limit=`: the cursor decoded, the size clamped into `1..=max`
+    /// (`default` when absent).
+    ///
+    /// # Errors
+    /// 400 `invalid_cursor` for a cursor that is not one of this list's.
+    pub fn parse(after: Option<&str>, limit: Option<i64>, default: i64, max: i64) -> Result<Self, AppError> {
+        Ok(Self { after: after.map(decode::<K>).transpose()?, limit: limit.unwrap_or(default).clamp(1, max) })
+    }
+
+    /// How many rows to ask the store for: one more than the page, which only says
+    /// that more follow, so `next` is null exactly on the last page.
+    #[must_use]
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// The page's rows (the first `limit` of `rows`) and the cursor of the next page.
+    pub fn finish<T>(&self, rows: Vec<T>, key: impl Fn(&T) -> Option<K>) -> (Vec<T>, Option<String>) {
+        page(rows, self.limit, key)
+    }
+}
+
+/// A page of a keyset-paged list: up to `limit` rows and the cursor of the next page,
+/// from the rows of a query for `limit + 1` (see [`PageRequest::fetch`]).
 pub fn page<T, K: Key>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> Option<K>) -> (Vec<T>, Option<String>) {
     let limit = usize::try_from(limit).unwrap_or(0);
     if rows.len() <= limit {

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
-use crate::cursor;
+use crate::cursor::PageRequest;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable};
@@ -190,11 +190,10 @@ pub async fn index(
             "`offset` is no longer supported: follow the `next` cursor of each page with `?after=`",
         ));
     }
-    let after = q.after.as_deref().map(cursor::decode::<conversation::ListKey>).transpose()?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let page = PageRequest::parse(q.after.as_deref(), q.limit, 50, 200)?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    let rows = conversation::list(&client, principal.owner_filter(), after, limit + 1).await?;
-    let (conversations, next) = cursor::page(rows, limit, conversation::ListKey::of);
+    let rows = conversation::list(&client, principal.owner_filter(), page.after, page.fetch()).await?;
+    let (conversations, next) = page.finish(rows, conversation::ListKey::of);
     Ok(Json(ConversationList { conversations, next }))
 }
 

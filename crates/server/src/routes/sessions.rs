@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
-use crate::cursor;
+use crate::cursor::{PageRequest, SessionTurns};
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
@@ -119,11 +119,11 @@ pub async fn index(
             .ok_or_else(|| AppError::bad_request("invalid_query", "status must be active, ended, failed or all"))?,
     };
     let conversation_id = q.conversation_id.as_deref().map(|c| parse_id(c, "conversation")).transpose()?;
-    let after = q.after.as_deref().map(cursor::decode::<session::ListKey>).transpose()?;
-    let limit = q.limit.unwrap_or(200).clamp(1, 1000);
+    let page = PageRequest::parse(q.after.as_deref(), q.limit, 200, 1000)?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    let rows = session::list(&client, status, conversation_id, principal.owner_filter(), after, limit + 1).await?;
-    let (sessions, next) = cursor::page(rows, limit, |s| Some(session::ListKey::of(s)));
+    let owner = principal.owner_filter();
+    let rows = session::list(&client, status, conversation_id, owner, page.after, page.fetch()).await?;
+    let (sessions, next) = page.finish(rows, |s| Some(session::ListKey::of(s)));
     Ok(Json(SessionList { sessions, next }))
 }
 
@@ -155,8 +155,9 @@ pub async fn show(
     let id = parse_id(&id, "session")?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let session = visible(&client, &principal, id).await?;
-    let rows = turn::list_for_session(&client, id, None, DETAIL_TURNS + 1).await?;
-    let (turns, turns_next) = cursor::page(rows, DETAIL_TURNS, |t| Some(cursor::SessionTurns(turn::ListKey::of(t))));
+    let first = PageRequest::<SessionTurns> { after: None, limit: DETAIL_TURNS };
+    let rows = turn::list_for_session(&client, id, None, first.fetch()).await?;
+    let (turns, turns_next) = first.finish(rows, |t| Some(SessionTurns(turn::ListKey::of(t))));
     let usage = session::usage_totals(&client, id).await?;
     Ok(Json(SessionDetail { session, turns, turns_next, usage }))
 }
@@ -189,12 +190,11 @@ pub async fn turns(
     Query(q): Query<TurnsQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
-    let after = q.after.as_deref().map(cursor::decode::<cursor::SessionTurns>).transpose()?.map(|k| k.0);
-    let limit = q.limit.unwrap_or(DETAIL_TURNS).clamp(1, 200);
+    let page = PageRequest::<SessionTurns>::parse(q.after.as_deref(), q.limit, DETAIL_TURNS, 200)?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     visible(&client, &principal, id).await?;
-    let rows = turn::list_for_session(&client, id, after, limit + 1).await?;
-    let (turns, next) = cursor::page(rows, limit, |t| Some(cursor::SessionTurns(turn::ListKey::of(t))));
+    let rows = turn::list_for_session(&client, id, page.after.map(|k| k.0), page.fetch()).await?;
+    let (turns, next) = page.finish(rows, |t| Some(SessionTurns(turn::ListKey::of(t))));
     Ok(Json(TurnList { turns, next }))
 }
 

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::access::Principal;
-use crate::cursor;
+use crate::cursor::PageRequest;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query, parse_id};
 use crate::openapi::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable};
@@ -85,11 +85,10 @@ pub async fn index(
         q.status.as_deref().and_then(TurnStatus::parse).filter(|s| turn::LISTED_STATUSES.contains(s)).ok_or_else(
             || AppError::bad_request("invalid_query", "status must be queued, running, failed or interrupted"),
         )?;
-    let after = q.after.as_deref().map(cursor::decode::<turn::ListKey>).transpose()?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let page = PageRequest::parse(q.after.as_deref(), q.limit, 50, 200)?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    let rows = turn::list_by_status(&client, status, after, limit + 1).await?;
-    let (turns, next) = cursor::page(rows, limit, |t| Some(turn::ListKey::of(t)));
+    let rows = turn::list_by_status(&client, status, page.after, page.fetch()).await?;
+    let (turns, next) = page.finish(rows, |t| Some(turn::ListKey::of(t)));
     Ok(Json(TurnList { turns, next }))
 }
 
