@@ -278,7 +278,9 @@ impl ListKey {
 ///
 /// Keyset paging: the page is one range of `conversation_activity`'s index (the owner's,
 /// or everyone's), and the summaries are computed for the page's rows only, so any page
-/// costs what the first one does.
+/// costs what the first one does. Two statements: the page's keys (planned for each
+/// call, so the plan sees the real cursor and size), then the page's conversations with
+/// their summaries (a cached statement, planned once).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -288,37 +290,50 @@ pub async fn list(
     after: Option<ListKey>,
     limit: i64,
 ) -> DbResult<Vec<Conversation>> {
-    // Not a cached statement: each call is planned with its own cursor and page size (a
-    // generic plan cannot know that `$3` is small, and may sort a whole index for a
-    // page). The page's conversations are then looked up by primary key.
     let owner_condition = if owner.is_some() { "owner = $4 and" } else { "$4::text is null and" };
-    let sql = format!(
-        "select {COLUMNS}, a.last_activity_at, {SUMMARY_COLUMNS} from ( \
-                 select conversation_id, last_activity_at from conversation_activity \
-                 where {owner_condition} (last_activity_at, conversation_id) < ($1, $2) \
-                 order by last_activity_at desc, conversation_id desc limit $3) a \
-             join conversation c using (conversation_id) \
-             order by a.last_activity_at desc, c.conversation_id desc"
+    let page = format!(
+        "select conversation_id, last_activity_at from conversation_activity \
+         where {owner_condition} (last_activity_at, conversation_id) < ($1, $2) \
+         order by last_activity_at desc, conversation_id desc limit $3"
     );
     // The first page starts after a key that sorts after every row.
     let after =
         after.unwrap_or(ListKey { last_activity_at: crate::page::after_any_time(), conversation_id: Uuid::max() });
-    let rows = client.query(&sql, &[&after.last_activity_at, &after.conversation_id, &limit, &owner]).await?;
+    let keys = client.query(&page, &[&after.last_activity_at, &after.conversation_id, &limit, &owner]).await?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = keys.iter().map(|r| r.try_get(0)).collect::<Result<Vec<Uuid>, _>>()?;
+    let times = keys.iter().map(|r| r.try_get(1)).collect::<Result<Vec<DateTime<Utc>>, _>>()?;
+    // The keys read above are the page's (a turn ending meanwhile does not move a row
+    // of this page, or the next cursor, along with it).
+    let stmt = client
+        .prepare_cached(&format!(
+            "select {COLUMNS}, p.last_activity_at, {SUMMARY_COLUMNS} \
+             from unnest($1::uuid[], $2::timestamptz[]) with ordinality as p (conversation_id, last_activity_at, n) \
+             join conversation c using (conversation_id) \
+             order by p.n"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&ids, &times]).await?;
     rows.iter().map(Conversation::try_from).collect()
 }
 
 /// The [`ConversationSummary`] of `conversation c` (all but `last_activity_at`), as
-/// correlated subqueries that use the turn and event indexes (the running turn's
-/// boundary events are the newest), so they cost the same for any conversation.
+/// correlated subqueries that use the turn and event indexes, so they cost the same for
+/// any conversation. For `resume_after_seq`: turns run one at a time, so the running
+/// turn's boundary events are the conversation's newest; the newest boundary event is
+/// read from the end of the conversation's events (filtering by turn there would make
+/// the planner expect a long backward walk and scan the table instead).
 const SUMMARY_COLUMNS: &str = "\
     (select t.status from turn t where t.conversation_id = c.conversation_id \
      order by t.user_message_id desc limit 1) as last_turn_status, \
     exists (select 1 from turn t where t.conversation_id = c.conversation_id and t.status = 'running') as running, \
     (select count(*) from turn t where t.conversation_id = c.conversation_id and t.status = 'queued') as queued, \
     coalesce( \
-      (select case when b.kind = 'turn_started' then b.seq - 1 end from turn r \
-       cross join lateral (select e.seq, e.kind from event e \
-         where e.conversation_id = r.conversation_id and e.turn_id = r.turn_id and e.kind in \
+      (select case when b.kind = 'turn_started' and b.turn_id = r.turn_id then b.seq - 1 end from turn r \
+       cross join lateral (select e.seq, e.kind, e.turn_id from event e \
+         where e.conversation_id = r.conversation_id and e.kind in \
          ('turn_started', 'turn_completed', 'turn_failed', 'turn_cancelled', 'turn_interrupted') \
          order by e.seq desc limit 1) b \
        where r.conversation_id = c.conversation_id and r.status = 'running'), \

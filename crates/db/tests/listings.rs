@@ -316,3 +316,46 @@ async fn the_upgrade_to_indexed_listings_keeps_every_row_listable() {
     assert_eq!(seen.len(), 150);
     assert!(seen.windows(2).all(|w| w[0] > w[1]), "strictly newest first, no repeat");
 }
+
+#[tokio::test]
+async fn a_long_conversation_is_summarised_from_its_newest_rows() {
+    // One conversation holding the whole table: the planner knows every row is that
+    // conversation's, and must still read only its newest ones.
+    let db = TestDb::empty().await;
+    parley_db::migrate::run_to(&db.config, 4).await.expect("migrate to V4");
+    let (mut client, connection) = tokio_postgres::connect(&db.url(), NoTls).await.expect("connect");
+    let connection = tokio::spawn(connection);
+    let made = dataset::generate(&mut client, &Spec::new(1, 10_000)).await.expect("generate");
+    parley_db::migrate::run(&db.config).await.expect("migrate to the latest schema");
+    client
+        .batch_execute(
+            "update turn set status = 'running', finished_at = null \
+             where turn_id = (select turn_id from turn order by user_message_id desc limit 1)",
+        )
+        .await
+        .expect("a running turn");
+    client.batch_execute("vacuum analyze").await.expect("vacuum");
+    drop(client);
+    let _ = connection.await;
+    let one = made.conversations[0];
+    let mut x = Explaining::connect(&db).await;
+    let (list, rows) = explained(&mut x, async |c| conversation::list(c, None, None, LIMIT).await).await;
+    assert_eq!(rows[0].summary.as_ref().map(|s| s.running), Some(true));
+    let (summary, _) = explained(&mut x, async |c| conversation::summary(c, one).await.map(|s| vec![s])).await;
+    let (snapshot, _) = explained(&mut x, async |c| conversation::snapshot(c, one).await.map(|s| vec![s])).await;
+    for (what, plans) in [("list", list), ("summary", summary), ("snapshot", snapshot)] {
+        // The one-row tables may be scanned; the conversation's turns, messages and
+        // events are read from their newest end: at most the latest turn's four events.
+        for plan in &plans {
+            for node in nodes(&plan["Plan"]) {
+                let table = node["Relation Name"].as_str().unwrap_or_default();
+                if ["turn", "message", "event"].contains(&table) {
+                    assert_ne!(node["Node Type"], "Seq Scan", "{what} scans {table}: {plan:#}");
+                    let rows = node["Actual Rows"].as_f64().unwrap_or(0.0)
+                        + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0);
+                    assert!(rows <= 4.0, "{what} read {rows} rows of {table}: {plan:#}");
+                }
+            }
+        }
+    }
+}
