@@ -62,8 +62,9 @@ impl Floor {
                 .await?;
             client
                 .execute(
-                    "insert into session (session_id, conversation_id, assistant, transition_reason) \
-                     values ($1, $2, 'demo', 'first-message')",
+                    "insert into session (session_id, conversation_id, assistant, transition_reason, owner) \
+                     select $1, conversation_id, 'demo', 'first-message', owner from conversation \
+                     where conversation_id = $2",
                     &[&session, &conversation],
                 )
                 .await?;

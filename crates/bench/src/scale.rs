@@ -98,11 +98,11 @@ const OPERATIONS: [&str; 18] = [
     "GET /api/sessions (first page)",
     "GET /api/sessions, last page",
     "GET /api/sessions?status=active",
-    "GET /api/sessions?status=failed",
+    "GET /api/sessions?status=failed&limit=20",
     "GET /api/sessions?conversation_id=",
     "GET /api/sessions/{id}",
     "GET /api/sessions/{id}/turns, last page",
-    "GET /api/turns?status=failed",
+    "GET /api/turns?status=failed&limit=20",
     "GET …/messages, first page",
     "GET …/messages, last page",
     "events, recent Last-Event-ID",
@@ -287,7 +287,8 @@ impl Measure<'_> {
             cells[4] = Cell::Text("no paging".into());
         }
         cells[5] = self.get("/api/sessions?status=active").await?;
-        cells[6] = self.get("/api/sessions?status=failed").await?;
+        // Pages of 20: the smallest level has 20 of them, so every level's page is full.
+        cells[6] = self.get("/api/sessions?status=failed&limit=20").await?;
         cells[7] = self.get(&format!("/api/sessions?conversation_id={c}")).await?;
         let session = self.get_json(&format!("/api/sessions?conversation_id={c}&status=active")).await?;
         let session = session["sessions"][0]["session_id"].as_str().ok_or_else(|| anyhow!("no active session"))?;
@@ -299,7 +300,7 @@ impl Measure<'_> {
             cells[9] = Cell::Text("no paging".into());
         }
         cells[10] = match self.target.http.get(self.target.url("/api/turns?status=failed")).send().await?.status() {
-            s if s.is_success() => self.get("/api/turns?status=failed").await?,
+            s if s.is_success() => self.get("/api/turns?status=failed&limit=20").await?,
             s => Cell::Text(format!("none ({})", s.as_u16())),
         };
         let last_message: i64 = self
