@@ -1,5 +1,6 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
-//! its turn still writes.
+//! its turn still writes; and every listing read from an index, a page at a time
+//! (`listings`).
 
 use std::time::Duration;
 
@@ -9,6 +10,9 @@ use parley_db::event::{self, Event};
 use parley_test_support::TestDb;
 use serde_json::json;
 use uuid::Uuid;
+
+#[path = "store/listings.rs"]
+mod listings;
 
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
