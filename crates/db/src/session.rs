@@ -417,9 +417,10 @@ pub async fn delete(client: &impl GenericClient, session_id: Uuid) -> DbResult<(
     Ok(())
 }
 
-/// Token and cost totals of a session, summed over its assistant messages' metadata
-/// (`usage.input_tokens`, `usage.output_tokens`, `cost_usd`), as the assistant reported
-/// them.
+/// Token and cost totals of a session: the sums of its replies' usage
+/// (`usage.input_tokens`, `usage.output_tokens`, `cost_usd` in the assistant message's
+/// metadata, as the assistant reported them), kept on the session row as each reply is
+/// stored ([`add_usage`], and [`crate::turn::complete`] in its own statement).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageTotals {
@@ -431,24 +432,42 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Sums the usage of a session's assistant messages. It reads the messages of the
-/// session's conversation (`message` has no index by turn), so it costs in proportion
-/// to that conversation, never to the whole table.
+/// The SQL expressions that read a reply's usage from its metadata (a `jsonb` bound as
+/// `$META`), shared by [`add_usage`] and [`crate::turn::complete`] so both add the same
+/// thing: input tokens, output tokens, cost in US dollars; 0 where absent.
+pub(crate) fn usage_increments(meta: &str) -> String {
+    format!(
+        "input_tokens = input_tokens + coalesce(({meta}->'usage'->>'input_tokens')::bigint, 0), \
+         output_tokens = output_tokens + coalesce(({meta}->'usage'->>'output_tokens')::bigint, 0), \
+         cost_usd = cost_usd + coalesce(({meta}->>'cost_usd')::float8, 0)"
+    )
+}
+
+/// Adds a stored reply's usage (its metadata, see [`UsageTotals`]) to its session's
+/// totals. A reply without usage changes nothing and writes nothing.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn usage_totals(client: &impl GenericClient, session_id: Uuid) -> DbResult<UsageTotals> {
-    let row = client
-        .query_one(
-            "select coalesce(sum((m.metadata->'usage'->>'input_tokens')::bigint), 0)::bigint, \
-                    coalesce(sum((m.metadata->'usage'->>'output_tokens')::bigint), 0)::bigint, \
-                    coalesce(sum((m.metadata->>'cost_usd')::float8), 0)::float8 \
-             from message m \
-             where m.conversation_id = (select conversation_id from session where session_id = $1) \
-               and m.role = 'assistant' \
-               and m.turn_id in (select turn_id from turn where session_id = $1)",
-            &[&session_id],
-        )
+pub async fn add_usage(client: &impl GenericClient, session_id: Uuid, metadata: &serde_json::Value) -> DbResult<()> {
+    if metadata.get("usage").is_none() && metadata.get("cost_usd").is_none() {
+        return Ok(());
+    }
+    let stmt = client
+        .prepare_cached(&format!("update session set {} where session_id = $1", usage_increments("$2::jsonb")))
         .await?;
+    client.execute(&stmt, &[&session_id, metadata]).await?;
+    Ok(())
+}
+
+/// A session's usage totals, read from its row (constant cost, however long it is).
+///
+/// # Errors
+/// [`DbError::NotFound`] when the session does not exist; otherwise
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn usage_totals(client: &impl GenericClient, session_id: Uuid) -> DbResult<UsageTotals> {
+    let stmt = client
+        .prepare_cached("select input_tokens, output_tokens, cost_usd from session where session_id = $1")
+        .await?;
+    let row = client.query_opt(&stmt, &[&session_id]).await?.ok_or(DbError::not_found("session"))?;
     Ok(UsageTotals { input_tokens: row.try_get(0)?, output_tokens: row.try_get(1)?, cost_usd: row.try_get(2)? })
 }

@@ -341,7 +341,7 @@ pub struct Completion<'a> {
 /// Completes a running turn in one statement (one round trip, one commit): locks its
 /// conversation first (as [`crate::conversation::lock_shared`]), marks it `completed`
 /// with its session, stores the assistant message, the session's assistant session ID
-/// and a cleared `last_error`, the remaining events with the final one, and the
+/// and a cleared `last_error`, the reply's usage added to the session's totals, the remaining events with the final one, and the
 /// conversation's `last_activity_at`. Returns the assistant message id, or `None` —
 /// with nothing written — when the turn was no longer running (the sweeper took it
 /// back, or its conversation was deleted).
@@ -350,7 +350,7 @@ pub struct Completion<'a> {
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResult<Option<i64>> {
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "with c as (select 1 from conversation where conversation_id = $2 for key share), \
              t as ( \
                  update turn set status = 'completed', error = null, finished_at = now(), lease_until = null, \
@@ -361,9 +361,11 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                  insert into message (conversation_id, turn_id, role, content, metadata) \
                  select $2, t.turn_id, 'assistant', $5, $6 from t returning message_id), \
              s as ( \
-                 update session set assistant_session_id = coalesce($4, assistant_session_id), last_error = null \
+                 update session set assistant_session_id = coalesce($4, assistant_session_id), last_error = null, \
+                     {usage} \
                  where session_id = $3 and exists (select 1 from t) \
-                   and (last_error is not null or ($4::text is not null and assistant_session_id is distinct from $4))), \
+                   and (last_error is not null or ($4::text is not null and assistant_session_id is distinct from $4) \
+                        or $6::jsonb ? 'usage' or $6::jsonb ? 'cost_usd')), \
              a as ( \
                  update conversation_activity set last_activity_at = now() \
                  where conversation_id = $2 and exists (select 1 from t)), \
@@ -375,7 +377,8 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                  union all \
                  select $2, $13, $1, $14, $15::jsonb || jsonb_build_object('message_id', m.message_id), $16 from m) \
              select message_id from m",
-        )
+            usage = crate::session::usage_increments("$6::jsonb")
+        ))
         .await?;
     let ev = c.events;
     let conversation_ids: Vec<Uuid> = ev.iter().map(|e| e.conversation_id).collect();

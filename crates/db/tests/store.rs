@@ -1,6 +1,6 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
 //! its turn still writes; and every listing read from an index, a page at a time
-//! (`listings`).
+//! (`listings`); a session's usage totals kept as replies are stored (`usage`).
 
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 #[path = "store/listings.rs"]
 mod listings;
+#[path = "store/usage.rs"]
+mod usage;
 
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {

@@ -1179,14 +1179,14 @@ impl TurnRun<'_> {
             Outcome::Failed(err) => {
                 let text = err.to_string();
                 warn!(error = %text, "turn failed");
-                let partial = self.store_partial(&tx, json!({ "error": text })).await?;
+                let partial = self.store_partial(&tx, session, json!({ "error": text })).await?;
                 session::set_last_error(&tx, session.session_id, Some(&text)).await?;
                 let data = json!({ "error": text, "message_id": partial });
                 self.turn.error = Some(text.clone());
                 (TurnStatus::Failed, self.emitter.event("turn_failed", data), Some(ReplyStatus::Failed { error: text }))
             }
             &Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
-                let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
+                let partial = self.store_partial(&tx, session, json!({ "cancelled": true })).await?;
                 (
                     TurnStatus::Cancelled,
                     self.emitter.event("turn_cancelled", json!({ "message_id": partial })),
@@ -1227,8 +1227,9 @@ impl TurnRun<'_> {
         Ok(status.as_str())
     }
 
-    /// Stores the partial reply (if any text came) marked incomplete; returns its id.
-    async fn store_partial(&self, tx: &impl GenericClient, extra: Value) -> DbResult<Option<i64>> {
+    /// Stores the partial reply (if any text came) marked incomplete, adding its usage
+    /// to the session's totals; returns its id.
+    async fn store_partial(&self, tx: &impl GenericClient, session: &Session, extra: Value) -> DbResult<Option<i64>> {
         if self.reply.text.is_empty() {
             return Ok(None);
         }
@@ -1246,6 +1247,7 @@ impl TurnRun<'_> {
             &meta,
         )
         .await?;
+        session::add_usage(tx, session.session_id, &meta).await?;
         Ok(Some(msg.message_id))
     }
 
