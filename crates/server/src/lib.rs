@@ -6,6 +6,11 @@
 //! production wiring. Under it, [`app`] builds the router from an [`AppState`] and
 //! [`serve`] runs it on a listener until a shutdown token fires.
 //!
+//! Handlers read through `parley_db` and write only through the
+//! [`parley_orchestrator::Orchestrator`] (messages, commands, settings, creating and
+//! deleting conversations and sessions, marking a token used), so every write happens
+//! where turns are run and cancelled.
+//!
 //! Every `/api/*` handler takes a [`access::Principal`]: authentication (API tokens),
 //! ownership of conversations and the per-principal limits live in [`access`].
 //!
