@@ -254,6 +254,8 @@ pub async fn launch(
         access,
         timeouts,
     };
+    // The replica's other listeners (a metrics endpoint, say) start here too, from
+    // their `Settings` fields, and stop with `stop`.
     let server = tokio::spawn(crate::serve(listener, state, drain));
     info!("Parley is listening on http://{local_addr}");
     let running = tokio::spawn(async move {
