@@ -106,6 +106,15 @@ impl From<parley_db::DbError> for Failure {
     }
 }
 
+impl From<parley_server::launch::LaunchError> for Failure {
+    fn from(err: parley_server::launch::LaunchError) -> Self {
+        match err {
+            parley_server::launch::LaunchError::Db(db) => db.into(),
+            other => Self::failed(other.to_string()),
+        }
+    }
+}
+
 /// Logs to stderr at `RUST_LOG`'s level (default `info`). JSON lines carry the event's
 /// fields at the top level, and the current span (`span`) and every enclosing one
 /// (`spans`) with their fields.

@@ -12,11 +12,10 @@ use parley_assistant::{
     ProcessLimits, Secret,
 };
 use parley_db::api_token;
-use parley_orchestrator::{Config, Orchestrator};
+use parley_orchestrator::Config;
 use parley_platforms::{AllowList, Association, Field, Platform};
-use parley_server::AppState;
 use parley_server::access::{Access, AccessConfig, AuthMode};
-use tokio_util::sync::CancellationToken;
+use parley_server::launch::{BootstrapAdmin, Settings};
 use tracing::{info, warn};
 
 use crate::Failure;
@@ -204,27 +203,12 @@ impl BootstrapArgs {
     }
 }
 
-/// Stores the bootstrap admin token when one is configured and no admin token exists.
-async fn bootstrap_admin(pool: &parley_db::Pool, args: &BootstrapArgs) -> Result<(), Failure> {
-    let Some(token) = args.token()? else { return Ok(()) };
+/// The bootstrap admin token and its principal, checked; `None` when none is configured.
+fn bootstrap_admin(args: &BootstrapArgs) -> Result<Option<BootstrapAdmin>, Failure> {
+    let Some(token) = args.token()? else { return Ok(None) };
     let principal = crate::tokens::parse_principal(&args.bootstrap_admin_principal)
         .map_err(|e| Failure::failed(format!("--bootstrap-admin-principal: {e}")))?;
-    let mut client = pool.get().await.map_err(parley_db::DbError::from)?;
-    match api_token::bootstrap_admin(&mut client, &principal, &token).await? {
-        api_token::Bootstrap::Created(t) => {
-            info!(principal = %t.principal, api_token_id = %t.api_token_id, "stored the bootstrap admin token");
-        }
-        api_token::Bootstrap::AdminExists => {
-            info!("an admin token exists; the bootstrap admin token was not stored (remove it from the configuration)");
-        }
-        api_token::Bootstrap::AlreadyStored => {
-            warn!(
-                "the bootstrap admin token was stored before and no live admin token exists: it was revoked, so it \
-                   is not stored again; create an admin token with `parley tokens create --admin`"
-            );
-        }
-    }
-    Ok(())
+    Ok(Some(BootstrapAdmin { principal, token }))
 }
 
 /// Warns about each directory that would be lost with the container (see [`crate::container`]).
@@ -609,44 +593,13 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     platforms_config.check_allow_lists().map_err(|e| Failure::failed(e.to_string()))?;
     let data_dir = data_dir(args.data_dir.as_deref())?;
     let workspace_root = args.workspace_root.clone().unwrap_or_else(|| data_dir.join("workspaces"));
-    db.pool_size = args.pool_size;
-    parley_db::ensure_database(&db)
-        .await
-        .map_err(|e| Failure::failed(format!("cannot reach PostgreSQL ({e}); is it running? see README")))?;
-    if !args.no_migrate {
-        let report = parley_db::migrate::run(&db).await?;
-        if !report.applied.is_empty() {
-            info!(applied = ?report.applied, "migrations applied");
-        }
-    }
-    let pool = parley_db::connect(&db).await?;
-    bootstrap_admin(&pool, &args.bootstrap).await?;
+    let bootstrap = bootstrap_admin(&args.bootstrap)?;
     check_container_storage(&args, &workspace_root);
-    // Claims, lease extensions and notifications: losing one in a database crash is
-    // harmless (the turn is claimed again), so they do not wait for a WAL flush. Each
-    // running turn holds one of its connections for its run lock; the server ends a
-    // connection idle for three leases, and its locks with it.
-    let coordination = parley_db::connect(&parley_db::DbConfig {
-        pool_size: args.workers + 2,
-        synchronous_commit: false,
-        idle_session_timeout: Some(Duration::from_secs(args.lease_secs.max(1) * 3)),
-        ..db.clone()
-    })
-    .await?;
+    db.pool_size = args.pool_size;
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", args.bind)))?;
     let local = listener.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
-    if auth == AuthMode::On {
-        let client = pool.get().await.map_err(parley_db::DbError::from)?;
-        if parley_db::api_token::live_count(&client).await? == 0 {
-            warn!(
-                "authentication is on and no API token exists: every /api request will answer 401; create one with `parley tokens create --principal NAME`"
-            );
-        }
-    } else {
-        info!("authentication is off (--auth off): every request acts as the admin principal `local`");
-    }
     let (assistant, why) = select_assistant(args.assistant.as_deref(), &args.assistants.claude_bin);
     let config = Config {
         worker_id: args.worker_id.unwrap_or_else(|| format!("{}:{}", hostname(), local.port())),
@@ -664,58 +617,35 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         retention: args.retention.retention(),
         ..Config::default()
     };
-    let platforms = Arc::new(parley_platforms::Platforms::new(platforms_config));
+    info!(assistant = %assistant, %why, worker_id = %config.worker_id, "assistant selected");
     let demo =
         Demo::new(DemoConfig { chunk_delay: Duration::from_millis(args.demo_chunk_delay_ms), ..DemoConfig::default() });
     let a = &args.assistants;
-    let orchestrator = Orchestrator::builder(pool, config)
-        .listen(db.clone())
-        .coordination_pool(coordination)
-        .platforms(&platforms)
-        .assistant(Arc::new(demo))
-        .assistant(Arc::new(Claude::new(a.claude())))
-        .assistant(Arc::new(Codex::new(a.codex())))
-        .assistant(Arc::new(OpenAi::new(a.openai())))
-        .assistant(Arc::new(OpenAiChat::new(a.openai_chat())))
-        .build()
-        .map_err(|e| Failure::failed(e.to_string()))?;
-    info!(assistant = %assistant, %why, worker_id = %orchestrator.config().worker_id, "assistant selected");
-    if let Some(workspace) = orchestrator.workspace() {
-        info!(root = %workspace.root().display(), "each conversation runs in its own directory under the workspace root");
-    }
-
-    // Held until this function returns; the process's end closes it whatever the cause.
-    let _watchdog = crate::watchdog::start();
-    let shutdown = CancellationToken::new();
-    let workers = {
-        let orch = orchestrator.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move { orch.run_workers(stop).await })
-    };
-    let state = AppState {
-        orchestrator,
-        shutdown: shutdown.clone(),
-        body_limit: args.body_limit,
-        platforms: Some(platforms),
+    let settings = Settings {
+        migrate: !args.no_migrate,
+        assistants: vec![
+            Arc::new(demo),
+            Arc::new(Claude::new(a.claude())),
+            Arc::new(Codex::new(a.codex())),
+            Arc::new(OpenAi::new(a.openai())),
+            Arc::new(OpenAiChat::new(a.openai_chat())),
+        ],
+        platforms: Some(platforms_config),
         access,
+        body_limit: args.body_limit,
         timeouts: parley_server::Timeouts {
             header_read: Duration::from_secs(args.header_read_timeout_secs.max(1)),
             body_read: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         },
+        bootstrap_admin: bootstrap,
+        ..Settings::new(db, config)
     };
-    let server = tokio::spawn(parley_server::serve(listener, state, Duration::from_secs(5)));
-    info!("Parley is listening on http://{local}");
+
+    // Held until this function returns; the process's end closes it whatever the cause.
+    let _watchdog = crate::watchdog::start();
+    let launched = parley_server::launch(settings, listener, shutdown_signal()).await?;
     println!("Parley is listening on http://{local}  (stop with ctrl-c)");
-    shutdown_signal().await;
-    info!("shutting down");
-    shutdown.cancel();
-    let served = server.await;
-    let _ = workers.await;
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Failure::failed(format!("server error: {e}"))),
-        Err(e) => Err(Failure::failed(format!("server task failed: {e}"))),
-    }
+    Ok(launched.stopped().await?)
 }
 
 #[cfg(test)]

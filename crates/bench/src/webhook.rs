@@ -1,4 +1,4 @@
-//! Webhook acknowledgement latency, after `crates/platforms/examples/ack_bench.rs`:
+//! Webhook acknowledgement latency, after `crates/server/examples/ack_bench.rs`:
 //! rounds of concurrent Telegram updates, each a new message (so a full ingest
 //! transaction), timed from send to the `200`.
 

@@ -11,6 +11,10 @@
 //! [`Orchestrator::ingest_webhook`], every surface follows turns with
 //! [`Orchestrator::follow`], and the binary runs [`Orchestrator::run_workers`].
 //!
+//! Surfaces read through `parley_db` and write through the orchestrator: messages,
+//! commands and settings above, and the rest (creating and deleting conversations,
+//! deleting sessions, marking an API token used) in `manage`.
+//!
 //! Reply delivery to chat platforms goes through the [`ReplySink`]s of
 //! `parley_platforms`, registered with [`Builder::platforms`]: this crate depends on
 //! the platforms, never the reverse.
@@ -23,6 +27,7 @@ pub mod export;
 mod follow;
 pub mod hub;
 mod ingest;
+mod manage;
 pub mod notify;
 pub mod prompt;
 pub mod retention;

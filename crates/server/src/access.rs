@@ -4,7 +4,8 @@
 //! - **Authentication.** With [`AuthMode::On`] every `/api/*` request carries
 //!   `Authorization: Bearer <token>`; the events stream also accepts `?access_token=`,
 //!   because a browser's `EventSource` cannot set headers. Tokens are looked up by their
-//!   SHA-256 in `api_token` ([`parley_db::api_token`]); a lookup is cached (a `moka`
+//!   SHA-256 in `api_token` through [`Orchestrator::authenticate_token`] (which marks
+//!   a token used); a lookup is cached (a `moka`
 //!   cache) for [`AccessConfig::token_cache_ttl`] (5 s by default), so a revoked token
 //!   stops working within that time. Missing, unknown and revoked tokens are all `401 unauthorized`
 //!   with `WWW-Authenticate: Bearer`. With [`AuthMode::Off`] every request acts as the
@@ -37,6 +38,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use parley_db::GenericClient;
 use parley_db::api_token;
 use parley_db::conversation::{self, Conversation};
+use parley_orchestrator::Orchestrator;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
@@ -155,7 +157,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        state.access.authenticate(parts, state.orchestrator.pool()).await
+        state.access.authenticate(parts, &state.orchestrator).await
     }
 }
 
@@ -269,7 +271,7 @@ impl Access {
     /// # Errors
     /// 401 `unauthorized` for a missing, malformed, unknown or revoked token; 503 when
     /// the database is down.
-    pub async fn authenticate(&self, parts: &Parts, pool: &parley_db::Pool) -> Result<Principal, AppError> {
+    pub async fn authenticate(&self, parts: &Parts, orchestrator: &Orchestrator) -> Result<Principal, AppError> {
         if self.config.auth == AuthMode::Off {
             return Ok(Principal { name: LOCAL_PRINCIPAL.to_owned(), admin: true });
         }
@@ -278,10 +280,10 @@ impl Access {
         if let Some(principal) = self.inner.tokens.as_ref().and_then(|cache| cache.get(&hash)) {
             return principal.ok_or_else(invalid_token);
         }
-        let client = pool.get().await.map_err(parley_db::DbError::from)?;
         // A non-admin token of a reserved name (made before names were reserved) would see
         // a platform's conversations: it is not valid.
-        let principal = api_token::authenticate(&client, &hash)
+        let principal = orchestrator
+            .authenticate_token(&hash)
             .await?
             .map(|t| Principal { name: t.principal, admin: t.admin })
             .filter(|p| p.admin || !is_reserved_principal(&p.name));

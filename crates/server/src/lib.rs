@@ -1,8 +1,15 @@
 //! Parley's HTTP surface: the JSON web API, SSE event streams and health probes.
 //!
-//! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a listener until
-//! a shutdown token fires. `main` and the tests start the same function, so tests can
-//! bind port 0.
+//! [`launch()`] starts a whole replica (database, orchestrator, workers and this HTTP
+//! server) from parsed [`launch::Settings`] on a bound listener: `parley serve` and every
+//! test harness start Parley through it, so tests can bind port 0 and still run the
+//! production wiring. Under it, [`app`] builds the router from an [`AppState`] and
+//! [`serve`] runs it on a listener until a shutdown token fires.
+//!
+//! Handlers read through `parley_db` and write only through the
+//! [`parley_orchestrator::Orchestrator`] (messages, commands, settings, creating and
+//! deleting conversations and sessions, marking a token used), so every write happens
+//! where turns are run and cancelled.
 //!
 //! Every `/api/*` handler takes a [`access::Principal`]: authentication (API tokens),
 //! ownership of conversations and the per-principal limits live in [`access`].
@@ -23,6 +30,7 @@ pub mod access;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod launch;
 pub mod openapi;
 pub mod routes;
 
@@ -48,6 +56,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::AppError;
+pub use crate::launch::launch;
 
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;

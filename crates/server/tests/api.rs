@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parley_assistant::{Demo, DemoConfig};
-use parley_orchestrator::{Config, Orchestrator};
-use parley_server::AppState;
+use parley_orchestrator::Config;
+use parley_server::launch::Settings;
 use parley_test_support::TestDb;
 use parley_test_support::sse;
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ struct TestApp {
     db: TestDb,
     demo: Demo,
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    launched: parley_server::launch::Launched,
 }
 
 fn fast_demo() -> DemoConfig {
@@ -77,46 +77,40 @@ impl TestApp {
             ..Config::default()
         };
         tweak(&mut config);
-        let orchestrator = Orchestrator::builder(db.pool.clone(), config)
-            .listen(db.config.clone())
-            .assistant(Arc::new(demo.clone()))
-            // Registered for their permission modes and names; no test runs them here.
-            .assistant(Arc::new(parley_assistant::Claude::default()))
-            .assistant(Arc::new(parley_assistant::Codex::default()))
-            .build()
-            .expect("orchestrator");
+        let settings = Settings {
+            assistants: vec![
+                Arc::new(demo.clone()),
+                // Registered for their permission modes and names; no test runs them here.
+                Arc::new(parley_assistant::Claude::default()),
+                Arc::new(parley_assistant::Codex::default()),
+            ],
+            access,
+            body_limit: 64 * 1024,
+            timeouts,
+            drain: Duration::from_secs(2),
+            ..Settings::new(db.config.clone(), config)
+        };
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let state = AppState {
-            orchestrator: orchestrator.clone(),
-            shutdown: shutdown.clone(),
-            body_limit: 64 * 1024,
-            platforms: None,
-            access,
-            timeouts,
-        };
-        let stop = shutdown.clone();
-        let workers = tokio::spawn(async move { orchestrator.run_workers(stop).await });
-        let server = tokio::spawn(async move {
-            parley_server::serve(listener, state, Duration::from_secs(2)).await.expect("serve");
-        });
+        let launched =
+            parley_server::launch(settings, listener, shutdown.clone().cancelled_owned()).await.expect("launch");
         Self {
-            base: format!("http://{addr}"),
+            base: format!("http://{}", launched.local_addr()),
             http: reqwest::Client::new(),
             db,
             demo,
             shutdown,
-            tasks: vec![workers, server],
+            launched,
         }
     }
 
     /// Stops the server and workers, as a process exit would, keeping the database.
     async fn stop(self) -> TestDb {
         self.shutdown.cancel();
-        for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(10), t).await.expect("stopped in time").expect("task");
-        }
+        tokio::time::timeout(Duration::from_secs(10), self.launched.stopped())
+            .await
+            .expect("stopped in time")
+            .expect("stopped");
         self.db
     }
 

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use parley_db::DbError;
 use parley_db::conversation::{self, Conversation, ConversationSummary, Delivery, NewConversation};
 use parley_orchestrator::command::{Command, CommandReply};
 use parley_orchestrator::workspace::CwdError;
@@ -99,10 +98,8 @@ pub async fn create(
         };
         checked.map_err(|e| AppError::bad_request("invalid_cwd", e.to_string()))?;
     }
-    let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
-    let created = conversation::create(
-        &client,
-        &NewConversation {
+    let created = orch
+        .create_conversation(&NewConversation {
             platform: "web".into(),
             external_id: String::new(),
             owner: principal.name,
@@ -111,9 +108,8 @@ pub async fn create(
             cwd: body.cwd,
             delivery: body.delivery.unwrap_or_default(),
             reply_target: json!({}),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -252,40 +248,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
-    let orch = &state.orchestrator;
-    let mut client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
-    principal.conversation(&client, id).await?;
-    // The running turn stops wherever it runs (its assistant's processes are killed);
-    // whatever it still writes waits for the delete or finds the conversation gone.
-    if let Some(running) = parley_db::turn::running(&client, id).await? {
-        orch.cancel(running.turn_id);
+    {
+        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        principal.conversation(&client, id).await?;
     }
-    // Writers lock the conversation before its child rows, as the delete does, so no
-    // deadlock is expected; should PostgreSQL still pick this transaction as a victim,
-    // it is meant to be retried.
-    let mut attempt = 1;
-    loop {
-        let deleted: Result<(), DbError> = async {
-            let tx = client.transaction().await?;
-            conversation::delete(&tx, id).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        match deleted {
-            Ok(()) => return Ok(StatusCode::NO_CONTENT),
-            Err(e @ DbError::Retryable(_)) if attempt < DELETE_ATTEMPTS => {
-                tracing::debug!(error = %e, attempt, "deleting the conversation lost a race; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    state.orchestrator.delete_conversation(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
-
-/// How many times `DELETE /api/conversations/{id}` tries the delete.
-const DELETE_ATTEMPTS: u32 = 4;
 
 async fn action(
     state: &AppState,

@@ -224,15 +224,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
-    visible(&client, &principal, id).await?;
-    match session::delete(&client, id).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(e) if e.is_conflict_on("session_active") => Err(AppError::Conflict(
-            "this is the conversation's active session; reset the conversation before deleting it".into(),
-        )),
-        Err(e) => Err(e.into()),
+    {
+        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        visible(&client, &principal, id).await?;
     }
+    state.orchestrator.delete_session(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The session, when it exists and belongs to a conversation the principal may see.

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "webhooks/common.rs"]
 mod common;
 
 use std::time::Duration;
@@ -281,7 +282,8 @@ async fn a_slow_assistant_is_acknowledged_at_once_and_the_reply_follows() {
 async fn telegram_429_retry_after_and_message_not_modified_are_handled() {
     let p = Parley::start(Options::default()).await;
     let not_modified: Value =
-        serde_json::from_str(include_str!("fixtures/telegram/out.error.400.not_modified.json")).unwrap();
+        serde_json::from_str(include_str!("../../platforms/tests/fixtures/telegram/out.error.400.not_modified.json"))
+            .unwrap();
     p.mock
         .script(
             "/sendMessage",

@@ -5,6 +5,9 @@
 //! `turn_started`, one final event last, and `text` events adding up to the stored reply.
 //! An assistant that panics mid-stream fails only its turn, and a turn whose
 //! conversation's run lock is taken waits (then is re-queued) until it is free.
+//!
+//! The replica is started by `parley_server::launch`, as `parley serve` starts one; the
+//! tests drive its orchestrator directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use parley_db::event::{self, Event};
 use parley_db::message::{self, Message};
 use parley_db::turn::{self, Turn};
 use parley_orchestrator::{Config, Ingested, Orchestrator, PostMessage};
+use parley_server::launch::{Launched, Settings};
 use parley_test_support::TestDb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -115,7 +119,7 @@ struct App {
     db: TestDb,
     orchestrator: Orchestrator,
     shutdown: CancellationToken,
-    workers: tokio::task::JoinHandle<()>,
+    launched: Launched,
 }
 
 impl App {
@@ -134,20 +138,20 @@ impl App {
             lease,
             ..Config::default()
         };
-        let orchestrator =
-            Orchestrator::builder(db.pool.clone(), config).assistant(Arc::new(Scripted)).build().expect("orchestrator");
+        let settings = Settings { assistants: vec![Arc::new(Scripted)], ..Settings::new(db.config.clone(), config) };
         let shutdown = CancellationToken::new();
-        let workers = {
-            let orchestrator = orchestrator.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move { orchestrator.run_workers(stop).await })
-        };
-        Self { db, orchestrator, shutdown, workers }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let launched =
+            parley_server::launch(settings, listener, shutdown.clone().cancelled_owned()).await.expect("launch");
+        Self { db, orchestrator: launched.orchestrator().clone(), shutdown, launched }
     }
 
     async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.workers).await.expect("workers stop").expect("join");
+        tokio::time::timeout(Duration::from_secs(10), self.launched.stopped())
+            .await
+            .expect("workers stop")
+            .expect("stopped");
         drop(self.db);
     }
 

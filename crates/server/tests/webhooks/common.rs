@@ -16,8 +16,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use parley_assistant::{Assistant, AssistantError, Chunk, Demo, DemoConfig, RunRequest};
 use parley_orchestrator::{Config, Orchestrator};
-use parley_platforms::{Platforms, PlatformsConfig};
-use parley_server::AppState;
+use parley_platforms::PlatformsConfig;
+use parley_server::launch::Settings;
 use parley_test_support::TestDb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,9 @@ pub const TELEGRAM_SECRET: &str = "tg_fixture_secret-0123456789ABCDEF";
 pub const GENERIC_SECRET: &str = "generic-test-secret";
 pub const TELEGRAM_BOT_TOKEN: &str = "123456:TEST-BOT-TOKEN";
 
+/// The platforms crate's fixtures (see the README there).
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../platforms/tests/fixtures")
 }
 
 /// A fixture request: path, headers, body bytes.
@@ -257,7 +258,7 @@ pub struct Parley {
     pub orchestrator: Orchestrator,
     pub clock: Arc<AtomicI64>,
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    launched: parley_server::launch::Launched,
 }
 
 impl Parley {
@@ -303,61 +304,48 @@ impl Parley {
         let mut config = PlatformsConfig::from_lookup(|k| env.get(k).cloned()).expect("platform config");
         config.sink.backoff = Duration::from_millis(20);
         let clock = Arc::clone(&options.clock);
-        let platforms = Arc::new(Platforms::with_clock(config, {
-            let clock = Arc::clone(&clock);
-            Arc::new(move || clock.load(Ordering::SeqCst))
-        }));
         let default_assistant = if options.fixed_reply.is_some() { "fixed" } else { "demo" };
-        let config = Config {
+        let config_orchestrator = Config {
             worker_id: format!("platforms-test-{}", uuid::Uuid::new_v4()),
             workers: 4,
             idle_poll: Duration::from_millis(100),
             default_assistant: default_assistant.into(),
             ..Config::default()
         };
-        let mut builder = Orchestrator::builder(db.pool.clone(), config).platforms(&platforms);
-        builder = builder.assistant(Arc::new(Demo::new(options.demo.clone())));
+        let mut assistants: Vec<Arc<dyn Assistant>> = vec![Arc::new(Demo::new(options.demo.clone()))];
         if let Some(reply) = &options.fixed_reply {
-            builder = builder.assistant(Arc::new(Fixed { reply: reply.clone() }));
+            assistants.push(Arc::new(Fixed { reply: reply.clone() }));
         }
-        let orchestrator = builder.build().expect("orchestrator");
+        let settings = Settings {
+            assistants,
+            platforms: Some(config),
+            platform_clock: Some({
+                let clock = Arc::clone(&clock);
+                Arc::new(move || clock.load(Ordering::SeqCst))
+            }),
+            drain: Duration::from_secs(2),
+            ..Settings::new(db.config.clone(), config_orchestrator)
+        };
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            orchestrator: orchestrator.clone(),
-            shutdown: shutdown.clone(),
-            body_limit: parley_server::DEFAULT_BODY_LIMIT,
-            platforms: Some(platforms),
-            access: parley_server::access::Access::local(),
-            timeouts: parley_server::Timeouts::default(),
-        };
-        let workers = {
-            let orch = orchestrator.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move { orch.run_workers(stop).await })
-        };
-        let server = tokio::spawn(async move {
-            parley_server::serve(listener, state, Duration::from_secs(2)).await.expect("serve");
-        });
+        let launched =
+            parley_server::launch(settings, listener, shutdown.clone().cancelled_owned()).await.expect("launch");
         Self {
             db,
             mock,
-            addr,
+            addr: launched.local_addr(),
             http: reqwest::Client::new(),
-            orchestrator,
+            orchestrator: launched.orchestrator().clone(),
             clock,
             shutdown,
-            tasks: vec![workers, server],
+            launched,
         }
     }
 
     /// Stops the server and workers (running turns are re-queued after the grace).
-    pub async fn stop(mut self) -> (Arc<TestDb>, MockApi) {
+    pub async fn stop(self) -> (Arc<TestDb>, MockApi) {
         self.shutdown.cancel();
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
+        let _ = self.launched.stopped().await;
         (Arc::clone(&self.db), self.mock.clone())
     }
 

@@ -8,12 +8,12 @@
 //! platform; the target is p99 ≤ 50 ms.
 //!
 //! ```sh
-//! cargo run --release -p parley-platforms --example ack_bench [-- ROUNDS]
+//! cargo run --release -p parley-server --example ack_bench [-- ROUNDS]
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/webhooks/common.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
