@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// Address to listen on. With `--auth off` it must be a loopback address.
     #[arg(long, env = "PARLEY_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, no API token), e.g.
+    /// 127.0.0.1:9464. Off by default: no listener and no metrics kept. Anyone who can
+    /// reach it reads the counters, so bind it where only the scraper can.
+    #[arg(long, env = "PARLEY_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
     /// `on`: every /api request needs an API token (`parley tokens create`); `off`: no
     /// tokens, every request acts as the admin principal `local` (loopback only).
     #[arg(long, env = "PARLEY_AUTH", default_value = "on", value_parser = ["on", "off"], overrides_with = "auth")]
@@ -580,6 +585,29 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Installs the metrics recorder, describes every metric and starts the metrics
+/// listener on `addr` (see `parley_server::metrics`); returns its task.
+async fn start_metrics(
+    addr: SocketAddr,
+    orchestrator: &Orchestrator,
+    platforms: &parley_platforms::Platforms,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Failure> {
+    let handle = parley_server::metrics::install().map_err(Failure::failed)?;
+    let assistants = orchestrator.assistant_names();
+    let assistants: Vec<&str> = assistants.iter().map(String::as_str).collect();
+    let configured: Vec<&'static str> =
+        Platform::ALL.into_iter().filter(|p| platforms.is_configured(*p)).map(Platform::as_str).collect();
+    parley_orchestrator::metrics::describe(&assistants, &configured);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::failed(format!("cannot listen for metrics on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
+    info!("Prometheus metrics on http://{local}/metrics");
+    println!("Parley serves metrics on http://{local}/metrics");
+    Ok(tokio::spawn(parley_server::metrics::serve(listener, handle, orchestrator.clone(), shutdown)))
+}
+
 /// Runs the server until a shutdown signal.
 pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Failure> {
     let auth = if args.auth == "off" { AuthMode::Off } else { AuthMode::On };
@@ -687,6 +715,11 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     // Held until this function returns; the process's end closes it whatever the cause.
     let _watchdog = crate::watchdog::start();
     let shutdown = CancellationToken::new();
+    // Before the workers start, so that no turn goes uncounted.
+    let metrics = match args.metrics_bind {
+        Some(addr) => Some(start_metrics(addr, &orchestrator, &platforms, shutdown.clone()).await?),
+        None => None,
+    };
     let workers = {
         let orch = orchestrator.clone();
         let stop = shutdown.clone();
@@ -711,6 +744,9 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
     shutdown.cancel();
     let served = server.await;
     let _ = workers.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Failure::failed(format!("server error: {e}"))),

@@ -148,6 +148,9 @@ pub struct ProcessSpec {
     pub stdin: String,
     /// Limits of the run.
     pub limits: ProcessLimits,
+    /// The assistant it runs for (`claude`, `codex`): the label of its metrics
+    /// ([`crate::metrics`]).
+    pub assistant: &'static str,
 }
 
 /// One line of output, or the end of it.
@@ -184,6 +187,8 @@ pub struct CliProcess {
     stderr: Option<JoinHandle<String>>,
     limits: ProcessLimits,
     deadline: Instant,
+    /// Counts the process as live until the handle is dropped.
+    _live: crate::metrics::LiveProcess,
 }
 
 impl CliProcess {
@@ -217,6 +222,7 @@ impl CliProcess {
         let mut child = spawn_on_lasting_thread(cmd)
             .await
             .map_err(|e| AssistantError::Exited { code: None, stderr: format!("could not start `{program}`: {e}") })?;
+        let live = crate::metrics::process_started(spec.assistant);
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         debug!(%program, pid = ?pgid, "assistant CLI started");
         if let Some(mut stdin) = child.stdin.take() {
@@ -249,6 +255,7 @@ impl CliProcess {
             stderr,
             deadline: Instant::now() + spec.limits.total_timeout,
             limits: spec.limits,
+            _live: live,
         })
     }
 

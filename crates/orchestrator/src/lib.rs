@@ -23,6 +23,7 @@ pub mod export;
 mod follow;
 pub mod hub;
 mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod prompt;
 pub mod retention;

@@ -23,6 +23,7 @@ pub mod access;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 
