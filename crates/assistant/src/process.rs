@@ -638,6 +638,41 @@ mod tests {
         assert_eq!(reader.next_line().await.ok(), Some(Output::Eof));
     }
 
+    /// A started CLI process counts as a cold start and as live until its run lets go of
+    /// it (a recorder local to this thread, so other tests' processes do not count).
+    #[test]
+    fn a_started_process_counts_as_a_cold_start_and_as_live_until_let_go() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let sample = |name: &str| {
+            let key = format!("{name}{{assistant=\"claude\"}} ");
+            handle.render().lines().find_map(|l| l.strip_prefix(&key).map(str::to_owned))
+        };
+        let live = crate::metrics::PROCESSES_LIVE;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let spec = ProcessSpec {
+                    program: "cat".into(),
+                    args: Vec::new(),
+                    cwd: None,
+                    env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
+                    run_id: Uuid::new_v4(),
+                    stdin: "hello\n".into(),
+                    limits: ProcessLimits::default(),
+                    assistant: "claude",
+                };
+                let mut process = CliProcess::spawn(spec).await.expect("cat starts");
+                assert_eq!(sample(live).as_deref(), Some("1"));
+                let cancel = CancellationToken::new();
+                assert_eq!(process.next(&cancel).await.ok(), Some(Output::Line("hello".into())));
+                assert_eq!(process.finish().await.code, Some(0));
+            });
+        });
+        assert_eq!(sample(live).as_deref(), Some("0"), "let go with its run");
+        assert_eq!(sample(crate::metrics::PROCESSES_COLD_STARTS).as_deref(), Some("1"));
+    }
+
     /// A reader handing out its bytes in pieces of the given sizes (cycled), as a pipe
     /// does, so lines straddle buffer refills.
     struct Trickle {
