@@ -183,3 +183,25 @@ async fn without_metrics_bind_no_metrics_listener_starts() {
     let server = Parley::start(BIN, &db.url(), "no-metrics-test", &[]);
     assert_eq!(server.metrics_url, None);
 }
+
+/// The demo assistant's sessions live in its process: after a restart, the next turn
+/// of a conversation finds its session stale and recovers by rebuilding the prompt from
+/// history, which the new process counts.
+#[tokio::test]
+async fn a_stale_session_recovered_after_a_restart_is_counted_as_rebuilt() {
+    let db = TestDb::new().await;
+    let args = ["--metrics-bind", "127.0.0.1:0", "--assistant", "demo", "--demo-chunk-delay-ms", "0"];
+    let server = Parley::start(BIN, &db.url(), "stale-metrics-test", &args);
+    let conv = server.create_conversation().await;
+    server.wait_turn(server.send(conv, "remember: blue").await, Duration::from_secs(30)).await;
+    assert_eq!(scrape(&server).await.get("parley_stale_recoveries_total{assistant=\"demo\",path=\"rebuilt\"}"), 0.0);
+    drop(server);
+
+    let server = Parley::start(BIN, &db.url(), "stale-metrics-test", &args);
+    let turn = server.wait_turn(server.send(conv, "what colour?").await, Duration::from_secs(30)).await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let after = scrape(&server).await;
+    assert_eq!(after.get("parley_stale_recoveries_total{assistant=\"demo\",path=\"rebuilt\"}"), 1.0);
+    assert_eq!(after.get("parley_stale_recoveries_total{assistant=\"demo\",path=\"restored\"}"), 0.0);
+    assert_eq!(after.get("parley_turns_total{outcome=\"completed\"}"), 1.0, "counted per process");
+}
