@@ -352,17 +352,69 @@ pub async fn run_pool_sampler(orchestrator: Orchestrator, stop: CancellationToke
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (name, pool) in orchestrator.pools() {
-            if pool.status().waiting > 0 {
-                counter!(POOL_WAIT_SAMPLES, "pool" => name).increment(1);
-            }
+        count_pool_waits(&orchestrator);
+    }
+}
+
+/// One sample of [`run_pool_sampler`].
+fn count_pool_waits(orchestrator: &Orchestrator) {
+    for (name, pool) in orchestrator.pools() {
+        if pool.status().waiting > 0 {
+            counter!(POOL_WAIT_SAMPLES, "pool" => name).increment(1);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use parley_test_support::TestDb;
+
     use super::*;
+
+    /// A caller waiting for the only connection of the pool shows in the waiting gauge
+    /// and in the wait samples (a recorder local to this thread).
+    #[test]
+    fn a_caller_waiting_for_a_connection_is_sampled() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let sample = |key: &str| {
+            let key = format!("{key} ");
+            handle.render().lines().find_map(|l| l.strip_prefix(&key).map(str::to_owned))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let db = TestDb::new().await;
+                let config = parley_db::DbConfig { pool_size: 1, ..parley_db::DbConfig::new(db.url()) };
+                let pool = parley_db::connect(&config).await.expect("pool");
+                let demo = parley_assistant::Demo::new(parley_assistant::DemoConfig::default());
+                let orchestrator = Orchestrator::builder(pool.clone(), crate::Config::default())
+                    .assistant(std::sync::Arc::new(demo))
+                    .build()
+                    .expect("orchestrator");
+                count_pool_waits(&orchestrator);
+                assert_eq!(sample("parley_db_pool_wait_samples_total{pool=\"main\"}"), None, "nobody waited");
+
+                let held = pool.get().await.expect("the only connection");
+                let waiter = tokio::spawn({
+                    let pool = pool.clone();
+                    async move { pool.get().await.is_ok() }
+                });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                count_pool_waits(&orchestrator);
+                assert_eq!(sample("parley_db_pool_wait_samples_total{pool=\"main\"}").as_deref(), Some("1"));
+                orchestrator.sample_metrics().await;
+                assert_eq!(sample("parley_db_pool_waiting{pool=\"main\"}").as_deref(), Some("1"));
+                assert_eq!(sample("parley_db_pool_connections{pool=\"main\",state=\"in_use\"}").as_deref(), Some("1"));
+                assert_eq!(sample("parley_db_pool_max_connections{pool=\"main\"}").as_deref(), Some("1"));
+
+                drop(held);
+                assert!(waiter.await.expect("waiter"), "the waiter got the connection once it was back");
+                count_pool_waits(&orchestrator);
+                assert_eq!(sample("parley_db_pool_wait_samples_total{pool=\"main\"}").as_deref(), Some("1"));
+            });
+        });
+    }
 
     #[test]
     fn worker_statuses_map_to_outcomes() {
