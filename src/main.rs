@@ -1,4 +1,4 @@
-//! The `parley` command: `serve`, `migrate`, `sessions`, `tokens`, `export` and `health`
+//! The `parley` command: `serve`, `migrate`, `sessions`, `turns`, `tokens`, `export` and `health`
 //! (and the hidden `watchdog` that `serve` starts). Parses the command line, sets up
 //! logging and calls library code; see `parley --help`.
 //!
@@ -13,6 +13,7 @@ mod health;
 mod serve;
 mod sessions;
 mod tokens;
+mod turns;
 mod watchdog;
 
 use std::io::IsTerminal;
@@ -58,6 +59,9 @@ enum Command {
     /// Inspect and delete assistant sessions.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
+    /// List turns across conversations by status (queued, running, failed, interrupted).
+    #[command(subcommand)]
+    Turns(turns::TurnsCommand),
     /// Create, list and revoke API tokens of the web API.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(db, *args).await,
             Command::Migrate => migrate(&db).await,
             Command::Sessions(cmd) => sessions::run(&db, cmd).await,
+            Command::Turns(cmd) => turns::run(&db, cmd).await,
             Command::Tokens(cmd) => tokens::run(&db, cmd).await,
             Command::Watchdog { owner } => watchdog::run(owner).await,
             Command::Export(args) => export::run(&db, args).await,

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// Address to listen on. With `--auth off` it must be a loopback address.
     #[arg(long, env = "PARLEY_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, no API token), e.g.
+    /// 127.0.0.1:9464. Off by default: no listener and no metrics kept. Anyone who can
+    /// reach it reads the counters, so bind it where only the scraper can.
+    #[arg(long, env = "PARLEY_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
     /// `on`: every /api request needs an API token (`parley tokens create`); `off`: no
     /// tokens, every request acts as the admin principal `local` (loopback only).
     #[arg(long, env = "PARLEY_AUTH", default_value = "on", value_parser = ["on", "off"], overrides_with = "auth")]
@@ -600,6 +605,14 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         .await
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", args.bind)))?;
     let local = listener.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
+    let metrics = match args.metrics_bind {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::failed(format!("cannot listen for metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let (assistant, why) = select_assistant(args.assistant.as_deref(), &args.assistants.claude_bin);
     let config = Config {
         worker_id: args.worker_id.unwrap_or_else(|| format!("{}:{}", hostname(), local.port())),
@@ -638,12 +651,16 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
             body_read: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         },
         bootstrap_admin: bootstrap,
+        metrics,
         ..Settings::new(db, config)
     };
 
     // Held until this function returns; the process's end closes it whatever the cause.
     let _watchdog = crate::watchdog::start();
     let launched = parley_server::launch(settings, listener, shutdown_signal()).await?;
+    if let Some(addr) = launched.metrics_addr() {
+        println!("Parley serves metrics on http://{addr}/metrics");
+    }
     println!("Parley is listening on http://{local}  (stop with ctrl-c)");
     Ok(launched.stopped().await?)
 }

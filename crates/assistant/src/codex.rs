@@ -155,6 +155,7 @@ impl Assistant for Codex {
             env: self.config.env(std::env::vars_os()),
             stdin: request.prompt,
             limits: self.config.limits.clone(),
+            assistant: "codex",
             run_id: request.run_id,
         };
         let resume = request.resume;

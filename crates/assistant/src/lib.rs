@@ -11,6 +11,7 @@
 pub mod claude;
 pub mod codex;
 pub mod demo;
+pub mod metrics;
 pub mod openai;
 pub mod openai_chat;
 pub mod process;

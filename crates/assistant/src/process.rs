@@ -148,6 +148,9 @@ pub struct ProcessSpec {
     pub stdin: String,
     /// Limits of the run.
     pub limits: ProcessLimits,
+    /// The assistant it runs for (`claude`, `codex`): the label of its metrics
+    /// ([`crate::metrics`]).
+    pub assistant: &'static str,
 }
 
 /// One line of output, or the end of it.
@@ -184,6 +187,8 @@ pub struct CliProcess {
     stderr: Option<JoinHandle<String>>,
     limits: ProcessLimits,
     deadline: Instant,
+    /// Counts the process as live until the handle is dropped.
+    _live: crate::metrics::LiveProcess,
 }
 
 impl CliProcess {
@@ -217,6 +222,7 @@ impl CliProcess {
         let mut child = spawn_on_lasting_thread(cmd)
             .await
             .map_err(|e| AssistantError::Exited { code: None, stderr: format!("could not start `{program}`: {e}") })?;
+        let live = crate::metrics::process_started(spec.assistant);
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         debug!(%program, pid = ?pgid, "assistant CLI started");
         if let Some(mut stdin) = child.stdin.take() {
@@ -249,6 +255,7 @@ impl CliProcess {
             stderr,
             deadline: Instant::now() + spec.limits.total_timeout,
             limits: spec.limits,
+            _live: live,
         })
     }
 
@@ -629,6 +636,41 @@ mod tests {
         assert_eq!(reader.next_line().await.ok(), Some(Output::Line("ok".into())));
         assert_eq!(reader.next_line().await.ok(), Some(Output::Oversized { bytes: 20 }));
         assert_eq!(reader.next_line().await.ok(), Some(Output::Eof));
+    }
+
+    /// A started CLI process counts as a cold start and as live until its run lets go of
+    /// it (a recorder local to this thread, so other tests' processes do not count).
+    #[test]
+    fn a_started_process_counts_as_a_cold_start_and_as_live_until_let_go() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let sample = |name: &str| {
+            let key = format!("{name}{{assistant=\"claude\"}} ");
+            handle.render().lines().find_map(|l| l.strip_prefix(&key).map(str::to_owned))
+        };
+        let live = crate::metrics::PROCESSES_LIVE;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let spec = ProcessSpec {
+                    program: "cat".into(),
+                    args: Vec::new(),
+                    cwd: None,
+                    env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
+                    run_id: Uuid::new_v4(),
+                    stdin: "hello\n".into(),
+                    limits: ProcessLimits::default(),
+                    assistant: "claude",
+                };
+                let mut process = CliProcess::spawn(spec).await.expect("cat starts");
+                assert_eq!(sample(live).as_deref(), Some("1"));
+                let cancel = CancellationToken::new();
+                assert_eq!(process.next(&cancel).await.ok(), Some(Output::Line("hello".into())));
+                assert_eq!(process.finish().await.code, Some(0));
+            });
+        });
+        assert_eq!(sample(live).as_deref(), Some("0"), "let go with its run");
+        assert_eq!(sample(crate::metrics::PROCESSES_COLD_STARTS).as_deref(), Some("1"));
     }
 
     /// A reader handing out its bytes in pieces of the given sizes (cycled), as a pipe

@@ -98,7 +98,7 @@ pub fn spawn(o: &SpawnOptions) -> Result<Parley> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Ok(Parley { child, data_dir, base, http: reqwest::Client::new() })
+    Ok(Parley { child, data_dir, base, metrics_url: None, http: reqwest::Client::new() })
 }
 
 /// A web API endpoint: base URL and a client that sends the bearer token, if any.

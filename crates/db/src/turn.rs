@@ -516,6 +516,16 @@ pub async fn queued(client: &impl GenericClient, conversation_id: Uuid) -> DbRes
     rows.iter().map(Turn::try_from).collect()
 }
 
+/// How many turns are queued, across conversations (the queue depth metric). Counted
+/// over the queued turns' partial index, so its cost grows with the queue, not the table.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn count_queued(client: &impl GenericClient) -> DbResult<i64> {
+    let row = client.query_one("select count(*) from turn where status = 'queued'", &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
 /// The conversation's most recent turn that has finished (not queued or running).
 ///
 /// # Errors

@@ -105,6 +105,14 @@ pub enum Ingested {
 }
 
 impl Ingested {
+    /// True when this answers a repeat of an earlier delivery (nothing new was stored).
+    #[must_use]
+    pub fn is_duplicate(&self) -> bool {
+        match self {
+            Self::Turn { duplicate, .. } | Self::Command { duplicate, .. } => *duplicate,
+        }
+    }
+
     fn mark_duplicate(mut self) -> Self {
         match &mut self {
             Self::Turn { duplicate, .. } | Self::Command { duplicate, .. } => *duplicate = true,

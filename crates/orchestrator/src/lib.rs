@@ -28,6 +28,7 @@ mod follow;
 pub mod hub;
 mod ingest;
 mod manage;
+pub mod metrics;
 pub mod notify;
 pub mod prompt;
 pub mod retention;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::metrics::{RecoveryPath, TurnOutcome};
 use crate::notify::Signal;
 use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
 use crate::{Orchestrator, RunningTurn, prompt, settings};
@@ -410,6 +411,7 @@ impl Orchestrator {
                     t.attempt
                 );
                 warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired too often; turn interrupted");
+                crate::metrics::turn_interrupted();
                 let msg = message::insert(
                     &tx,
                     t.conversation_id,
@@ -533,24 +535,29 @@ impl Orchestrator {
             }
             match result {
                 None => {
+                    crate::metrics::turn_finished(TurnOutcome::Requeued, started.elapsed());
                     warn!("another run of this conversation is still stopping; re-queueing the turn");
                     if let Ok(client) = self.pool().get().await {
                         let _ = turn::unclaim(&client, t.turn_id).await;
                     }
                 }
                 Some(Ok(Ok(status))) => {
+                    crate::metrics::turn_finished(TurnOutcome::of_status(status), started.elapsed());
                     info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished");
                 }
                 Some(Ok(Err(e))) if is_conversation_gone(&e) => {
+                    crate::metrics::turn_finished(TurnOutcome::Lost, started.elapsed());
                     info!("the conversation was deleted during the turn; its result is dropped");
                 }
                 Some(Ok(Err(e))) => {
+                    crate::metrics::turn_finished(TurnOutcome::Requeued, started.elapsed());
                     error!(error = %e, "turn could not be finished; re-queueing it");
                     if let Ok(client) = self.pool().get().await {
                         let _ = turn::requeue(&client, t.turn_id).await;
                     }
                 }
                 Some(Err(panic)) => {
+                    crate::metrics::turn_finished(TurnOutcome::Failed, started.elapsed());
                     let what = panic_message(panic.as_ref());
                     error!(panic = %what, "the turn panicked; failing it");
                     if let Err(e) = self.fail_panicked(&t, sink_conversation, &what).await {
@@ -791,6 +798,7 @@ impl TurnRun<'_> {
             warn!(assistant_session_id = %stale, %detail, "assistant session is stale; continuing in a fresh session with history");
             let previous = session.session_id;
             session = self.recover_stale(&session, &stale).await?;
+            crate::metrics::stale_recovery(assistant.name(), RecoveryPath::Rebuilt);
             let (prompt, history) = self.prompt_for(&session).await?;
             self.emit(
                 "session_reset",
@@ -994,6 +1002,9 @@ impl TurnRun<'_> {
                     }
                 }
                 Chunk::Text { text } => {
+                    if self.reply.text.is_empty() {
+                        crate::metrics::first_text(assistant.name(), self.turn.created_at);
+                    }
                     self.reply.text.push_str(&text);
                     for piece in pieces(&text, EVENT_TEXT_CHARS) {
                         self.emit("text", json!({ "text": piece })).await;

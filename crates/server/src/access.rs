@@ -335,7 +335,11 @@ impl Access {
             });
         }
         *open += 1;
-        Ok(StreamGuard { inner: Arc::clone(&self.inner), principal: principal.name.clone() })
+        Ok(StreamGuard {
+            inner: Arc::clone(&self.inner),
+            principal: principal.name.clone(),
+            _open: parley_orchestrator::metrics::event_stream_opened(),
+        })
     }
 }
 
@@ -343,6 +347,8 @@ impl Access {
 pub struct StreamGuard {
     inner: Arc<Inner>,
     principal: String,
+    /// Counts the stream in the open event streams metric until dropped.
+    _open: parley_orchestrator::metrics::OpenEventStream,
 }
 
 impl std::fmt::Debug for StreamGuard {

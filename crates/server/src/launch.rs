@@ -58,6 +58,11 @@ pub struct Settings {
     /// An admin token stored at start when no admin token exists (see
     /// [`api_token::bootstrap_admin`]).
     pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// A bound listener for `GET /metrics` (Prometheus text format, see
+    /// [`crate::metrics`]); `None`: no metrics listener and no metrics kept. The
+    /// process-wide recorder is installed when it is set, so one process launches at most
+    /// one replica with metrics.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Settings {
@@ -78,6 +83,7 @@ impl Settings {
             timeouts: Timeouts::default(),
             drain: Duration::from_secs(5),
             bootstrap_admin: None,
+            metrics: None,
         }
     }
 }
@@ -93,6 +99,7 @@ impl std::fmt::Debug for Settings {
             .field("body_limit", &self.body_limit)
             .field("timeouts", &self.timeouts)
             .field("drain", &self.drain)
+            .field("metrics", &self.metrics.as_ref().and_then(|l| l.local_addr().ok()))
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +133,9 @@ pub enum LaunchError {
     /// The HTTP server's task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The metrics recorder could not be installed (one is installed already).
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// A started replica: its workers run and `listener` is served until the shutdown
@@ -134,6 +144,7 @@ pub enum LaunchError {
 pub struct Launched {
     orchestrator: Orchestrator,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     running: JoinHandle<Result<(), LaunchError>>,
 }
 
@@ -148,6 +159,12 @@ impl Launched {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `GET /metrics` is served on, when [`Settings::metrics`] was set.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Waits until the replica has stopped: after the shutdown future completed, the
@@ -188,6 +205,7 @@ pub async fn launch(
         timeouts,
         drain,
         bootstrap_admin,
+        metrics,
     } = settings;
     let local_addr = listener.local_addr().map_err(LaunchError::Serve)?;
     parley_db::ensure_database(&db).await.map_err(LaunchError::Unreachable)?;
@@ -241,6 +259,16 @@ pub async fn launch(
     }
 
     let stop = CancellationToken::new();
+    // Before the workers start, so that no turn goes uncounted.
+    let (metrics_addr, metrics) = match metrics {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(LaunchError::Serve)?;
+            let task = start_metrics(listener, &orchestrator, platforms.as_deref(), stop.clone())?;
+            info!("Prometheus metrics on http://{addr}/metrics");
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let workers = {
         let orchestrator = orchestrator.clone();
         let stop = stop.clone();
@@ -254,8 +282,6 @@ pub async fn launch(
         access,
         timeouts,
     };
-    // The replica's other listeners (a metrics endpoint, say) start here too, from
-    // their `Settings` fields, and stop with `stop`.
     let server = tokio::spawn(crate::serve(listener, state, drain));
     info!("Parley is listening on http://{local_addr}");
     let running = tokio::spawn(async move {
@@ -264,13 +290,37 @@ pub async fn launch(
         stop.cancel();
         let served = server.await;
         let _ = workers.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(LaunchError::Serve(e)),
             Err(e) => Err(LaunchError::Task(e)),
         }
     });
-    Ok(Launched { orchestrator, local_addr, running })
+    Ok(Launched { orchestrator, local_addr, metrics_addr, running })
+}
+
+/// Installs the metrics recorder, describes every metric (with the labels known at
+/// start: the assistants and the configured platforms) and serves `GET /metrics` on
+/// `listener` until `stop`.
+fn start_metrics(
+    listener: TcpListener,
+    orchestrator: &Orchestrator,
+    platforms: Option<&Platforms>,
+    stop: CancellationToken,
+) -> Result<JoinHandle<std::io::Result<()>>, LaunchError> {
+    let handle = crate::metrics::install().map_err(LaunchError::Metrics)?;
+    let assistants = orchestrator.assistant_names();
+    let assistants: Vec<&str> = assistants.iter().map(String::as_str).collect();
+    let configured: Vec<&'static str> = parley_platforms::Platform::ALL
+        .into_iter()
+        .filter(|p| platforms.is_some_and(|all| all.is_configured(*p)))
+        .map(parley_platforms::Platform::as_str)
+        .collect();
+    parley_orchestrator::metrics::describe(&assistants, &configured);
+    Ok(tokio::spawn(crate::metrics::serve(listener, handle, orchestrator.clone(), stop)))
 }
 
 /// Stores the bootstrap admin token when no admin token exists, and says what it did.

@@ -31,6 +31,7 @@ pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod launch;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 

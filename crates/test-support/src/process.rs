@@ -16,6 +16,8 @@ pub struct Parley {
     pub data_dir: std::path::PathBuf,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `http://ADDR/metrics` when started with `--metrics-bind`.
+    pub metrics_url: Option<String>,
     /// The HTTP client.
     pub http: reqwest::Client,
 }
@@ -27,6 +29,20 @@ impl Parley {
     /// # Panics
     /// When the process cannot start or exits before listening.
     pub fn start(bin: &str, database_url: &str, worker_id: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(bin, database_url, worker_id, extra, &[])
+    }
+
+    /// [`Parley::start`] with extra environment variables (e.g. a platform's secret).
+    ///
+    /// # Panics
+    /// When the process cannot start or exits before listening.
+    pub fn start_with_env(
+        bin: &str,
+        database_url: &str,
+        worker_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = std::env::temp_dir().join(format!("parley-data-{}", Uuid::new_v4()));
         let mut child = Command::new(bin)
             // Loopback, single user: no API tokens (`--auth off`).
@@ -35,21 +51,26 @@ impl Parley {
             .env("DATABASE_URL", database_url)
             .env("PARLEY_DATA_DIR", &data_dir)
             .env("RUST_LOG", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start parley");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics_url = None;
         let base = loop {
             let line = lines.next().expect("parley exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("Parley serves metrics on ") {
+                metrics_url = rest.split_whitespace().next().map(str::to_owned);
+            }
             if let Some(rest) = line.strip_prefix("Parley is listening on ") {
                 break rest.split_whitespace().next().expect("url").to_owned();
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, data_dir, base, http: reqwest::Client::new() }
+        Self { child, data_dir, base, metrics_url, http: reqwest::Client::new() }
     }
 
     /// The process id.

@@ -200,6 +200,7 @@ impl Assistant for Claude {
             env: self.config.env(std::env::vars_os()),
             stdin: request.prompt,
             limits: self.config.limits.clone(),
+            assistant: "claude",
             run_id: request.run_id,
         };
         let resume = request.resume;

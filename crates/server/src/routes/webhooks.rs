@@ -36,6 +36,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
+use parley_orchestrator::metrics::{self, WebhookResult};
 use parley_orchestrator::{Ingested, OrchestratorError, WebhookIngested, validate_text};
 use parley_platforms::inbound::discord;
 use parley_platforms::{Admission, Inbound, InboundMessage, Platform, Platforms, VerifyError};
@@ -172,6 +173,7 @@ async fn receive(
     })?;
     if let Err(e) = platforms.verify(platform, headers, &body) {
         warn!(%platform, error = %e, "webhook verification failed");
+        metrics::webhook_delivery(platform.as_str(), WebhookResult::BadSignature);
         return Err(WebhookError::Unauthorized(e));
     }
     let message = match platforms.parse(platform, headers, &body) {
@@ -187,6 +189,7 @@ async fn receive(
         Ok(Inbound::Message(m)) => m,
     };
     if let Admission::Denied { reason, notice } = platforms.admit(&message) {
+        metrics::webhook_delivery(platform.as_str(), WebhookResult::NotAllowed);
         return Ok(refuse(platforms, &message, &reason.to_string(), notice));
     }
     let orchestrator = &state.orchestrator;
@@ -206,6 +209,8 @@ async fn receive(
         .await
         .map_err(|e| repeat_error(platform, e))?;
     debug!(%platform, conversation_id = ?ingested.conversation_id, ingested = ?ingested.ingested, "webhook ingested");
+    let result = if ingested.ingested.is_duplicate() { WebhookResult::Duplicate } else { WebhookResult::Accepted };
+    metrics::webhook_delivery(platform.as_str(), result);
     Ok(answer(platform, ingested))
 }
 
@@ -273,9 +278,13 @@ fn refuse(platforms: &Platforms, message: &InboundMessage, reason: &str, notice:
 /// acknowledged as a duplicate.
 fn repeat_error(platform: Platform, err: OrchestratorError) -> WebhookError {
     match err {
-        OrchestratorError::Conflict(_) => WebhookError::Acknowledged(platform, json!({ "duplicate": true })),
+        OrchestratorError::Conflict(_) => {
+            metrics::webhook_delivery(platform.as_str(), WebhookResult::Duplicate);
+            WebhookError::Acknowledged(platform, json!({ "duplicate": true }))
+        }
         OrchestratorError::IdempotencyKeyReused if platform != Platform::Generic => {
             warn!(%platform, "a delivery id was reused with different content; acknowledged, nothing run");
+            metrics::webhook_delivery(platform.as_str(), WebhookResult::Duplicate);
             WebhookError::Acknowledged(platform, json!({ "duplicate": true }))
         }
         other => WebhookError::App(AppError::from(other)),
