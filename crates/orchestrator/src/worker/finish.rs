@@ -1,0 +1,187 @@
+//! Storing how a turn ended: completed (one statement), failed or cancelled (the
+//! partial reply kept, marked incomplete), re-queued at shutdown, or dropped when the
+//! turn is no longer this worker's.
+
+use std::time::{Duration, Instant};
+
+use parley_assistant::AssistantError;
+use parley_db::conversation;
+use parley_db::event;
+use parley_db::message::{self, Role};
+use parley_db::session::{self, Session};
+use parley_db::turn::{self, TurnStatus};
+use parley_db::{DbError, DbResult, GenericClient};
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::sink::ReplyStatus;
+
+use super::StopReason;
+use super::run::TurnRun;
+
+/// How an attempt ended.
+pub(super) enum Outcome {
+    Completed,
+    Failed(AssistantError),
+    Stopped(StopReason),
+}
+
+impl TurnRun<'_> {
+    /// Ends the turn in one transaction: the assistant message (partial ones marked
+    /// incomplete), the session's assistant session ID and `last_error`, the turn's
+    /// status, and the remaining events with the final one.
+    ///
+    /// While the database is unreachable it retries for up to half a lease, so a short
+    /// outage does not throw the reply away (past that the sweeper re-runs the turn).
+    pub(super) async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<&'static str> {
+        let deadline = Instant::now() + self.orch.config().lease / 2;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.finish_once(session, &outcome).await {
+                Err(DbError::Unavailable(e) | DbError::Retryable(e)) if Instant::now() < deadline => {
+                    warn!(error = %e, "database unavailable while finishing the turn; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stores a successful turn in one statement (see [`turn::complete`]).
+    async fn complete(&mut self, session: &Session) -> DbResult<&'static str> {
+        self.reserve(1).await?;
+        let conversation_id = self.conversation.conversation_id;
+        let turn_id = self.turn.turn_id;
+        let client = self.orch.pool().get().await?;
+        let stored_id = session.assistant_session_id.as_deref();
+        let final_event = self.emitter.event(
+            "turn_completed",
+            json!({
+                "usage": self.reply.usage,
+                "cost_usd": self.reply.cost_usd,
+                "duration_ms": self.reply.duration_ms,
+            }),
+        );
+        let changed_id = self.reply.completed_session_id.as_deref().filter(|id| Some(*id) != stored_id);
+        let completed = turn::complete(
+            &client,
+            &turn::Completion {
+                turn_id,
+                worker_id: &self.orch.config().worker_id,
+                conversation_id,
+                session_id: session.session_id,
+                assistant_session_id: changed_id,
+                content: &self.reply.text,
+                metadata: &self.reply.metadata(),
+                events: &self.emitter.unflushed,
+                final_event: &final_event,
+            },
+        )
+        .await?;
+        let Some(message_id) = completed else {
+            warn!(
+                "the turn was no longer running when it finished (taken back, or its conversation deleted); its result is dropped"
+            );
+            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
+            return Ok("lost");
+        };
+        let mut final_event = final_event;
+        final_event.data["message_id"] = json!(message_id);
+        self.after_commit(final_event);
+        if let Some(sink) = self.sink.take() {
+            sink.finish(self.reply.update(turn_id, ReplyStatus::Completed)).await;
+        }
+        Ok(TurnStatus::Completed.as_str())
+    }
+
+    async fn finish_once(&mut self, session: &Session, outcome: &Outcome) -> DbResult<&'static str> {
+        if matches!(outcome, Outcome::Completed) {
+            return self.complete(session).await;
+        }
+        self.reserve(2).await?;
+        let conversation_id = self.conversation.conversation_id;
+        let turn_id = self.turn.turn_id;
+        let mut client = self.orch.pool().get().await?;
+        let tx = client.transaction().await?;
+        // First, as everywhere: a concurrent delete of the conversation waits for this
+        // transaction, or has committed and nothing is written.
+        if !conversation::lock_shared(&tx, conversation_id).await? {
+            return Err(DbError::not_found("conversation"));
+        }
+        turn::set_session(&tx, turn_id, session.session_id).await?;
+        let (status, final_event, update) = match outcome {
+            Outcome::Completed => unreachable!("completed turns are stored by complete()"),
+            Outcome::Failed(err) => {
+                let text = err.to_string();
+                warn!(error = %text, "turn failed");
+                let partial = self.store_partial(&tx, json!({ "error": text })).await?;
+                session::set_last_error(&tx, session.session_id, Some(&text)).await?;
+                let data = json!({ "error": text, "message_id": partial });
+                self.turn.error = Some(text.clone());
+                (TurnStatus::Failed, self.emitter.event("turn_failed", data), Some(ReplyStatus::Failed { error: text }))
+            }
+            &Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
+                let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
+                (
+                    TurnStatus::Cancelled,
+                    self.emitter.event("turn_cancelled", json!({ "message_id": partial })),
+                    Some(ReplyStatus::Cancelled),
+                )
+            }
+            &Outcome::Stopped(StopReason::Interrupted) => {
+                // Re-queued for the next start: the re-run answers in full, so the partial
+                // reply is not stored (it would repeat in history).
+                turn::requeue(&tx, turn_id).await?;
+                event::insert_batch(&tx, &self.emitter.unflushed).await?;
+                let e = self.emitter.event("turn_interrupted", json!({ "requeued": true }));
+                event::insert_batch(&tx, std::slice::from_ref(&e)).await?;
+                tx.commit().await?;
+                self.after_commit(e);
+                return Ok("requeued");
+            }
+            &Outcome::Stopped(StopReason::LeaseLost) => {
+                tx.rollback().await?;
+                let last = self.emitter.next_seq - 1;
+                self.orch.hub().persisted(conversation_id, last);
+                return Ok("lost");
+            }
+        };
+        if !turn::finish(&tx, turn_id, status, self.turn.error.as_deref()).await? {
+            tx.rollback().await?;
+            warn!("the turn was no longer running when it finished; its result is dropped");
+            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
+            return Ok("lost");
+        }
+        event::insert_batch(&tx, &self.emitter.unflushed).await?;
+        event::insert_batch(&tx, std::slice::from_ref(&final_event)).await?;
+        tx.commit().await?;
+        self.after_commit(final_event);
+        if let (Some(sink), Some(st)) = (self.sink.take(), update) {
+            sink.finish(self.reply.update(turn_id, st)).await;
+        }
+        Ok(status.as_str())
+    }
+
+    /// Stores the partial reply (if any text came) marked incomplete; returns its id.
+    async fn store_partial(&self, tx: &impl GenericClient, extra: Value) -> DbResult<Option<i64>> {
+        if self.reply.text.is_empty() {
+            return Ok(None);
+        }
+        let mut meta = self.reply.metadata();
+        meta["incomplete"] = json!(true);
+        if let (Some(m), Some(e)) = (meta.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        let msg = message::insert(
+            tx,
+            self.conversation.conversation_id,
+            Some(self.turn.turn_id),
+            Role::Assistant,
+            &self.reply.text,
+            &meta,
+        )
+        .await?;
+        Ok(Some(msg.message_id))
+    }
+}
