@@ -10,7 +10,7 @@ use parley_db::event;
 use parley_db::message::{self, Role};
 use parley_db::session::{self, Session};
 use parley_db::turn::{self, TurnStatus};
-use parley_db::{DbError, DbResult, GenericClient};
+use parley_db::{DbError, DbResult, GenericClient, PooledClient, Transaction};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -21,9 +21,37 @@ use super::run::TurnRun;
 
 /// How an attempt ended.
 pub(super) enum Outcome {
+    /// The assistant answered in full.
     Completed,
+    /// The assistant failed.
     Failed(AssistantError),
+    /// The run was stopped before the answer was complete.
     Stopped(StopReason),
+}
+
+/// What became of a turn once its worker let go of it: the outcome as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub(super) enum Finished {
+    /// `completed`: the reply is stored.
+    Completed,
+    /// `failed`: the partial reply (if any) is stored, marked incomplete.
+    Failed,
+    /// `cancelled`: the partial reply (if any) is stored, marked incomplete.
+    Cancelled,
+    /// Stopped by a shutdown and put back in the queue, to be answered in full again.
+    Requeued,
+    /// No longer this worker's (its lease was lost, the sweeper requeued it, or its
+    /// conversation was deleted): nothing of this run is stored.
+    Lost,
+}
+
+/// A turn that ends unanswered and is not run again.
+enum Unanswered {
+    /// The assistant failed with this error.
+    Failed(String),
+    /// Stopped by `/cancel`.
+    Cancelled,
 }
 
 impl TurnRun<'_> {
@@ -33,7 +61,7 @@ impl TurnRun<'_> {
     ///
     /// While the database is unreachable it retries for up to half a lease, so a short
     /// outage does not throw the reply away (past that the sweeper re-runs the turn).
-    pub(super) async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<&'static str> {
+    pub(super) async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<Finished> {
         let deadline = Instant::now() + self.orch.config().lease / 2;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -48,8 +76,19 @@ impl TurnRun<'_> {
         }
     }
 
+    /// One try of [`Self::finish`]: one path per outcome.
+    async fn finish_once(&mut self, session: &Session, outcome: &Outcome) -> DbResult<Finished> {
+        match outcome {
+            Outcome::Completed => self.complete(session).await,
+            Outcome::Failed(err) => self.store_unanswered(session, Unanswered::Failed(err.to_string())).await,
+            Outcome::Stopped(StopReason::Cancelled) => self.store_unanswered(session, Unanswered::Cancelled).await,
+            Outcome::Stopped(StopReason::Interrupted) => self.requeue_interrupted(session).await,
+            Outcome::Stopped(StopReason::LeaseLost) => Ok(self.lost()),
+        }
+    }
+
     /// Stores a successful turn in one statement (see [`turn::complete`]).
-    async fn complete(&mut self, session: &Session) -> DbResult<&'static str> {
+    async fn complete(&mut self, session: &Session) -> DbResult<Finished> {
         self.reserve(1).await?;
         let conversation_id = self.conversation.conversation_id;
         let turn_id = self.turn.turn_id;
@@ -81,10 +120,9 @@ impl TurnRun<'_> {
         .await?;
         let Some(message_id) = completed else {
             warn!(
-                "the turn was no longer running when it finished (taken back, or its conversation deleted); its result is dropped"
+                "the turn was no longer running when it finished (requeued, or its conversation deleted); its result is dropped"
             );
-            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
-            return Ok("lost");
+            return Ok(self.lost());
         };
         let mut final_event = final_event;
         final_event.data["message_id"] = json!(message_id);
@@ -92,75 +130,80 @@ impl TurnRun<'_> {
         if let Some(sink) = self.sink.take() {
             sink.finish(self.reply.update(turn_id, ReplyStatus::Completed)).await;
         }
-        Ok(TurnStatus::Completed.as_str())
+        Ok(Finished::Completed)
     }
 
-    async fn finish_once(&mut self, session: &Session, outcome: &Outcome) -> DbResult<&'static str> {
-        if matches!(outcome, Outcome::Completed) {
-            return self.complete(session).await;
-        }
-        self.reserve(2).await?;
-        let conversation_id = self.conversation.conversation_id;
-        let turn_id = self.turn.turn_id;
-        let mut client = self.orch.pool().get().await?;
+    /// Opens the transaction that ends an unfinished turn: locks the conversation
+    /// first, as everywhere (a concurrent delete waits for this transaction, or has
+    /// committed and nothing is written), and records the turn's session.
+    async fn begin<'c>(&self, client: &'c mut PooledClient, session: &Session) -> DbResult<Transaction<'c>> {
         let tx = client.transaction().await?;
-        // First, as everywhere: a concurrent delete of the conversation waits for this
-        // transaction, or has committed and nothing is written.
-        if !conversation::lock_shared(&tx, conversation_id).await? {
+        if !conversation::lock_shared(&tx, self.conversation.conversation_id).await? {
             return Err(DbError::not_found("conversation"));
         }
-        turn::set_session(&tx, turn_id, session.session_id).await?;
-        let (status, final_event, update) = match outcome {
-            Outcome::Completed => unreachable!("completed turns are stored by complete()"),
-            Outcome::Failed(err) => {
-                let text = err.to_string();
+        turn::set_session(&tx, self.turn.turn_id, session.session_id).await?;
+        Ok(tx)
+    }
+
+    /// Stores a failed or cancelled turn: its partial reply marked incomplete, its final
+    /// status and event, and delivers the end to the platform.
+    async fn store_unanswered(&mut self, session: &Session, how: Unanswered) -> DbResult<Finished> {
+        self.reserve(2).await?;
+        let turn_id = self.turn.turn_id;
+        let mut client = self.orch.pool().get().await?;
+        let tx = self.begin(&mut client, session).await?;
+        let (finished, status, final_event, update) = match how {
+            Unanswered::Failed(text) => {
                 warn!(error = %text, "turn failed");
                 let partial = self.store_partial(&tx, json!({ "error": text })).await?;
                 session::set_last_error(&tx, session.session_id, Some(&text)).await?;
                 let data = json!({ "error": text, "message_id": partial });
                 self.turn.error = Some(text.clone());
-                (TurnStatus::Failed, self.emitter.event("turn_failed", data), Some(ReplyStatus::Failed { error: text }))
+                let event = self.emitter.event("turn_failed", data);
+                (Finished::Failed, TurnStatus::Failed, event, ReplyStatus::Failed { error: text })
             }
-            &Outcome::Stopped(StopReason::Cancelled | StopReason::None) => {
+            Unanswered::Cancelled => {
                 let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
-                (
-                    TurnStatus::Cancelled,
-                    self.emitter.event("turn_cancelled", json!({ "message_id": partial })),
-                    Some(ReplyStatus::Cancelled),
-                )
-            }
-            &Outcome::Stopped(StopReason::Interrupted) => {
-                // Re-queued for the next start: the re-run answers in full, so the partial
-                // reply is not stored (it would repeat in history).
-                turn::requeue(&tx, turn_id).await?;
-                event::insert_batch(&tx, &self.emitter.unflushed).await?;
-                let e = self.emitter.event("turn_interrupted", json!({ "requeued": true }));
-                event::insert_batch(&tx, std::slice::from_ref(&e)).await?;
-                tx.commit().await?;
-                self.after_commit(e);
-                return Ok("requeued");
-            }
-            &Outcome::Stopped(StopReason::LeaseLost) => {
-                tx.rollback().await?;
-                let last = self.emitter.next_seq - 1;
-                self.orch.hub().persisted(conversation_id, last);
-                return Ok("lost");
+                let event = self.emitter.event("turn_cancelled", json!({ "message_id": partial }));
+                (Finished::Cancelled, TurnStatus::Cancelled, event, ReplyStatus::Cancelled)
             }
         };
         if !turn::finish(&tx, turn_id, status, self.turn.error.as_deref()).await? {
             tx.rollback().await?;
             warn!("the turn was no longer running when it finished; its result is dropped");
-            self.orch.hub().persisted(conversation_id, self.emitter.next_seq - 1);
-            return Ok("lost");
+            return Ok(self.lost());
         }
         event::insert_batch(&tx, &self.emitter.unflushed).await?;
         event::insert_batch(&tx, std::slice::from_ref(&final_event)).await?;
         tx.commit().await?;
         self.after_commit(final_event);
-        if let (Some(sink), Some(st)) = (self.sink.take(), update) {
-            sink.finish(self.reply.update(turn_id, st)).await;
+        if let Some(sink) = self.sink.take() {
+            sink.finish(self.reply.update(turn_id, update)).await;
         }
-        Ok(status.as_str())
+        Ok(finished)
+    }
+
+    /// Puts a turn stopped by a shutdown back in the queue for the next start. The
+    /// re-run answers in full, so the partial reply is not stored (it would repeat in
+    /// history).
+    async fn requeue_interrupted(&mut self, session: &Session) -> DbResult<Finished> {
+        self.reserve(1).await?;
+        let mut client = self.orch.pool().get().await?;
+        let tx = self.begin(&mut client, session).await?;
+        turn::requeue(&tx, self.turn.turn_id).await?;
+        event::insert_batch(&tx, &self.emitter.unflushed).await?;
+        let e = self.emitter.event("turn_interrupted", json!({ "requeued": true }));
+        event::insert_batch(&tx, std::slice::from_ref(&e)).await?;
+        tx.commit().await?;
+        self.after_commit(e);
+        Ok(Finished::Requeued)
+    }
+
+    /// Lets go of a turn that is no longer this worker's, storing nothing: followers
+    /// stop waiting for the events this run published but will never write.
+    fn lost(&self) -> Finished {
+        self.orch.hub().persisted(self.conversation.conversation_id, self.emitter.next_seq - 1);
+        Finished::Lost
     }
 
     /// Stores the partial reply (if any text came) marked incomplete; returns its id.

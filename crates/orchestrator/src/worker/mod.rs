@@ -36,7 +36,6 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum StopReason {
-    None = 0,
     /// `/cancel`.
     Cancelled = 1,
     /// Shutdown after the grace period.
@@ -44,6 +43,9 @@ pub(super) enum StopReason {
     /// The lease was lost: another worker may run it now.
     LeaseLost = 3,
 }
+
+/// No [`StopReason`] yet, in [`TurnControl`]'s record.
+const NOT_STOPPED: u8 = 0;
 
 /// A running turn's stop switch: a token plus why it fired.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +57,7 @@ pub(crate) struct TurnControl {
 impl TurnControl {
     pub(super) fn stop(&self, reason: StopReason) {
         // The first reason wins.
-        let _ = self.reason.compare_exchange(StopReason::None as u8, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.reason.compare_exchange(NOT_STOPPED, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
         self.token.cancel();
     }
 
@@ -63,12 +65,14 @@ impl TurnControl {
         self.stop(StopReason::Cancelled);
     }
 
+    /// Why the turn was stopped. The token is only ever cancelled through
+    /// [`Self::stop`], which records the reason first; were it cancelled without one,
+    /// the turn would be treated as cancelled.
     pub(super) fn reason(&self) -> StopReason {
         match self.reason.load(Ordering::SeqCst) {
-            1 => StopReason::Cancelled,
             2 => StopReason::Interrupted,
             3 => StopReason::LeaseLost,
-            _ => StopReason::None,
+            _ => StopReason::Cancelled,
         }
     }
 }

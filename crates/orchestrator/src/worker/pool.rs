@@ -25,7 +25,7 @@ use crate::notify::Signal;
 use crate::sink::{ReplyStatus, ReplyUpdate};
 use crate::{Orchestrator, RunningTurn};
 
-use super::requeue::TakeBack;
+use super::requeue::Requeue;
 use super::{KILL_WAIT, StopReason, TurnControl};
 
 impl Orchestrator {
@@ -35,7 +35,7 @@ impl Orchestrator {
     pub async fn run_workers(&self, shutdown: CancellationToken) {
         let config = self.config().clone();
         self.kill_left_behind().await;
-        match self.take_back(TakeBack::Owned).await {
+        match self.requeue(Requeue::Owned).await {
             Ok(0) => {}
             Ok(n) => {
                 info!(turns = n, worker_id = %config.worker_id, "re-queued turns this worker ran before it restarted")
@@ -96,7 +96,7 @@ impl Orchestrator {
         info!("workers stopped");
     }
 
-    /// Every [`crate::Config::sweep_interval`], takes back turns whose lease expired
+    /// Every [`crate::Config::sweep_interval`], requeues turns whose lease expired
     /// (their worker crashed or lost the database): re-queued, or `interrupted` after
     /// [`crate::Config::max_attempts`] claims, with an event and a message telling the user.
     async fn run_sweeper(&self, stop: CancellationToken) {
@@ -105,9 +105,9 @@ impl Orchestrator {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(self.config().sweep_interval) => {}
             }
-            match self.take_back(TakeBack::Expired).await {
+            match self.requeue(Requeue::Expired).await {
                 Ok(0) => {}
-                Ok(n) => info!(turns = n, "took back turns whose lease expired"),
+                Ok(n) => info!(turns = n, "requeued turns whose lease expired"),
                 Err(e) => debug!(error = %e, "sweeping expired leases failed"),
             }
         }
@@ -226,7 +226,8 @@ impl Orchestrator {
                         let _ = turn::unclaim(&client, t.turn_id).await;
                     }
                 }
-                Some(Ok(Ok(status))) => {
+                Some(Ok(Ok(finished))) => {
+                    let status: &'static str = finished.into();
                     info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "turn finished");
                 }
                 Some(Ok(Err(e))) if is_conversation_gone(&e) => {

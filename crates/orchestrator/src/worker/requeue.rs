@@ -17,9 +17,9 @@ use crate::notify::Signal;
 
 use super::KILL_WAIT;
 
-/// Which running turns [`Orchestrator::take_back`] takes.
+/// Which running turns [`Orchestrator::requeue`] puts back.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum TakeBack {
+pub(super) enum Requeue {
     /// Those whose lease expired, on any replica.
     Expired,
     /// Those this worker id ran before it restarted.
@@ -27,15 +27,16 @@ pub(super) enum TakeBack {
 }
 
 impl Orchestrator {
-    /// Takes back running turns that no worker runs any more, with a
+    /// Requeues running turns that no worker runs any more (those whose lease expired
+    /// [`crate::Config::max_attempts`] times are interrupted instead), with a
     /// `turn_interrupted` event each (so followers drop the partial reply they saw).
     /// Processes of their runs found on this host are killed.
-    pub(super) async fn take_back(&self, which: TakeBack) -> DbResult<usize> {
+    pub(super) async fn requeue(&self, which: Requeue) -> DbResult<usize> {
         let mut client = self.pool().get().await?;
         let tx = client.transaction().await?;
         let swept = match which {
-            TakeBack::Expired => turn::sweep_expired(&tx, self.config().max_attempts).await?,
-            TakeBack::Owned => turn::requeue_owned(&tx, &self.config().worker_id).await?,
+            Requeue::Expired => turn::sweep_expired(&tx, self.config().max_attempts).await?,
+            Requeue::Owned => turn::requeue_owned(&tx, &self.config().worker_id).await?,
         };
         let mut events = Vec::new();
         for t in &swept {

@@ -21,7 +21,7 @@ use crate::{Orchestrator, prompt, settings};
 
 use super::TurnControl;
 use super::emit::{EVENT_TEXT_CHARS, Emitter, TOOL_OUTPUT_CHARS, pieces, shown_input, truncate};
-use super::finish::Outcome;
+use super::finish::{Finished, Outcome};
 use super::reply::{Reply, SinkHandle, tool_line};
 
 /// How long a stopped run's stream may take to end (its CLI gets `SIGTERM`, a grace
@@ -47,8 +47,8 @@ pub(super) struct TurnRun<'a> {
 }
 
 impl Orchestrator {
-    /// Runs a claimed turn to its end. Returns the final status.
-    pub(super) async fn drive(&self, claimed: Claimed, control: TurnControl, run_id: Uuid) -> DbResult<&'static str> {
+    /// Runs a claimed turn to its end. Returns what became of it.
+    pub(super) async fn drive(&self, claimed: Claimed, control: TurnControl, run_id: Uuid) -> DbResult<Finished> {
         // The claim read the conversation, the message and the active session too.
         let Claimed { turn: t, first_event_seq, conversation, user_message, active_session, .. } = claimed;
         let sink = self
@@ -85,7 +85,7 @@ impl Orchestrator {
 }
 
 impl TurnRun<'_> {
-    async fn execute(&mut self) -> DbResult<&'static str> {
+    async fn execute(&mut self) -> DbResult<Finished> {
         let Some(assistant) = self.orch.assistant_named(&self.conversation.assistant) else {
             let err = AssistantError::Refused(format!(
                 "the assistant {:?} is not configured on this server (configured: {})",
