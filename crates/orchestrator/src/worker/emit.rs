@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use parley_db::event::{self, Event};
+use parley_db::event::{self, Event, EventKind};
 use parley_db::{DbError, DbResult};
 use serde_json::{Value, json};
 use tracing::warn;
@@ -39,7 +39,7 @@ pub(super) struct Emitter {
 }
 
 impl Emitter {
-    pub(super) fn event(&mut self, kind: &str, mut data: Value) -> Event {
+    pub(super) fn event(&mut self, kind: EventKind, mut data: Value) -> Event {
         let now = Utc::now();
         if let Some(obj) = data.as_object_mut() {
             obj.insert("turn_id".into(), json!(self.turn_id));
@@ -48,14 +48,7 @@ impl Emitter {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        Event {
-            conversation_id: self.conversation_id,
-            seq,
-            turn_id: Some(self.turn_id),
-            kind: kind.into(),
-            data,
-            created_at: now,
-        }
+        Event { conversation_id: self.conversation_id, seq, turn_id: Some(self.turn_id), kind, data, created_at: now }
     }
 }
 
@@ -102,7 +95,7 @@ impl TurnRun<'_> {
     }
 
     /// Creates an event and publishes it.
-    pub(super) async fn emit(&mut self, kind: &str, data: Value) {
+    pub(super) async fn emit(&mut self, kind: EventKind, data: Value) {
         if let Err(e) = self.reserve(1).await {
             warn!(error = %e, "cannot reserve event numbers; event dropped");
             return;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parley_assistant::AssistantError;
 use parley_db::conversation;
-use parley_db::event;
+use parley_db::event::{self, EventKind};
 use parley_db::message::{self, Role};
 use parley_db::session::{self, Session};
 use parley_db::turn::{self, TurnStatus};
@@ -95,7 +95,7 @@ impl TurnRun<'_> {
         let client = self.orch.pool().get().await?;
         let stored_id = session.assistant_session_id.as_deref();
         let final_event = self.emitter.event(
-            "turn_completed",
+            EventKind::TurnCompleted,
             json!({
                 "usage": self.reply.usage,
                 "cost_usd": self.reply.cost_usd,
@@ -159,12 +159,12 @@ impl TurnRun<'_> {
                 session::set_last_error(&tx, session.session_id, Some(&text)).await?;
                 let data = json!({ "error": text, "message_id": partial });
                 self.turn.error = Some(text.clone());
-                let event = self.emitter.event("turn_failed", data);
+                let event = self.emitter.event(EventKind::TurnFailed, data);
                 (Finished::Failed, TurnStatus::Failed, event, ReplyStatus::Failed { error: text })
             }
             Unanswered::Cancelled => {
                 let partial = self.store_partial(&tx, json!({ "cancelled": true })).await?;
-                let event = self.emitter.event("turn_cancelled", json!({ "message_id": partial }));
+                let event = self.emitter.event(EventKind::TurnCancelled, json!({ "message_id": partial }));
                 (Finished::Cancelled, TurnStatus::Cancelled, event, ReplyStatus::Cancelled)
             }
         };
@@ -192,7 +192,7 @@ impl TurnRun<'_> {
         let tx = self.begin(&mut client, session).await?;
         turn::requeue(&tx, self.turn.turn_id).await?;
         event::insert_batch(&tx, &self.emitter.unflushed).await?;
-        let e = self.emitter.event("turn_interrupted", json!({ "requeued": true }));
+        let e = self.emitter.event(EventKind::TurnInterrupted, json!({ "requeued": true }));
         event::insert_batch(&tx, std::slice::from_ref(&e)).await?;
         tx.commit().await?;
         self.after_commit(e);

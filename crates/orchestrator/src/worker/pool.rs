@@ -10,7 +10,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use parley_assistant::run_marker;
 use parley_db::conversation::{self, Conversation};
-use parley_db::event::{self, Event};
+use parley_db::event::{self, Event, EventKind};
 use parley_db::run_lock::RunLock;
 use parley_db::turn::{self, Claimed, Turn, TurnStatus};
 use parley_db::{DbError, DbResult, GenericClient, PooledClient};
@@ -279,7 +279,7 @@ impl Orchestrator {
             conversation_id: t.conversation_id,
             seq,
             turn_id: Some(t.turn_id),
-            kind: "turn_failed".into(),
+            kind: EventKind::TurnFailed,
             data: json!({ "turn_id": t.turn_id, "ts": now.timestamp_micros(), "error": error, "message_id": null }),
             created_at: now,
         };

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use parley_assistant::run_marker;
-use parley_db::event::{self, Event};
+use parley_db::event::{self, Event, EventKind};
 use parley_db::message::{self, Role};
-use parley_db::turn;
+use parley_db::turn::{self, TurnStatus};
 use parley_db::{DbResult, GenericClient};
 use serde_json::json;
 use tracing::warn;
@@ -27,8 +27,8 @@ pub(super) enum Requeue {
 }
 
 impl Orchestrator {
-    /// Requeues running turns that no worker runs any more (those whose lease expired
-    /// [`crate::Config::max_attempts`] times are interrupted instead), with a
+    /// Requeues running turns that no worker runs any more (or interrupts those that
+    /// ran [`crate::Config::max_attempts`] times), with a
     /// `turn_interrupted` event each (so followers drop the partial reply they saw).
     /// Processes of their runs found on this host are killed.
     pub(super) async fn requeue(&self, which: Requeue) -> DbResult<usize> {
@@ -40,7 +40,7 @@ impl Orchestrator {
         };
         let mut events = Vec::new();
         for t in &swept {
-            let requeued = t.status == "queued";
+            let requeued = t.status == TurnStatus::Queued;
             let mut data = json!({ "turn_id": t.turn_id, "requeued": requeued, "attempt": t.attempt });
             if requeued {
                 warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired; re-queued the turn");
@@ -67,7 +67,7 @@ impl Orchestrator {
                 conversation_id: t.conversation_id,
                 seq,
                 turn_id: Some(t.turn_id),
-                kind: "turn_interrupted".into(),
+                kind: EventKind::TurnInterrupted,
                 data,
                 created_at: Utc::now(),
             });

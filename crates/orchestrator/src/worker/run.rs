@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest};
 use parley_db::conversation::{self, Conversation};
-use parley_db::event;
+use parley_db::event::{self, EventKind};
 use parley_db::message::{self, Message};
 use parley_db::session::{self, NewSession, Session, SessionSettings, Transition};
 use parley_db::turn::{self, Claimed, Turn};
@@ -105,7 +105,7 @@ impl TurnRun<'_> {
                 return self.finish(&session, Outcome::Failed(err)).await;
             }
         }
-        self.emit("turn_started", json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id })).await;
+        self.emit(EventKind::TurnStarted, json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id })).await;
 
         let (prompt, history) = self.prompt_for(&session).await?;
         let mut outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
@@ -119,7 +119,7 @@ impl TurnRun<'_> {
             session = self.recover_stale(&session, &stale).await?;
             let (prompt, history) = self.prompt_for(&session).await?;
             self.emit(
-                "session_reset",
+                EventKind::SessionReset,
                 json!({
                     "reason": "stale-session",
                     "old_assistant_session_id": stale,
@@ -183,7 +183,7 @@ impl TurnRun<'_> {
                     let reason = last
                         .as_ref()
                         .and_then(|s| s.ended_reason.as_deref())
-                        .and_then(Transition::parse)
+                        .and_then(|reason| reason.parse().ok())
                         .unwrap_or(Transition::FirstMessage);
                     session::start(
                         &tx,
@@ -322,25 +322,25 @@ impl TurnRun<'_> {
                 Chunk::Text { text } => {
                     self.reply.text.push_str(&text);
                     for piece in pieces(&text, EVENT_TEXT_CHARS) {
-                        self.emit("text", json!({ "text": piece })).await;
+                        self.emit(EventKind::Text, json!({ "text": piece })).await;
                     }
                     self.progress();
                 }
                 Chunk::Thinking { text } => {
                     for piece in pieces(&text, EVENT_TEXT_CHARS) {
-                        self.emit("thinking", json!({ "text": piece })).await;
+                        self.emit(EventKind::Thinking, json!({ "text": piece })).await;
                     }
                 }
                 Chunk::ToolUse { id, name, input } => {
                     self.reply.tools.push(tool_line(&name, &input));
                     let shown = shown_input(&input);
                     self.reply.tool_calls.push(json!({ "id": id, "name": name, "input": input }));
-                    self.emit("tool_use", json!({ "id": id, "name": name, "input": shown })).await;
+                    self.emit(EventKind::ToolUse, json!({ "id": id, "name": name, "input": shown })).await;
                     self.progress();
                 }
                 Chunk::ToolResult { id, is_error, output } => {
                     self.emit(
-                        "tool_result",
+                        EventKind::ToolResult,
                         json!({ "id": id, "is_error": is_error, "output": truncate(&output, TOOL_OUTPUT_CHARS) }),
                     )
                     .await;
