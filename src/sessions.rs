@@ -70,7 +70,7 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
     let client = pool.get().await.map_err(parley_db::DbError::from)?;
     match cmd {
         SessionsCommand::List { status, conversation } => {
-            let filter = StatusFilter::parse(&status).unwrap_or_default();
+            let filter = status.parse::<StatusFilter>().unwrap_or_default();
             println!(
                 "{:<36}  {:<36}  {:<6}  {:<9}  {:<17}  {:<13}  {:<36}  LAST ERROR",
                 "SESSION",

@@ -57,7 +57,7 @@ fn cell(s: &str, max: usize) -> String {
 /// Exit 1 when the database fails or stdout cannot be written.
 pub async fn run(db: &parley_db::DbConfig, cmd: TurnsCommand) -> Result<(), Failure> {
     let TurnsCommand::List { status, limit, json } = cmd;
-    let statuses: Vec<TurnStatus> = match status.as_deref().and_then(TurnStatus::parse) {
+    let statuses: Vec<TurnStatus> = match status.as_deref().and_then(|s| s.parse::<TurnStatus>().ok()) {
         Some(s) => vec![s],
         None => turn::LISTED_STATUSES.to_vec(),
     };

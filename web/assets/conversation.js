@@ -23,6 +23,8 @@ import { api, randomKey } from './api.js';
 import { h, clear, formatElapsed } from './dom.js';
 import { renderMarkdown } from './markdown.js';
 
+// Every `EventKind` of the server (crates/db/src/event.rs), in its order: a Rust test
+// (`the_web_ui_listens_to_every_event_kind`) fails when the two lists differ.
 const EVENT_KINDS = [
   'turn_started',
   'text',

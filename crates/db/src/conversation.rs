@@ -6,11 +6,27 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{DbError, DbResult};
+use crate::{DbError, DbResult, text_enum, text_enum_opt};
 
-/// How a conversation's replies reach the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How a conversation's replies reach the user: `conversation.delivery` (its
+/// `conversation_delivery_check` constraint), spelled in lowercase.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Delivery {
     /// Streamed while the assistant generates (SSE, message edits).
@@ -18,27 +34,6 @@ pub enum Delivery {
     Stream,
     /// One reply when the turn ends.
     Batch,
-}
-
-impl Delivery {
-    /// The value stored in `conversation.delivery`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stream => "stream",
-            Self::Batch => "batch",
-        }
-    }
-
-    /// Parses `stream` or `batch`; anything else is `None`.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stream" => Some(Self::Stream),
-            "batch" => Some(Self::Batch),
-            _ => None,
-        }
-    }
 }
 
 /// A conversation row.
@@ -97,7 +92,7 @@ pub struct ConversationSummary {
     pub last_activity_at: DateTime<Utc>,
     /// Status of the turn of the newest user message (`queued`, `running`, `completed`,
     /// `failed`, …); `None` before the first turn.
-    pub last_turn_status: Option<String>,
+    pub last_turn_status: Option<crate::turn::TurnStatus>,
     /// Whether a turn is running now.
     pub running: bool,
     /// How many turns wait in the queue.
@@ -113,7 +108,6 @@ impl TryFrom<&Row> for Conversation {
     type Error = DbError;
 
     fn try_from(row: &Row) -> DbResult<Self> {
-        let delivery: String = row.try_get("delivery")?;
         Ok(Self {
             conversation_id: row.try_get("conversation_id")?,
             platform: row.try_get("platform")?,
@@ -125,7 +119,7 @@ impl TryFrom<&Row> for Conversation {
             model: row.try_get("model")?,
             system_prompt: row.try_get("system_prompt")?,
             permission_mode: row.try_get("permission_mode")?,
-            delivery: Delivery::parse(&delivery).unwrap_or_default(),
+            delivery: text_enum(row, "delivery")?,
             reply_target: row.try_get("reply_target")?,
             paused: row.try_get("paused")?,
             created_at: row.try_get("created_at")?,
@@ -133,7 +127,7 @@ impl TryFrom<&Row> for Conversation {
             summary: if row.columns().iter().any(|c| c.name() == "resume_after_seq") {
                 Some(ConversationSummary {
                     last_activity_at: row.try_get("last_activity_at")?,
-                    last_turn_status: row.try_get("last_turn_status")?,
+                    last_turn_status: text_enum_opt(row, "last_turn_status")?,
                     running: row.try_get("running")?,
                     queued: row.try_get("queued")?,
                     resume_after_seq: row.try_get("resume_after_seq")?,
@@ -219,7 +213,7 @@ async fn insert(client: &impl GenericClient, new: &NewConversation, on_conflict:
                 &new.title,
                 &new.assistant,
                 &new.cwd,
-                &new.delivery.as_str(),
+                &new.delivery.as_ref(),
                 &new.reply_target,
             ],
         )
@@ -355,7 +349,7 @@ pub async fn summary(client: &impl GenericClient, conversation_id: Uuid) -> DbRe
     let row = client.query_opt(&stmt, &[&conversation_id]).await?.ok_or(DbError::not_found("conversation"))?;
     Ok(ConversationSummary {
         last_activity_at: row.try_get("last_activity_at")?,
-        last_turn_status: row.try_get("last_turn_status")?,
+        last_turn_status: text_enum_opt(&row, "last_turn_status")?,
         running: row.try_get("running")?,
         queued: row.try_get("queued")?,
         resume_after_seq: row.try_get("resume_after_seq")?,
@@ -373,7 +367,7 @@ pub struct Snapshot {
     pub turn_id: Option<Uuid>,
     /// That turn's status (`queued`, `running`, `completed`, `failed`, …); null before
     /// the first turn.
-    pub last_turn_status: Option<String>,
+    pub last_turn_status: Option<crate::turn::TurnStatus>,
     /// Whether a turn is running now.
     pub running: bool,
     /// How many turns wait in the queue.
@@ -421,7 +415,7 @@ pub async fn snapshot(client: &impl GenericClient, conversation_id: Uuid) -> DbR
     Ok(Snapshot {
         conversation_id,
         turn_id: row.try_get("turn_id")?,
-        last_turn_status: row.try_get("last_turn_status")?,
+        last_turn_status: text_enum_opt(&row, "last_turn_status")?,
         running: row.try_get("running")?,
         queued: row.try_get("queued")?,
         paused: row.try_get("paused")?,

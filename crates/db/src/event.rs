@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{DbError, DbResult};
+use crate::{DbError, DbResult, text_enum};
 
 /// How many event numbers a block holds (2^20).
 pub const BLOCK_SIZE: i64 = 1 << 20;
@@ -25,6 +25,58 @@ pub async fn reserve_block(client: &impl GenericClient) -> DbResult<i64> {
     Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
 }
 
+/// What an event tells: `event.kind` and the SSE event name of the events stream,
+/// spelled in snake case (`turn_started`, `tool_use`, …). The web UI subscribes to
+/// every kind (`web/assets/conversation.js`, checked against this list by a test).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum EventKind {
+    /// A worker started (or restarted) the turn: `attempt`, `session_id`, `message_id`.
+    TurnStarted,
+    /// Reply text, in pieces: `text`.
+    Text,
+    /// The assistant's reasoning, in pieces: `text`.
+    Thinking,
+    /// The assistant called a tool: `id`, `name`, `input` (or a preview of it).
+    ToolUse,
+    /// A tool's output: `id`, `is_error`, `output` (truncated).
+    ToolResult,
+    /// The stale assistant session was replaced by a fresh one rebuilt from history.
+    SessionReset,
+    /// The turn answered: `usage`, `cost_usd`, `duration_ms`, `message_id`.
+    TurnCompleted,
+    /// The turn failed: `error`, `message_id` of the partial reply (or null).
+    TurnFailed,
+    /// The turn was cancelled: `message_id` of the partial reply (or null).
+    TurnCancelled,
+    /// The turn stopped before it finished: `requeued` (it runs again) or `error`.
+    TurnInterrupted,
+}
+
+impl EventKind {
+    /// True for the kinds that end a turn (its last event).
+    #[must_use]
+    pub fn ends_turn(self) -> bool {
+        matches!(self, Self::TurnCompleted | Self::TurnFailed | Self::TurnCancelled | Self::TurnInterrupted)
+    }
+}
+
 /// An event row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -35,9 +87,8 @@ pub struct Event {
     pub seq: i64,
     /// The turn that produced it.
     pub turn_id: Option<Uuid>,
-    /// `turn_started`, `text`, `thinking`, `tool_use`, `tool_result`, `session_reset`,
-    /// `turn_completed`, `turn_failed`, `turn_cancelled`, …
-    pub kind: String,
+    /// What it tells.
+    pub kind: EventKind,
     /// The payload; its shape depends on `kind`.
     pub data: serde_json::Value,
     /// When it was stored.
@@ -52,7 +103,7 @@ impl TryFrom<&Row> for Event {
             conversation_id: row.try_get("conversation_id")?,
             seq: row.try_get("seq")?,
             turn_id: row.try_get("turn_id")?,
-            kind: row.try_get("kind")?,
+            kind: text_enum(row, "kind")?,
             data: row.try_get("data")?,
             created_at: row.try_get("created_at")?,
         })
@@ -75,7 +126,7 @@ pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbRe
     let conversation_ids: Vec<Uuid> = events.iter().map(|e| e.conversation_id).collect();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     let turn_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.turn_id).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_ref()).collect();
     let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
     let created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
     let stmt = client

@@ -34,6 +34,27 @@ pub use pool::{DbConfig, check, connect, ensure_database};
 /// The result type of every store function.
 pub type DbResult<T> = Result<T, DbError>;
 
+/// Reads a text column holding a value of one of the store's vocabulary enums
+/// ([`turn::TurnStatus`], [`message::Role`], [`event::EventKind`], …), each parsed by
+/// the `strum` spelling that matches the column's `check` constraint.
+///
+/// # Errors
+/// [`DbError::Other`] naming the column and the value when the enum does not know the
+/// value (a row written by a newer Parley, or by hand), never a panic.
+pub(crate) fn text_enum<T: std::str::FromStr>(row: &tokio_postgres::Row, column: &str) -> DbResult<T> {
+    let text: &str = row.try_get(column)?;
+    text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}")))
+}
+
+/// [`text_enum`] for a column that may be null.
+///
+/// # Errors
+/// As [`text_enum`].
+pub(crate) fn text_enum_opt<T: std::str::FromStr>(row: &tokio_postgres::Row, column: &str) -> DbResult<Option<T>> {
+    let text: Option<&str> = row.try_get(column)?;
+    text.map(|text| text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}")))).transpose()
+}
+
 /// The first page of a keyset-paged list starts after a key that sorts before (or, for
 /// newest-first lists, after) every row; these are its instants: 0001-01-01 and
 /// 9999-12-31, both inside PostgreSQL's `timestamptz` range, unlike chrono's own bounds.

@@ -9,11 +9,28 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{DbError, DbResult};
+use crate::{DbError, DbResult, text_enum};
 
-/// Who said a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Who said a message: `message.role` (its `message_role_check` constraint) and the
+/// `role` of a message in the API, spelled in lowercase (`user`, `assistant`,
+/// `system`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// The person.
@@ -22,18 +39,6 @@ pub enum Role {
     Assistant,
     /// Parley itself (command replies, notices).
     System,
-}
-
-impl Role {
-    /// The stored text.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Assistant => "assistant",
-            Self::System => "system",
-        }
-    }
 }
 
 /// A message row.
@@ -46,8 +51,8 @@ pub struct Message {
     pub conversation_id: Uuid,
     /// The turn that the message started or answered, if any.
     pub turn_id: Option<Uuid>,
-    /// `user`, `assistant` or `system`.
-    pub role: String,
+    /// Who said it.
+    pub role: Role,
     /// The text.
     pub content: String,
     /// Extra data: `command` for chat commands, `usage` and `cost_usd` from the
@@ -66,7 +71,7 @@ impl TryFrom<&Row> for Message {
             message_id: row.try_get("message_id")?,
             conversation_id: row.try_get("conversation_id")?,
             turn_id: row.try_get("turn_id")?,
-            role: row.try_get("role")?,
+            role: text_enum(row, "role")?,
             content: row.try_get("content")?,
             metadata: row.try_get("metadata")?,
             created_at: row.try_get("created_at")?,
@@ -94,7 +99,7 @@ pub async fn insert(
              values ($1, $2, $3, $4, $5) returning {COLUMNS}"
         ))
         .await?;
-    let row = client.query_one(&stmt, &[&conversation_id, &turn_id, &role.as_str(), &content, metadata]).await?;
+    let row = client.query_one(&stmt, &[&conversation_id, &turn_id, &role.as_ref(), &content, metadata]).await?;
     Message::try_from(&row)
 }
 

@@ -14,9 +14,24 @@ use uuid::Uuid;
 
 use crate::{DbError, DbResult};
 
-/// Why a session started (`session.transition_reason`) or ended (`session.ended_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why a session started (`session.transition_reason`) or ended (`session.ended_reason`),
+/// spelled in kebab case (`stale-session`) as the `session_transition_reason_check`
+/// constraint lists them; `str::parse` reads it, `as_ref`/`Display` write it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Transition {
     /// The conversation's first session.
     FirstMessage,
@@ -32,38 +47,6 @@ pub enum Transition {
     ModelChanged,
     /// The conversation's appended system prompt changed.
     SystemPromptChanged,
-}
-
-impl Transition {
-    /// Parses a stored reason.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::FirstMessage,
-            Self::ResetRequested,
-            Self::StaleSession,
-            Self::AssistantChanged,
-            Self::CwdChanged,
-            Self::ModelChanged,
-            Self::SystemPromptChanged,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-    }
-
-    /// The stored text, e.g. `stale-session`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FirstMessage => "first-message",
-            Self::ResetRequested => "reset-requested",
-            Self::StaleSession => "stale-session",
-            Self::AssistantChanged => "assistant-changed",
-            Self::CwdChanged => "cwd-changed",
-            Self::ModelChanged => "model-changed",
-            Self::SystemPromptChanged => "system-prompt-changed",
-        }
-    }
 }
 
 /// A session row.
@@ -208,7 +191,7 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
                 &new.conversation_id,
                 &new.assistant,
                 &new.parent_session_id,
-                &new.reason.as_str(),
+                &new.reason.as_ref(),
                 &new.history_from_message_id,
                 &serde_json::to_value(new.settings).map_err(|e| DbError::Other(e.to_string()))?,
             ],
@@ -233,7 +216,7 @@ pub async fn end(
         .execute(
             "update session set active = false, ended_at = now(), ended_reason = $2, \
              last_error = coalesce($3, last_error) where session_id = $1 and active",
-            &[&session_id, &reason.as_str(), &last_error],
+            &[&session_id, &reason.as_ref(), &last_error],
         )
         .await?;
     Ok(n == 1)
@@ -308,8 +291,10 @@ pub async fn get(client: &impl GenericClient, session_id: Uuid) -> DbResult<Sess
     Session::try_from(&row)
 }
 
-/// Which sessions [`list`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which sessions [`list`] returns: `all`, `active`, `ended` or `failed` (parsed with
+/// `str::parse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumString, strum::AsRefStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum StatusFilter {
     /// All sessions.
     #[default]
@@ -320,20 +305,6 @@ pub enum StatusFilter {
     Ended,
     /// Only those whose last turn failed (`last_error` set), active or ended.
     Failed,
-}
-
-impl StatusFilter {
-    /// Parses `active`, `ended` or `failed`.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "ended" => Some(Self::Ended),
-            "failed" => Some(Self::Failed),
-            "all" => Some(Self::All),
-            _ => None,
-        }
-    }
 }
 
 /// Where a page of [`list`] starts: just after this session in the list's order (the

@@ -10,15 +10,33 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{DbError, DbResult};
+use crate::{DbError, DbResult, text_enum};
 
-/// A turn's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A turn's status: `turn.status` (its `turn_status_check` constraint) and the `status`
+/// of a turn in the API, spelled in lowercase. `str::parse` reads it (an unknown
+/// value is an error), `as_ref`/`Display` write it and `TurnStatus::iter()` lists
+/// every status in life-cycle order.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TurnStatus {
     /// Waiting for a worker.
@@ -37,32 +55,6 @@ pub enum TurnStatus {
     Skipped,
 }
 
-impl TurnStatus {
-    /// Every status, in life-cycle order.
-    pub const ALL: [Self; 7] =
-        [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Cancelled, Self::Interrupted, Self::Skipped];
-
-    /// Parses a stored status (`queued`, `running`, …); anything else is `None`.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// The stored text.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Interrupted => "interrupted",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
 /// A turn row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -76,7 +68,7 @@ pub struct Turn {
     /// The user message it answers.
     pub user_message_id: i64,
     /// See [`TurnStatus`].
-    pub status: String,
+    pub status: TurnStatus,
     /// How many times a worker has claimed it (1 on the first run).
     pub attempt: i32,
     /// Why it failed.
@@ -104,7 +96,7 @@ impl TryFrom<&Row> for Turn {
             conversation_id: row.try_get("conversation_id")?,
             session_id: row.try_get("session_id")?,
             user_message_id: row.try_get("user_message_id")?,
-            status: row.try_get("status")?,
+            status: text_enum(row, "status")?,
             attempt: row.try_get("attempt")?,
             error: row.try_get("error")?,
             worker_id: row.try_get("worker_id")?,
@@ -220,8 +212,9 @@ pub struct Swept {
     pub turn_id: Uuid,
     /// Its conversation.
     pub conversation_id: Uuid,
-    /// `queued` (it will run again) or `interrupted` (it ran `max_attempts` times).
-    pub status: String,
+    /// [`TurnStatus::Queued`] (it will run again) or [`TurnStatus::Interrupted`] (it
+    /// ran `max_attempts` times).
+    pub status: TurnStatus,
     /// How many times it was claimed.
     pub attempt: i32,
     /// The run of its last claim (see [`claim`]), whose processes may still be alive.
@@ -236,7 +229,7 @@ impl TryFrom<&Row> for Swept {
         Ok(Self {
             turn_id: r.try_get(0)?,
             conversation_id: r.try_get(1)?,
-            status: r.try_get(2)?,
+            status: text_enum(r, "status")?,
             attempt: r.try_get(3)?,
             run_id: r.try_get(4)?,
         })
@@ -384,7 +377,7 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
     let conversation_ids: Vec<Uuid> = ev.iter().map(|e| e.conversation_id).collect();
     let seqs: Vec<i64> = ev.iter().map(|e| e.seq).collect();
     let turn_ids: Vec<Option<Uuid>> = ev.iter().map(|e| e.turn_id).collect();
-    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_ref()).collect();
     let data: Vec<&serde_json::Value> = ev.iter().map(|e| &e.data).collect();
     let created: Vec<DateTime<Utc>> = ev.iter().map(|e| e.created_at).collect();
     let f = c.final_event;
@@ -405,7 +398,7 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                 &data,
                 &created,
                 &f.seq,
-                &f.kind,
+                &f.kind.as_ref(),
                 &f.data,
                 &f.created_at,
                 &c.worker_id,
@@ -438,7 +431,7 @@ pub async fn finish(
              select count(*) from t",
         )
         .await?;
-    Ok(client.query_one(&stmt, &[&turn_id, &status.as_str(), &error]).await?.try_get::<_, i64>(0)? == 1)
+    Ok(client.query_one(&stmt, &[&turn_id, &status.as_ref(), &error]).await?.try_get::<_, i64>(0)? == 1)
 }
 
 /// Puts a running turn back in the queue (a shutdown before it could finish).
@@ -582,14 +575,13 @@ pub async fn list_by_status(
     limit: i64,
 ) -> DbResult<Vec<Turn>> {
     if !LISTED_STATUSES.contains(&status) {
-        return Err(DbError::Other(format!("turns are not listed by status {}", status.as_str())));
+        return Err(DbError::Other(format!("turns are not listed by status {status}")));
     }
     // The status is a literal, which the planner matches to its partial index; and the
     // statement is not cached, so each call is planned with its own cursor and page size.
     let sql = format!(
-        "select {COLUMNS} from turn where status = '{}' and (user_message_id, turn_id) < ($1, $2) \
-         order by user_message_id desc, turn_id desc limit $3",
-        status.as_str()
+        "select {COLUMNS} from turn where status = '{status}' and (user_message_id, turn_id) < ($1, $2) \
+         order by user_message_id desc, turn_id desc limit $3"
     );
     let after = after.unwrap_or(ListKey { user_message_id: i64::MAX, turn_id: Uuid::max() });
     let rows = client.query(&sql, &[&after.user_message_id, &after.turn_id, &limit]).await?;
@@ -631,7 +623,7 @@ pub async fn transition(
                  finished_at = case when $3 in ('queued', 'running') then null else coalesce(finished_at, now()) end, \
                  error = case when $3 = 'queued' then null else error end \
              where turn_id = $1 and status = $2",
-            &[&turn_id, &from.as_str(), &to.as_str()],
+            &[&turn_id, &from.as_ref(), &to.as_ref()],
         )
         .await?;
     Ok(n == 1)

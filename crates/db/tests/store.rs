@@ -1,6 +1,7 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
 //! its turn still writes; and every listing read from an index, a page at a time
-//! (`listings`); a session's usage totals kept as replies are stored (`usage`).
+//! (`listings`); a session's usage totals kept as replies are stored (`usage`); the
+//! vocabulary enums against the schema (`vocabulary`).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use uuid::Uuid;
 mod listings;
 #[path = "store/usage.rs"]
 mod usage;
+#[path = "store/vocabulary.rs"]
+mod vocabulary;
 
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
@@ -103,7 +106,7 @@ async fn events_flushed_while_a_delete_waits_do_not_outlive_the_conversation() {
                 conversation_id,
                 seq: 1_000_000,
                 turn_id: Some(turn_id),
-                kind: "text".into(),
+                kind: event::EventKind::Text,
                 data: json!({ "turn_id": turn_id, "text": "the reply, in part" }),
                 created_at: Utc::now(),
             };

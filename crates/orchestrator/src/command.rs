@@ -240,8 +240,8 @@ pub async fn execute(
             }
         },
         Command::Retry => match turn::last_finished(client, id).await? {
-            Some(t) if t.status == "failed" || t.status == "interrupted" => {
-                turn::transition(client, t.turn_id, status_of(&t.status), TurnStatus::Queued).await?;
+            Some(t) if matches!(t.status, TurnStatus::Failed | TurnStatus::Interrupted) => {
+                turn::transition(client, t.turn_id, t.status, TurnStatus::Queued).await?;
                 let mut text = String::from("Retrying the last failed turn.");
                 if conversation.paused {
                     text.push_str(" The conversation is paused: it runs after /resume.");
@@ -285,7 +285,7 @@ pub async fn execute(
                 CommandReply::ok(command, "Skipped the oldest queued message; it will not be answered.")
             } else {
                 match turn::last_finished(client, id).await? {
-                    Some(t) if t.status == "failed" => {
+                    Some(t) if t.status == TurnStatus::Failed => {
                         turn::transition(client, t.turn_id, TurnStatus::Failed, TurnStatus::Skipped).await?;
                         CommandReply::ok(command, "Skipped the last failed turn; /retry will not run it.")
                     }
@@ -365,18 +365,13 @@ async fn change_setting(
     if let Some(reason) = changed.session_ended {
         let _ = write!(
             text,
-            " The session ended ({}): the next message starts a fresh one with the conversation's history.",
-            reason.as_str()
+            " The session ended ({reason}): the next message starts a fresh one with the conversation's history."
         );
         if turn::running(client, conversation.conversation_id).await?.is_some() {
             text.push_str(" The running turn finishes with the old settings.");
         }
     }
     Ok(CommandReply::ok(command, text))
-}
-
-fn status_of(s: &str) -> TurnStatus {
-    if s == "interrupted" { TurnStatus::Interrupted } else { TurnStatus::Failed }
 }
 
 async fn next_message_id(client: &impl GenericClient) -> DbResult<i64> {

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use parley_db::conversation::Conversation;
-use parley_db::message::{self, Message};
+use parley_db::message::{self, Message, Role};
 use parley_db::session::{self, Session, UsageTotals};
 use parley_db::{DbError, DbResult, Pool};
 use serde::Serialize;
@@ -257,13 +257,13 @@ fn fenced(text: &str, language: &str) -> String {
 /// One message in Markdown: a heading with who and when, the text, and an assistant
 /// reply's tool calls.
 fn markdown_message(out: &mut String, m: &Message) {
-    let who = match m.role.as_str() {
-        "user" => "User",
-        "assistant" => "Assistant",
-        _ => "Parley",
+    let who = match m.role {
+        Role::User => "User",
+        Role::Assistant => "Assistant",
+        Role::System => "Parley",
     };
     let _ = writeln!(out, "### {who} · {} · #{}\n", when(m.created_at), m.message_id);
-    if m.metadata.get("command").is_some() && m.role == "system" {
+    if m.metadata.get("command").is_some() && m.role == Role::System {
         out.push_str(&fenced(&m.content, ""));
     } else {
         let _ = writeln!(out, "{}", m.content.trim_end());

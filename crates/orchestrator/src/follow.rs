@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::Stream;
-use parley_db::event::{self, Event};
+use parley_db::event::{self, Event, EventKind};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,7 +44,7 @@ impl Orchestrator {
                     let full = page.len() as i64 == PAGE;
                     for e in page {
                         last = e.seq;
-                        settled = ends_turn(&e.kind);
+                        settled = e.kind.ends_turn();
                         yield Arc::new(e);
                     }
                     if !full {
@@ -54,7 +54,7 @@ impl Orchestrator {
                 for e in pending {
                     if e.seq > last {
                         last = e.seq;
-                        settled = ends_turn(&e.kind);
+                        settled = e.kind.ends_turn();
                         yield e;
                     }
                 }
@@ -71,7 +71,7 @@ impl Orchestrator {
                     };
                     match received {
                         Ok(e) if e.seq > last => {
-                            if e.kind == "turn_started" && !settled {
+                            if e.kind == EventKind::TurnStarted && !settled {
                                 // Every event of earlier turns was committed before this
                                 // turn could be claimed, but another replica's may still
                                 // be on its way here: read them from the database first.
@@ -83,7 +83,7 @@ impl Orchestrator {
                                 }
                             }
                             last = e.seq;
-                            settled = ends_turn(&e.kind);
+                            settled = e.kind.ends_turn();
                             yield e;
                         }
                         Ok(_) => {}
@@ -94,9 +94,4 @@ impl Orchestrator {
             }
         }
     }
-}
-
-/// True for the event kinds that end a turn.
-fn ends_turn(kind: &str) -> bool {
-    matches!(kind, "turn_completed" | "turn_failed" | "turn_cancelled" | "turn_interrupted")
 }

@@ -97,20 +97,6 @@ impl TurnOutcome {
             Self::Interrupted => "interrupted",
         }
     }
-
-    /// The outcome of a run whose `drive` returned `status` (a turn status, or the
-    /// worker's `requeued` and `lost`).
-    #[must_use]
-    pub fn of_status(status: &str) -> Self {
-        match status {
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "requeued" | "queued" => Self::Requeued,
-            "interrupted" => Self::Interrupted,
-            _ => Self::Lost,
-        }
-    }
 }
 
 /// How a stale assistant session was recovered from: the `path` label of
@@ -417,12 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_statuses_map_to_outcomes() {
-        assert_eq!(TurnOutcome::of_status("completed"), TurnOutcome::Completed);
-        assert_eq!(TurnOutcome::of_status("failed"), TurnOutcome::Failed);
-        assert_eq!(TurnOutcome::of_status("cancelled"), TurnOutcome::Cancelled);
-        assert_eq!(TurnOutcome::of_status("requeued"), TurnOutcome::Requeued);
-        assert_eq!(TurnOutcome::of_status("lost"), TurnOutcome::Lost);
+    fn outcome_labels_are_distinct() {
         let labels: std::collections::HashSet<_> = TurnOutcome::ALL.map(TurnOutcome::as_str).into();
         assert_eq!(labels.len(), TurnOutcome::ALL.len(), "distinct labels");
     }

@@ -251,7 +251,7 @@ mod tests {
             conversation_id: Uuid::nil(),
             seq: 1,
             turn_id: None,
-            kind: "text".into(),
+            kind: parley_db::event::EventKind::Text,
             data: serde_json::json!({ "text": text }),
             created_at: chrono::Utc::now(),
         };

@@ -1,6 +1,6 @@
 //! Building the prompt for a fresh assistant session from Parley's own history.
 
-use parley_db::message::Message;
+use parley_db::message::{Message, Role};
 
 /// Renders the prompt of a turn in a fresh session: the earlier conversation (oldest
 /// first, clearly marked as context) followed by the new message. With no history the
@@ -32,7 +32,7 @@ pub fn with_history(history: &[Message], message: &str) -> String {
          assistant session. Use it as context; do not answer it again.\n<earlier_conversation>\n",
     );
     for m in history {
-        let tag = if m.role == "assistant" { "assistant" } else { "user" };
+        let tag = if m.role == Role::Assistant { "assistant" } else { "user" };
         prompt.push('<');
         prompt.push_str(tag);
         prompt.push('>');
@@ -58,7 +58,7 @@ mod tests {
             message_id: id,
             conversation_id: uuid::Uuid::nil(),
             turn_id: None,
-            role: role.into(),
+            role: role.parse().expect("a role"),
             content: content.into(),
             metadata: serde_json::json!({}),
             created_at: chrono::Utc::now(),

@@ -314,7 +314,7 @@ pub async fn store(
     {
         session_ended = Some(reason);
     }
-    info!(conversation_id = %id, session_ended = session_ended.map(Transition::as_str), "conversation settings changed");
+    info!(conversation_id = %id, session_ended = session_ended.map(<&str>::from), "conversation settings changed");
     Ok(SettingsChanged { conversation: updated, session_ended })
 }
 

@@ -199,14 +199,14 @@ impl App {
         let Ingested::Turn { turn_id, message_id, .. } = posted else { panic!("not a turn: {posted:?}") };
         let mut turn = turn::get(&client, turn_id).await.expect("turn");
         for _ in 0..300 {
-            if !matches!(turn.status.as_str(), "queued" | "running") {
+            if !matches!(turn.status.as_ref(), "queued" | "running") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             turn = turn::get(&client, turn_id).await.expect("turn");
         }
         assert!(
-            !matches!(turn.status.as_str(), "queued" | "running"),
+            !matches!(turn.status.as_ref(), "queued" | "running"),
             "the turn for {text:?} never finished: {} after {} attempt(s)",
             turn.status,
             turn.attempt
@@ -235,11 +235,11 @@ impl Finished {
     /// user message kept, one attempt, one `turn_started`, the final event last and
     /// matching the status, the `text` events adding up to the stored reply.
     fn checked_reply(&self, status: &str) -> Option<&Message> {
-        assert_eq!(self.turn.status, status, "turn error: {:?}", self.turn.error);
+        assert_eq!(self.turn.status.as_ref(), status, "turn error: {:?}", self.turn.error);
         assert_eq!(self.turn.attempt, 1, "the turn ran once");
         let user = self.messages.iter().find(|m| m.message_id == self.user_message_id).expect("user message stored");
-        assert_eq!(user.role, "user");
-        let kinds: Vec<&str> = self.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(user.role.as_ref(), "user");
+        let kinds: Vec<&str> = self.events.iter().map(|e| e.kind.as_ref()).collect();
         assert_eq!(kinds.first(), Some(&"turn_started"), "{kinds:?}");
         assert_eq!(kinds.iter().filter(|k| **k == "turn_started").count(), 1, "{kinds:?}");
         let last = format!("turn_{status}");
@@ -247,8 +247,8 @@ impl Finished {
         assert!(self.events.windows(2).all(|w| w[0].seq < w[1].seq), "event numbers increase");
         assert!(self.events.iter().all(|e| e.turn_id == Some(self.turn.turn_id)));
         let streamed: String =
-            self.events.iter().filter(|e| e.kind == "text").filter_map(|e| e.data["text"].as_str()).collect();
-        let reply = self.messages.iter().find(|m| m.role == "assistant");
+            self.events.iter().filter(|e| e.kind.as_ref() == "text").filter_map(|e| e.data["text"].as_str()).collect();
+        let reply = self.messages.iter().find(|m| m.role.as_ref() == "assistant");
         assert_eq!(reply.map_or("", |m| m.content.as_str()), streamed, "stored reply = streamed text");
         for m in &self.messages {
             assert!(!m.content.contains('\0'), "message {} holds NUL", m.message_id);
@@ -258,7 +258,7 @@ impl Finished {
 }
 
 fn event<'a>(finished: &'a Finished, kind: &str) -> &'a Value {
-    &finished.events.iter().find(|e| e.kind == kind).unwrap_or_else(|| panic!("no {kind} event")).data
+    &finished.events.iter().find(|e| e.kind.as_ref() == kind).unwrap_or_else(|| panic!("no {kind} event")).data
 }
 
 #[tokio::test]
@@ -328,13 +328,13 @@ async fn a_panicking_assistant_fails_only_its_turn_and_the_conversation_goes_on(
     let conversation_id = app.conversation("panics").await;
     for _ in 0..3 {
         let done = app.run_in(conversation_id, "panic midway").await;
-        assert_eq!(done.turn.status, "failed", "{:?}", done.turn);
+        assert_eq!(done.turn.status.as_ref(), "failed", "{:?}", done.turn);
         assert_eq!(done.turn.attempt, 1, "failed, not re-run");
         assert!(done.turn.lease_until.is_none(), "the lease is released");
         let error = done.turn.error.as_deref().expect("turn error");
         assert!(error.contains("internal error") && error.contains("the scripted assistant has a bug"), "{error}");
         assert!(error.contains("/retry"), "tells the user what to do: {error}");
-        let kinds: Vec<&str> = done.events.iter().map(|e| e.kind.as_str()).collect();
+        let kinds: Vec<&str> = done.events.iter().map(|e| e.kind.as_ref()).collect();
         assert_eq!(kinds.last(), Some(&"turn_failed"), "{kinds:?}");
         assert_eq!(event(&done, "turn_failed")["error"], error);
         assert!(done.messages.iter().any(|m| m.message_id == done.user_message_id), "the user message is kept");
@@ -372,7 +372,7 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
     let client = app.db.pool.get().await.expect("client");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let waiting = turn::get(&client, turn_id).await.expect("turn");
-    assert_eq!(waiting.status, "running", "claimed: {waiting:?}");
+    assert_eq!(waiting.status.as_ref(), "running", "claimed: {waiting:?}");
     assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "the assistant did not start");
     let events = event::list_after(&client, conversation_id, 0, 100).await.expect("events");
     assert!(events.is_empty(), "nothing happened in the conversation yet: {events:?}");
@@ -389,13 +389,13 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
     holder.execute(unlock, &[&conversation_id]).await.expect("unlock");
     let mut done = turn::get(&client, turn_id).await.expect("turn");
     for _ in 0..200 {
-        if done.status == "completed" {
+        if done.status.as_ref() == "completed" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         done = turn::get(&client, turn_id).await.expect("turn");
     }
-    assert_eq!((done.status.as_str(), done.attempt), ("completed", 1), "{done:?}");
+    assert_eq!((done.status.as_ref(), done.attempt), ("completed", 1), "{done:?}");
     assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 1, "the assistant ran once");
     drop(client);
     drop(holder);

@@ -243,17 +243,17 @@ async fn every_listing_reads_one_index_range_at_any_depth() {
 
     // Turns by status across conversations: the first page and the last one.
     for status in turn::LISTED_STATUSES {
-        let what = format!("{} turns", status.as_str());
+        let what = format!("{status} turns");
         let (plans, first) = explained(&mut x, async |c| turn::list_by_status(c, status, None, LIMIT).await).await;
         assert!(!first.is_empty(), "{what}");
-        assert!(first.iter().all(|t| t.status == status.as_str()), "{what}");
+        assert!(first.iter().all(|t| t.status == status), "{what}");
         assert_indexed(&format!("{what}, first page"), &plans, &["turn"], LIMIT);
         let row = x
             .client
             .query_one(
                 "select user_message_id, turn_id from turn where status = $1 order by user_message_id, turn_id \
                  offset 10 limit 1",
-                &[&status.as_str()],
+                &[&status.as_ref()],
             )
             .await
             .expect("a deep key");

@@ -3,7 +3,7 @@
 //! session costs no more to read than a short one.
 
 use chrono::Utc;
-use parley_db::event::Event;
+use parley_db::event::{Event, EventKind};
 use parley_db::message::{self, Role};
 use parley_db::session::{self, NewSession, SessionSettings, Transition, UsageTotals};
 use parley_db::turn::{self, Completion};
@@ -40,7 +40,7 @@ fn completed(conversation_id: Uuid, turn_id: Uuid) -> Event {
         conversation_id,
         seq: 10,
         turn_id: Some(turn_id),
-        kind: "turn_completed".into(),
+        kind: EventKind::TurnCompleted,
         data: json!({}),
         created_at: Utc::now(),
     }

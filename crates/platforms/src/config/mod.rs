@@ -177,8 +177,10 @@ fn delivery(
 ) -> Result<Delivery, ConfigError> {
     match lookup(var).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => Delivery::parse(v.trim())
-            .ok_or_else(|| ConfigError { var, message: format!("must be stream or batch, not {v:?}") }),
+        Some(v) => v
+            .trim()
+            .parse::<Delivery>()
+            .map_err(|_| ConfigError { var, message: format!("must be stream or batch, not {v:?}") }),
     }
 }
 

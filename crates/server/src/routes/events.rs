@@ -114,7 +114,7 @@ pub async fn stream(
             match item {
                 Ok(event) => {
                     let sse = SseEvent::default()
-                        .event(event.kind.clone())
+                        .event(event.kind)
                         .id(event.seq.to_string())
                         .json_data(&event.data)
                         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));

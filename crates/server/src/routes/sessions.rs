@@ -33,7 +33,7 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-/// The `status` filter of `GET /api/sessions` (parsed by [`StatusFilter::parse`]; this
+/// The `status` filter of `GET /api/sessions` (parsed as a [`StatusFilter`]; this
 /// type describes the values in the OpenAPI document).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -115,8 +115,9 @@ pub async fn index(
 ) -> Result<impl IntoResponse, AppError> {
     let status = match q.status.as_deref() {
         None => StatusFilter::All,
-        Some(s) => StatusFilter::parse(s)
-            .ok_or_else(|| AppError::bad_request("invalid_query", "status must be active, ended, failed or all"))?,
+        Some(s) => s
+            .parse::<StatusFilter>()
+            .map_err(|_| AppError::bad_request("invalid_query", "status must be active, ended, failed or all"))?,
     };
     let conversation_id = q.conversation_id.as_deref().map(|c| parse_id(c, "conversation")).transpose()?;
     let page = PageRequest::parse(q.after.as_deref(), q.limit, 200, 1000)?;

@@ -122,7 +122,7 @@ pub async fn update(
     let changed = orch.change_settings(id, change).await?;
     Ok(Json(SettingsAnswer {
         conversation: changed.conversation,
-        session_ended: changed.session_ended.map(|t| t.as_str().to_owned()),
+        session_ended: changed.session_ended.map(|t| t.to_string()),
     }))
 }
 

@@ -28,7 +28,7 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-/// The `status` of `GET /api/turns` (parsed with [`TurnStatus::parse`] and checked
+/// The `status` of `GET /api/turns` (parsed as a [`TurnStatus`] and checked
 /// against [`turn::LISTED_STATUSES`]; this type describes the values in the document).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -81,10 +81,14 @@ pub async fn index(
     if !principal.admin {
         return Err(AppError::Forbidden("listing turns across conversations needs an admin token".into()));
     }
-    let status =
-        q.status.as_deref().and_then(TurnStatus::parse).filter(|s| turn::LISTED_STATUSES.contains(s)).ok_or_else(
-            || AppError::bad_request("invalid_query", "status must be queued, running, failed or interrupted"),
-        )?;
+    let status = q
+        .status
+        .as_deref()
+        .and_then(|s| s.parse::<TurnStatus>().ok())
+        .filter(|s| turn::LISTED_STATUSES.contains(s))
+        .ok_or_else(|| {
+            AppError::bad_request("invalid_query", "status must be queued, running, failed or interrupted")
+        })?;
     let page = PageRequest::parse(q.after.as_deref(), q.limit, 50, 200)?;
     let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
     let rows = turn::list_by_status(&client, status, page.after, page.fetch()).await?;

@@ -163,4 +163,23 @@ mod tests {
         assert!(!page.contains("<script>"), "no inline scripts: the CSP forbids them");
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe-inline"));
     }
+
+    /// The web UI subscribes to the events stream by kind, from its own list: a kind the
+    /// server sends but the list lacks would never reach the page.
+    #[test]
+    fn the_web_ui_listens_to_every_event_kind() {
+        use parley_db::event::EventKind;
+        use strum::IntoEnumIterator;
+
+        let script = include_str!("../../../../web/assets/conversation.js");
+        let list = script
+            .split_once("const EVENT_KINDS = [")
+            .and_then(|(_, rest)| rest.split_once("];"))
+            .map(|(list, _)| list)
+            .expect("`const EVENT_KINDS = [ … ];` in conversation.js");
+        let listed: Vec<&str> =
+            list.split(',').map(|k| k.trim().trim_matches('\'')).filter(|k| !k.is_empty()).collect();
+        let kinds: Vec<&str> = EventKind::iter().map(<&str>::from).collect();
+        assert_eq!(listed, kinds, "web/assets/conversation.js EVENT_KINDS against EventKind");
+    }
 }

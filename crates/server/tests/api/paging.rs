@@ -321,7 +321,7 @@ async fn a_full_replay_is_sent_in_pages_in_order() {
             conversation_id: conv,
             seq,
             turn_id: Some(turn),
-            kind: "text".into(),
+            kind: parley_db::event::EventKind::Text,
             data: json!({ "turn_id": turn, "text": format!("part {seq} ") }),
             created_at: Utc::now(),
         })

@@ -1,0 +1,120 @@
+//! The reply: what the assistant produced so far in a turn, and its delivery to the
+//! conversation's platform sink (streamed progress, then the final state).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_assistant::Usage;
+use parley_db::conversation::{Conversation, Delivery};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{Instrument, warn};
+use uuid::Uuid;
+
+use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
+
+use super::run::TurnRun;
+
+/// How long a finished turn waits for its platform reply to be delivered.
+const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the assistant produced so far in this turn.
+#[derive(Debug, Default)]
+pub(super) struct Reply {
+    pub(super) text: String,
+    pub(super) tools: Vec<String>,
+    pub(super) tool_calls: Vec<Value>,
+    pub(super) usage: Option<Usage>,
+    pub(super) cost_usd: Option<f64>,
+    pub(super) duration_ms: Option<u64>,
+    pub(super) completed_session_id: Option<String>,
+}
+
+impl Reply {
+    pub(super) fn update(&self, turn_id: Uuid, status: ReplyStatus) -> ReplyUpdate {
+        ReplyUpdate { turn_id: Some(turn_id), text: self.text.clone(), tools: self.tools.clone(), status }
+    }
+
+    pub(super) fn metadata(&self) -> Value {
+        let mut meta = json!({});
+        if let Some(u) = self.usage {
+            meta["usage"] = json!(u);
+        }
+        if let Some(c) = self.cost_usd {
+            meta["cost_usd"] = json!(c);
+        }
+        if let Some(d) = self.duration_ms {
+            meta["duration_ms"] = json!(d);
+        }
+        if !self.tool_calls.is_empty() {
+            meta["tool_calls"] = Value::Array(self.tool_calls.clone());
+        }
+        meta
+    }
+}
+
+/// A compact one-line view of a tool call, e.g. `Bash: ls -la`.
+pub(super) fn tool_line(name: &str, input: &Value) -> String {
+    let detail = ["command", "file_path", "path", "pattern", "url", "query", "description"]
+        .iter()
+        .find_map(|k| input.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let s = input.to_string();
+            if s == "{}" || s == "null" { String::new() } else { s }
+        });
+    let detail: String = detail.chars().take(80).collect();
+    if detail.is_empty() { name.to_owned() } else { format!("{name}: {detail}") }
+}
+
+/// Delivers a turn's reply to a platform sink through a latest-wins channel.
+pub(super) struct SinkHandle {
+    tx: watch::Sender<Option<ReplyUpdate>>,
+    stream: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SinkHandle {
+    pub(super) fn start(sink: Arc<dyn ReplySink>, conversation: Conversation) -> Self {
+        let (tx, mut rx) = watch::channel::<Option<ReplyUpdate>>(None);
+        let stream = conversation.delivery == Delivery::Stream;
+        let task = tokio::spawn(
+            async move {
+                while rx.changed().await.is_ok() {
+                    let update = rx.borrow_and_update().clone();
+                    let Some(update) = update else { continue };
+                    let last = update.is_final();
+                    if let Err(e) = sink.deliver(&conversation, update).await {
+                        warn!(error = %e, "reply delivery failed");
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Self { tx, stream, task }
+    }
+
+    pub(super) fn progress(&self, update: ReplyUpdate) {
+        if self.stream {
+            let _ = self.tx.send(Some(update));
+        }
+    }
+
+    pub(super) async fn finish(self, update: ReplyUpdate) {
+        let _ = self.tx.send(Some(update));
+        if tokio::time::timeout(SINK_FINAL_TIMEOUT, self.task).await.is_err() {
+            warn!("reply delivery did not finish in time; it goes on in the background");
+        }
+    }
+}
+
+impl TurnRun<'_> {
+    pub(super) fn progress(&self) {
+        if let Some(sink) = &self.sink {
+            sink.progress(self.reply.update(self.turn.turn_id, ReplyStatus::Running));
+        }
+    }
+}
