@@ -1,8 +1,9 @@
 //! Parley's PostgreSQL store.
 //!
-//! PostgreSQL is the source of truth for every conversation (DESIGN §1). This crate
-//! owns the connection pool ([`connect`]), the embedded migrations ([`migrate`]) and
-//! one module per table or aggregate. It knows nothing of HTTP or assistants.
+//! PostgreSQL is the source of truth for every conversation
+//! (`docs/architecture.md#database-is-the-truth`). This crate owns the connection pool
+//! ([`connect`]), the embedded migrations ([`migrate`]) and one module per table or
+//! aggregate. It knows nothing of HTTP or assistants.
 //!
 //! Functions are free functions over `&impl GenericClient`, so the same call works on
 //! a pooled client and inside a transaction. Errors are [`DbError`]: callers branch on

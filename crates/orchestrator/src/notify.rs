@@ -1,6 +1,7 @@
-//! Replica-to-replica signals over PostgreSQL LISTEN/NOTIFY (DESIGN §8): wake-ups for
-//! queued turns, live events for SSE followers connected to another replica, "stored up
-//! to seq" marks, and cancel requests that must reach the replica running a turn.
+//! Replica-to-replica signals over PostgreSQL LISTEN/NOTIFY
+//! (`docs/architecture.md#replica-signals`): wake-ups for queued turns, live events for
+//! SSE followers connected to another replica, "stored up to seq" marks, and cancel
+//! requests that must reach the replica running a turn.
 //!
 //! Sending goes through a queue drained by one task, several notifications per round
 //! trip (`select pg_notify(...) from unnest($1)`), so a worker never waits on it.
