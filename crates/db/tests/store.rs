@@ -1,6 +1,6 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
-//! its turn still writes; and every listing read from an index, a page at a time
-//! (`listings`).
+//! its turn still writes; every listing read from an index, a page at a time
+//! (`listings`); and the turn queue's enqueue, claim and lease sweep (`queue`).
 
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 #[path = "store/listings.rs"]
 mod listings;
+#[path = "store/queue.rs"]
+mod queue;
 
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
