@@ -7,8 +7,10 @@ use thiserror::Error;
 /// Which variant to branch on:
 /// - [`DbError::NotFound`]: the row asked for does not exist (map to HTTP 404).
 /// - [`DbError::Conflict`]: a named constraint refused the write (unique, foreign key,
-///   check); `constraint` is the constraint's name from the migrations, e.g.
-///   `turn_one_running_per_conversation`.
+///   check); `constraint` is the constraint's name from the migrations; compare it with
+///   the names in [`crate::constraint`], e.g. [`crate::constraint::TURN_ONE_RUNNING`].
+/// - [`DbError::ActiveSession`]: the session to delete is its conversation's active one
+///   (a rule the store checks itself: no constraint expresses it; map to HTTP 409).
 /// - [`DbError::Unavailable`]: the database could not be reached or the pool timed out;
 ///   retry later (map to HTTP 503).
 /// - [`DbError::Retryable`]: the transaction lost a deadlock or serialization race and
@@ -28,6 +30,10 @@ pub enum DbError {
         /// The constraint's name as declared in the migrations.
         constraint: String,
     },
+    /// The session is its conversation's active session, which cannot be deleted (reset
+    /// the conversation first).
+    #[error("the session is its conversation's active session")]
+    ActiveSession,
     /// The database could not be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -47,7 +53,7 @@ impl DbError {
         Self::NotFound { what }
     }
 
-    /// True when this is a conflict on the named constraint.
+    /// True when this is a conflict on the named constraint (one of [`crate::constraint`]).
     #[must_use]
     pub fn is_conflict_on(&self, name: &str) -> bool {
         matches!(self, Self::Conflict { constraint } if constraint == name)

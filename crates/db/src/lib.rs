@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_token;
+pub mod constraint;
 pub mod conversation;
 mod error;
 pub mod event;

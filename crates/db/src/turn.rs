@@ -157,8 +157,9 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 /// ([`Claimed::run_locked`]). Returns `None` when there is nothing to claim. One
 /// statement: one round trip, one commit.
 ///
-/// Uses `for update skip locked`; the running-turn unique index turns a lost race into
-/// `None` rather than a double claim.
+/// Uses `for update skip locked`; the running-turn unique index
+/// ([`crate::constraint::TURN_ONE_RUNNING`]) turns a lost race into `None` rather than a
+/// double claim.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -208,7 +209,7 @@ pub async fn claim(
         Ok(None) => Ok(None),
         Err(e) => {
             let err = DbError::from(e);
-            if err.is_conflict_on("turn_one_running_per_conversation") { Ok(None) } else { Err(err) }
+            if err.is_conflict_on(crate::constraint::TURN_ONE_RUNNING) { Ok(None) } else { Err(err) }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
 //! its turn still writes; every listing read from an index, a page at a time
-//! (`listings`); and the turn queue's enqueue, claim and lease sweep (`queue`).
+//! (`listings`); the turn queue's enqueue, claim and lease sweep (`queue`); and the
+//! constraint names callers branch on (`constraint`).
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use parley_test_support::TestDb;
 use serde_json::json;
 use uuid::Uuid;
 
+#[path = "store/constraint.rs"]
+mod constraint;
 #[path = "store/listings.rs"]
 mod listings;
 #[path = "store/queue.rs"]

@@ -880,7 +880,7 @@ impl TurnRun<'_> {
                     return Ok(s);
                 }
                 // Someone else started one first: read it again.
-                Err(e) if e.is_conflict_on("session_one_active_per_conversation") => continue,
+                Err(e) if e.is_conflict_on(parley_db::constraint::SESSION_ONE_ACTIVE) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -1262,7 +1262,7 @@ impl TurnRun<'_> {
 
 /// Whether a turn's write failed because its conversation was deleted meanwhile.
 fn is_conversation_gone(e: &DbError) -> bool {
-    matches!(e, DbError::Conflict { constraint } if constraint.ends_with("conversation_id_fkey"))
+    parley_db::constraint::CONVERSATION_REFERENCES.iter().any(|c| e.is_conflict_on(c))
         || matches!(e, DbError::NotFound { what: "conversation" })
 }
 

@@ -153,6 +153,7 @@ impl From<DbError> for AppError {
             DbError::NotFound { what } => Self::NotFound(what),
             DbError::Unavailable(_) => Self::Unavailable,
             DbError::Conflict { constraint } => Self::Conflict(format!("conflict on {constraint}")),
+            err @ DbError::ActiveSession => Self::Conflict(err.to_string()),
             DbError::Other(detail) | DbError::Retryable(detail) => Self::Internal(detail),
         }
     }

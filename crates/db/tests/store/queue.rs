@@ -144,7 +144,7 @@ async fn conversations_run_side_by_side_but_each_runs_one_turn() {
         .await
         .map_err(DbError::from)
         .expect_err("two running turns in one conversation");
-    assert!(err.is_conflict_on("turn_one_running_per_conversation"), "{err}");
+    assert!(err.is_conflict_on(parley_db::constraint::TURN_ONE_RUNNING), "{err}");
 
     assert!(turn::finish(&client, a1, TurnStatus::Failed, Some("boom")).await.expect("finish"));
     assert_eq!(claim(&client, "w3", LEASE).await.map(|c| c.0), Some(a2), "a2 runs once a1 is done");

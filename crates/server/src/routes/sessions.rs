@@ -228,7 +228,7 @@ pub async fn delete(
     visible(&client, &principal, id).await?;
     match session::delete(&client, id).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(e) if e.is_conflict_on("session_active") => Err(AppError::Conflict(
+        Err(parley_db::DbError::ActiveSession) => Err(AppError::Conflict(
             "this is the conversation's active session; reset the conversation before deleting it".into(),
         )),
         Err(e) => Err(e.into()),
