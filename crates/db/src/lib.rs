@@ -30,7 +30,7 @@ pub mod turn;
 /// A connection taken from a [`Pool`] (returned to it when dropped).
 pub use deadpool_postgres::Object as PooledClient;
 pub use deadpool_postgres::{GenericClient, Pool, Transaction};
-pub use error::DbError;
+pub use error::{Cause, DbError};
 pub use pool::{DbConfig, check, connect, ensure_database};
 
 /// The result type of every store function.

@@ -147,7 +147,7 @@ impl TryFrom<&Row> for Session {
             last_error: row.try_get("last_error")?,
             history_from_message_id: row.try_get("history_from_message_id")?,
             settings: serde_json::from_value(row.try_get("settings")?)
-                .map_err(|e| DbError::Other(format!("session.settings: {e}")))?,
+                .map_err(|e| DbError::Other(crate::Cause::new("session.settings", e)))?,
             started_at: row.try_get("started_at")?,
             ended_at: row.try_get("ended_at")?,
         })
@@ -210,7 +210,7 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
                 &new.parent_session_id,
                 &new.reason.as_str(),
                 &new.history_from_message_id,
-                &serde_json::to_value(new.settings).map_err(|e| DbError::Other(e.to_string()))?,
+                &serde_json::to_value(new.settings).map_err(|e| DbError::Other(crate::Cause::of(e)))?,
             ],
         )
         .await?

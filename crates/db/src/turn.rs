@@ -146,7 +146,7 @@ pub struct Claimed {
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
     let value: Option<serde_json::Value> = row.try_get(column)?;
-    value.map(|v| serde_json::from_value(v).map_err(|e| DbError::Other(format!("{column}: {e}")))).transpose()
+    value.map(|v| serde_json::from_value(v).map_err(|e| DbError::Other(crate::Cause::new(column, e)))).transpose()
 }
 
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
@@ -570,7 +570,7 @@ pub async fn list_by_status(
     limit: i64,
 ) -> DbResult<Vec<Turn>> {
     if !LISTED_STATUSES.contains(&status) {
-        return Err(DbError::Other(format!("turns are not listed by status {}", status.as_str())));
+        return Err(DbError::Other(format!("turns are not listed by status {}", status.as_str()).into()));
     }
     // The status is a literal, which the planner matches to its partial index; and the
     // statement is not cached, so each call is planned with its own cursor and page size.

@@ -154,7 +154,7 @@ impl From<DbError> for AppError {
             DbError::Unavailable(_) => Self::Unavailable,
             DbError::Conflict { constraint } => Self::Conflict(format!("conflict on {constraint}")),
             err @ DbError::ActiveSession => Self::Conflict(err.to_string()),
-            DbError::Other(detail) | DbError::Retryable(detail) => Self::Internal(detail),
+            DbError::Other(cause) | DbError::Retryable(cause) => Self::Internal(cause.to_string()),
         }
     }
 }

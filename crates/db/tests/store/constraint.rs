@@ -1,5 +1,6 @@
-//! The constraint names callers branch on ([`parley_db::constraint`]) exist in a
-//! migrated database, and the store's own rule on sessions has its own error.
+//! The errors callers branch on: the constraint names ([`parley_db::constraint`]) exist
+//! in a migrated database, the store's own rule on sessions has its own error, and a
+//! wrapped database error keeps its source.
 
 use parley_db::conversation::{self, Delivery, NewConversation};
 use parley_db::session::{self, NewSession, SessionSettings, Transition};
@@ -72,4 +73,18 @@ async fn deleting_the_active_session_is_refused_with_its_own_error() {
     assert!(session::end(&client, first.session_id, Transition::ResetRequested, None).await.expect("end"));
     session::delete(&client, first.session_id).await.expect("an ended session is deleted");
     assert!(matches!(session::get(&client, first.session_id).await, Err(DbError::NotFound { .. })));
+}
+
+/// A database error keeps the driver's error as its source: a caller can walk the chain
+/// to the SQLSTATE, while the message stays what it was.
+#[tokio::test]
+async fn a_database_error_keeps_the_drivers_error_as_its_source() {
+    let db = TestDb::new().await;
+    let client = db.pool.get().await.expect("client");
+    let err = DbError::from(client.execute("selec 1", &[]).await.expect_err("a syntax error"));
+    assert!(matches!(err, DbError::Other(_)), "{err:?}");
+    assert!(err.to_string().starts_with("database error: 42601: "), "{err}");
+    let cause = std::error::Error::source(&err).expect("the cause");
+    let driver = cause.source().and_then(|e| e.downcast_ref::<tokio_postgres::Error>()).expect("the driver's error");
+    assert_eq!(driver.code(), Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR));
 }
