@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest, Usage, run_marker};
@@ -452,7 +453,13 @@ impl Orchestrator {
     }
 
     async fn worker_loop(&self, n: usize, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        // After a failed claim: 100 ms, doubling up to 5 s; back to 100 ms after a claim.
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let mut delays = backoff.build();
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -469,7 +476,7 @@ impl Orchestrator {
             };
             match claimed {
                 Ok(Some((claimed, client))) => {
-                    backoff = Duration::from_millis(100);
+                    delays = backoff.build();
                     // More may be queued: let one more idle worker look (a cascade, not a herd).
                     self.wake_local();
                     self.run_turn(claimed, run_id, client).await;
@@ -484,10 +491,9 @@ impl Orchestrator {
                 Err(e) => {
                     warn!(worker = n, error = %e, "claiming a turn failed; backing off");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
                         () = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -1099,13 +1105,19 @@ impl TurnRun<'_> {
     /// outage does not throw the reply away (past that the sweeper re-runs the turn).
     async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<&'static str> {
         let deadline = Instant::now() + self.orch.config().lease / 2;
-        let mut backoff = Duration::from_millis(100);
+        // 100 ms, doubling up to 2 s. The loop stays (not `backon::Retryable`): each attempt
+        // borrows `self` mutably, which backon's attempt factory cannot hand out in turn.
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times()
+            .build();
         loop {
             match self.finish_once(session, &outcome).await {
                 Err(DbError::Unavailable(e) | DbError::Retryable(e)) if Instant::now() < deadline => {
                     warn!(error = %e, "database unavailable while finishing the turn; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
                 }
                 other => return other,
             }
