@@ -4,6 +4,7 @@
 //!
 //! Errors never carry a URL (Telegram's URL holds the bot token) nor a request body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -18,12 +19,14 @@ use crate::config::SinkSettings;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// The request did not complete (connection refused, timeout) after every attempt.
-    #[error("{what}: network error: {detail}")]
+    #[error("{what}: network error: {source}")]
     Network {
         /// The API call, e.g. `telegram sendMessage`.
         what: &'static str,
-        /// The cause, without the URL.
-        detail: String,
+        /// The HTTP client's error, with the URL removed; shared so the error stays
+        /// `Clone`.
+        #[source]
+        source: Arc<reqwest::Error>,
     },
     /// The platform answered with an error.
     #[error("{what}: HTTP {status}: {detail}")]
@@ -130,10 +133,10 @@ impl Http {
         let max_retry_after = self.settings.max_retry_after;
         let mut attempt = 0_u32;
         let outcome = (|| async {
-            let response = make(&self.client).send().await.map_err(|e| Failed::Network(e.without_url().to_string()))?;
+            let response = make(&self.client).send().await.map_err(|e| Failed::Network(e.without_url()))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response.bytes().await.map_err(|e| Failed::Unread(e.without_url().to_string()))?;
+            let bytes = response.bytes().await.map_err(|e| Failed::Unread(e.without_url()))?;
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let answer = Answer { status, body };
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -177,7 +180,7 @@ impl Http {
         .await;
         match outcome {
             Ok(answer) | Err(Failed::Refused { answer, .. }) => Ok(answer),
-            Err(Failed::Network(detail) | Failed::Unread(detail)) => Err(SinkError::Network { what, detail }),
+            Err(Failed::Network(e) | Failed::Unread(e)) => Err(SinkError::Network { what, source: Arc::new(e) }),
         }
     }
 }
@@ -185,9 +188,9 @@ impl Http {
 /// Why one attempt of [`Http::send`] got no usable answer.
 enum Failed {
     /// The request did not complete: retried.
-    Network(String),
+    Network(reqwest::Error),
     /// The answer's body could not be read: not retried.
-    Unread(String),
+    Unread(reqwest::Error),
     /// A 429 or 5xx answer, with the wait the platform asked for: retried.
     Refused { answer: Answer, retry_after: Option<Duration> },
 }
@@ -280,6 +283,11 @@ mod tests {
         let err = post(&http(3, 20), &url).await.expect_err("nothing listens");
         assert!(matches!(err, SinkError::Network { what: "test call", .. }), "{err:?}");
         assert!(!err.to_string().contains("secret"), "{err}");
+        // The chain reaches the refused connection beneath the client's error.
+        let refused = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<std::io::Error>())
+            .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+        assert!(refused, "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(60), "waited 20 + 40 ms: {:?}", started.elapsed());
     }
 }
