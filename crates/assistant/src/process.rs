@@ -548,6 +548,16 @@ impl Drop for GroupGuard {
 }
 
 /// Reads lines of at most `max` bytes; longer ones are skipped and reported.
+///
+/// Hand-written rather than `FramedRead` with `tokio_util::codec::LinesCodec::new_with_max_length`,
+/// because that codec (tokio-util 0.7.20, checked on `short\n<26-byte line>\nok\n` and on
+/// `a\xffb\nok\n`) does not keep this reader's behaviour on hostile output:
+/// - after an over-long line it yields `Err(MaxLineLengthExceeded)` and then `None`, which
+///   reads as the end of stdout, before resuming with the next line; the run would end at
+///   the first over-long line instead of skipping it;
+/// - it does not say how long the skipped line was ([`Output::Oversized`] does);
+/// - a line that is not valid UTF-8 is an error (and again a `None`) instead of a line
+///   with U+FFFD in place of the bad bytes.
 #[derive(Debug)]
 struct LineReader<R> {
     reader: BufReader<R>,

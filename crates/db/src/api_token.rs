@@ -88,7 +88,7 @@ pub fn hash(token: &str) -> [u8; 32] {
 pub fn generate() -> DbResult<TokenSecret> {
     use base64::Engine;
     let mut bytes = [0_u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| DbError::Other(format!("no random bytes for a token: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| DbError::Other(crate::Cause::new("no random bytes for a token", e)))?;
     let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
     Ok(TokenSecret(token.into()))
 }

@@ -166,8 +166,8 @@ pub struct NewConversation {
 /// Inserts a conversation with a new random id.
 ///
 /// # Errors
-/// [`DbError::Conflict`] on `conversation_platform_external_id_key` when the platform
-/// thread already has one.
+/// [`DbError::Conflict`] on [`crate::constraint::CONVERSATION_PLATFORM_EXTERNAL_ID`] when
+/// the platform thread already has one.
 pub async fn create(client: &impl GenericClient, new: &NewConversation) -> DbResult<Conversation> {
     insert(client, new, "").await
 }

@@ -54,9 +54,9 @@ pub enum Enqueued {
 /// one conversation the limit is approximate by the number of concurrent posts.
 ///
 /// # Errors
-/// [`DbError::Conflict`] on `inbound_delivery_pkey` when the dedupe key was already
-/// recorded (nothing is stored: the statement is atomic); [`DbError::Unavailable`] /
-/// [`DbError::Other`] otherwise.
+/// [`DbError::Conflict`] on [`crate::constraint::INBOUND_DELIVERY_PKEY`] when the dedupe
+/// key was already recorded (nothing is stored: the statement is atomic);
+/// [`DbError::Unavailable`] / [`DbError::Other`] otherwise.
 pub async fn enqueue(client: &impl GenericClient, e: &Enqueue<'_>) -> DbResult<Enqueued> {
     let stmt = client
         .prepare_cached(
@@ -111,5 +111,5 @@ impl Enqueued {
 /// True when `err` says the dedupe key was already recorded.
 #[must_use]
 pub fn is_duplicate(err: &DbError) -> bool {
-    err.is_conflict_on("inbound_delivery_pkey")
+    err.is_conflict_on(crate::constraint::INBOUND_DELIVERY_PKEY)
 }

@@ -1,8 +1,9 @@
 //! Parley's PostgreSQL store.
 //!
-//! PostgreSQL is the source of truth for every conversation (DESIGN §1). This crate
-//! owns the connection pool ([`connect`]), the embedded migrations ([`migrate`]) and
-//! one module per table or aggregate. It knows nothing of HTTP or assistants.
+//! PostgreSQL is the source of truth for every conversation
+//! (`docs/architecture.md#database-is-the-truth`). This crate owns the connection pool
+//! ([`connect`]), the embedded migrations ([`migrate`]) and one module per table or
+//! aggregate. It knows nothing of HTTP or assistants.
 //!
 //! Functions are free functions over `&impl GenericClient`, so the same call works on
 //! a pooled client and inside a transaction. Errors are [`DbError`]: callers branch on
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_token;
+pub mod constraint;
 pub mod conversation;
 mod error;
 pub mod event;
@@ -28,7 +30,7 @@ pub mod turn;
 /// A connection taken from a [`Pool`] (returned to it when dropped).
 pub use deadpool_postgres::Object as PooledClient;
 pub use deadpool_postgres::{GenericClient, Pool, Transaction};
-pub use error::DbError;
+pub use error::{Cause, DbError};
 pub use pool::{DbConfig, check, connect, ensure_database};
 
 /// The result type of every store function.
@@ -43,7 +45,7 @@ pub type DbResult<T> = Result<T, DbError>;
 /// value (a row written by a newer Parley, or by hand), never a panic.
 pub(crate) fn text_enum<T: std::str::FromStr>(row: &tokio_postgres::Row, column: &str) -> DbResult<T> {
     let text: &str = row.try_get(column)?;
-    text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}")))
+    text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}").into()))
 }
 
 /// [`text_enum`] for a column that may be null.
@@ -52,7 +54,8 @@ pub(crate) fn text_enum<T: std::str::FromStr>(row: &tokio_postgres::Row, column:
 /// As [`text_enum`].
 pub(crate) fn text_enum_opt<T: std::str::FromStr>(row: &tokio_postgres::Row, column: &str) -> DbResult<Option<T>> {
     let text: Option<&str> = row.try_get(column)?;
-    text.map(|text| text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}")))).transpose()
+    text.map(|text| text.parse().map_err(|_| DbError::Other(format!("{column}: unknown value {text:?}").into())))
+        .transpose()
 }
 
 /// The first page of a keyset-paged list starts after a key that sorts before (or, for

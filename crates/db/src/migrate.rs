@@ -46,7 +46,7 @@ pub async fn run_to(config: &DbConfig, version: u32) -> DbResult<MigrationReport
 
 async fn run_until(config: &DbConfig, target: refinery::Target) -> DbResult<MigrationReport> {
     let (mut client, conn) =
-        config.pg_config()?.connect(NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))?;
+        config.pg_config()?.connect(NoTls).await.map_err(|e| DbError::Unavailable(crate::Cause::of(e)))?;
     let conn = tokio::spawn(conn);
     client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
     let result =
@@ -55,7 +55,7 @@ async fn run_until(config: &DbConfig, target: refinery::Target) -> DbResult<Migr
     let _ = client.execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
     drop(client);
     let _ = conn.await;
-    let report = result.map_err(|e| DbError::Other(format!("migration failed: {e}")))?;
+    let report = result.map_err(|e| DbError::Other(crate::Cause::new("migration failed", e)))?;
     Ok(MigrationReport { applied: report.applied_migrations().iter().map(ToString::to_string).collect() })
 }
 

@@ -67,7 +67,7 @@ impl DbConfig {
     /// [`DbError::Other`] when the URL does not parse.
     pub fn pg_config(&self) -> DbResult<tokio_postgres::Config> {
         let mut cfg = tokio_postgres::Config::from_str(&self.url)
-            .map_err(|e| DbError::Other(format!("invalid database URL: {e}")))?;
+            .map_err(|e| DbError::Other(crate::Cause::new("invalid database URL", e)))?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(self.connect_timeout);
         }
@@ -107,7 +107,7 @@ pub async fn ensure_database(config: &DbConfig) -> DbResult<()> {
     }
     let mut admin = target.clone();
     admin.dbname("postgres");
-    let (client, conn) = admin.connect(NoTls).await.map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let (client, conn) = admin.connect(NoTls).await.map_err(|e| DbError::Unavailable(crate::Cause::of(e)))?;
     let conn = tokio::spawn(conn);
     let exists = client.query_opt("select 1 from pg_database where datname = $1", &[&name]).await?.is_some();
     if !exists {
@@ -140,7 +140,7 @@ pub async fn connect(config: &DbConfig) -> DbResult<Pool> {
         .create_timeout(Some(config.connect_timeout))
         .recycle_timeout(Some(config.connect_timeout))
         .build()
-        .map_err(|e| DbError::Other(e.to_string()))
+        .map_err(|e| DbError::Other(crate::Cause::of(e)))
 }
 
 /// Runs `select 1` on a pooled connection: the readiness probe.

@@ -130,7 +130,7 @@ impl TryFrom<&Row> for Session {
             last_error: row.try_get("last_error")?,
             history_from_message_id: row.try_get("history_from_message_id")?,
             settings: serde_json::from_value(row.try_get("settings")?)
-                .map_err(|e| DbError::Other(format!("session.settings: {e}")))?,
+                .map_err(|e| DbError::Other(crate::Cause::new("session.settings", e)))?,
             started_at: row.try_get("started_at")?,
             ended_at: row.try_get("ended_at")?,
         })
@@ -172,7 +172,7 @@ pub struct NewSession<'a> {
 /// owner). The conversation must have none active.
 ///
 /// # Errors
-/// [`DbError::Conflict`] on `session_one_active_per_conversation` when it has one;
+/// [`DbError::Conflict`] on [`crate::constraint::SESSION_ONE_ACTIVE`] when it has one;
 /// [`DbError::NotFound`] when the conversation does not exist.
 pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResult<Session> {
     let stmt = client
@@ -193,7 +193,7 @@ pub async fn start(client: &impl GenericClient, new: &NewSession<'_>) -> DbResul
                 &new.parent_session_id,
                 &new.reason.as_ref(),
                 &new.history_from_message_id,
-                &serde_json::to_value(new.settings).map_err(|e| DbError::Other(e.to_string()))?,
+                &serde_json::to_value(new.settings).map_err(|e| DbError::Other(crate::Cause::of(e)))?,
             ],
         )
         .await?
@@ -374,15 +374,15 @@ pub async fn list(
 /// NULL, and children lose their parent link.
 ///
 /// # Errors
-/// [`DbError::NotFound`] when there is none; [`DbError::Conflict`] with constraint
-/// `session_active` when it is the conversation's active session (reset it first).
+/// [`DbError::NotFound`] when there is none; [`DbError::ActiveSession`] when it is the
+/// conversation's active session (reset it first).
 pub async fn delete(client: &impl GenericClient, session_id: Uuid) -> DbResult<()> {
     let row = client
         .query_opt("select active from session where session_id = $1 for update", &[&session_id])
         .await?
         .ok_or(DbError::not_found("session"))?;
     if row.try_get::<_, bool>(0)? {
-        return Err(DbError::Conflict { constraint: "session_active".to_owned() });
+        return Err(DbError::ActiveSession);
     }
     client.execute("delete from session where session_id = $1", &[&session_id]).await?;
     Ok(())

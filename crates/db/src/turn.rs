@@ -138,7 +138,7 @@ pub struct Claimed {
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
     let value: Option<serde_json::Value> = row.try_get(column)?;
-    value.map(|v| serde_json::from_value(v).map_err(|e| DbError::Other(format!("{column}: {e}")))).transpose()
+    value.map(|v| serde_json::from_value(v).map_err(|e| DbError::Other(crate::Cause::new(column, e)))).transpose()
 }
 
 /// Claims the oldest queued turn of a conversation that has no running turn and is not
@@ -149,8 +149,9 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResul
 /// ([`Claimed::run_locked`]). Returns `None` when there is nothing to claim. One
 /// statement: one round trip, one commit.
 ///
-/// Uses `for update skip locked`; the running-turn unique index turns a lost race into
-/// `None` rather than a double claim.
+/// Uses `for update skip locked`; the running-turn unique index
+/// ([`crate::constraint::TURN_ONE_RUNNING`]) turns a lost race into `None` rather than a
+/// double claim.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -200,7 +201,7 @@ pub async fn claim(
         Ok(None) => Ok(None),
         Err(e) => {
             let err = DbError::from(e);
-            if err.is_conflict_on("turn_one_running_per_conversation") { Ok(None) } else { Err(err) }
+            if err.is_conflict_on(crate::constraint::TURN_ONE_RUNNING) { Ok(None) } else { Err(err) }
         }
     }
 }
@@ -575,7 +576,7 @@ pub async fn list_by_status(
     limit: i64,
 ) -> DbResult<Vec<Turn>> {
     if !LISTED_STATUSES.contains(&status) {
-        return Err(DbError::Other(format!("turns are not listed by status {status}")));
+        return Err(DbError::Other(format!("turns are not listed by status {status}").into()));
     }
     // The status is a literal, which the planner matches to its partial index; and the
     // statement is not cached, so each call is planned with its own cursor and page size.

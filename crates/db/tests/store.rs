@@ -1,7 +1,8 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
-//! its turn still writes; and every listing read from an index, a page at a time
-//! (`listings`); a session's usage totals kept as replies are stored (`usage`); the
-//! vocabulary enums against the schema (`vocabulary`).
+//! its turn still writes; every listing read from an index, a page at a time
+//! (`listings`); the turn queue's enqueue, claim and lease sweep (`queue`); the
+//! constraint names callers branch on (`constraint`); a session's usage totals kept as
+//! replies are stored (`usage`); the vocabulary enums against the schema (`vocabulary`).
 
 use std::time::Duration;
 
@@ -12,8 +13,12 @@ use parley_test_support::TestDb;
 use serde_json::json;
 use uuid::Uuid;
 
+#[path = "store/constraint.rs"]
+mod constraint;
 #[path = "store/listings.rs"]
 mod listings;
+#[path = "store/queue.rs"]
+mod queue;
 #[path = "store/usage.rs"]
 mod usage;
 #[path = "store/vocabulary.rs"]

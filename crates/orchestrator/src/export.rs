@@ -162,7 +162,7 @@ pub fn export(
 }
 
 fn to_json(value: &impl Serialize) -> DbResult<String> {
-    serde_json::to_string(value).map_err(|e| DbError::Other(format!("cannot encode the export: {e}")))
+    serde_json::to_string(value).map_err(|e| DbError::Other(parley_db::Cause::new("cannot encode the export", e)))
 }
 
 /// Everything of the JSON document up to the opening of `messages`.

@@ -72,7 +72,7 @@ impl Orchestrator {
         let client = self.pool().get().await.map_err(DbError::from)?;
         match session::delete(&client, session_id).await {
             Ok(()) => Ok(()),
-            Err(e) if e.is_conflict_on("session_active") => Err(OrchestratorError::Conflict(
+            Err(DbError::ActiveSession) => Err(OrchestratorError::Conflict(
                 "this is the conversation's active session; reset the conversation before deleting it".into(),
             )),
             Err(e) => Err(e.into()),

@@ -1,6 +1,7 @@
-//! Replica-to-replica signals over PostgreSQL LISTEN/NOTIFY (DESIGN §8): wake-ups for
-//! queued turns, live events for SSE followers connected to another replica, "stored up
-//! to seq" marks, and cancel requests that must reach the replica running a turn.
+//! Replica-to-replica signals over PostgreSQL LISTEN/NOTIFY
+//! (`docs/architecture.md#replica-signals`): wake-ups for queued turns, live events for
+//! SSE followers connected to another replica, "stored up to seq" marks, and cancel
+//! requests that must reach the replica running a turn.
 //!
 //! Sending goes through a queue drained by one task, several notifications per round
 //! trip (`select pg_notify(...) from unnest($1)`), so a worker never waits on it.
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use parley_db::event::Event;
 use serde::{Deserialize, Serialize};
@@ -154,7 +156,13 @@ impl Orchestrator {
     pub(crate) async fn run_listener(&self, db: parley_db::DbConfig, stop: CancellationToken) {
         // `origin` is the envelope's first field, so our own payloads start with this.
         let own_prefix = self.inner.notifier.prefix();
-        let mut backoff = Duration::from_millis(200);
+        // 200 ms, doubling up to 5 s; back to 200 ms once connected.
+        let reconnect = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(200))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let mut delays = reconnect.build();
         let mut first = true;
         loop {
             let connected = async {
@@ -183,7 +191,7 @@ impl Orchestrator {
             .await;
             match connected {
                 Ok((client, driver, mut rx)) => {
-                    backoff = Duration::from_millis(200);
+                    delays = reconnect.build();
                     if first {
                         debug!("listening for other replicas");
                     } else {
@@ -209,9 +217,8 @@ impl Orchestrator {
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

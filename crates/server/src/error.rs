@@ -153,7 +153,8 @@ impl From<DbError> for AppError {
             DbError::NotFound { what } => Self::NotFound(what),
             DbError::Unavailable(_) => Self::Unavailable,
             DbError::Conflict { constraint } => Self::Conflict(format!("conflict on {constraint}")),
-            DbError::Other(detail) | DbError::Retryable(detail) => Self::Internal(detail),
+            err @ DbError::ActiveSession => Self::Conflict(err.to_string()),
+            DbError::Other(cause) | DbError::Retryable(cause) => Self::Internal(cause.to_string()),
         }
     }
 }

@@ -97,5 +97,8 @@ async fn an_unknown_stored_value_is_an_error_not_a_panic() {
         .await
         .expect("message");
     let err = message::list(&client, conversation, 0, 10).await.expect_err("an unknown role");
-    assert!(matches!(&err, DbError::Other(m) if m.contains("role") && m.contains("robot")), "{err:?}");
+    assert!(
+        matches!(&err, DbError::Other(m) if m.to_string().contains("role") && m.to_string().contains("robot")),
+        "{err:?}"
+    );
 }

@@ -2,6 +2,7 @@
 //! partial reply kept, marked incomplete), re-queued at shutdown, or dropped when the
 //! turn is no longer this worker's.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::time::{Duration, Instant};
 
 use parley_assistant::AssistantError;
@@ -77,13 +78,19 @@ impl TurnRun<'_> {
     /// outage does not throw the reply away (past that the sweeper re-runs the turn).
     pub(super) async fn finish(&mut self, session: &Session, outcome: Outcome) -> DbResult<Finished> {
         let deadline = Instant::now() + self.orch.config().lease / 2;
-        let mut backoff = Duration::from_millis(100);
+        // 100 ms, doubling up to 2 s. The loop stays (not `backon::Retryable`): each attempt
+        // borrows `self` mutably, which backon's attempt factory cannot hand out in turn.
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times()
+            .build();
         loop {
             match self.finish_once(session, &outcome).await {
                 Err(DbError::Unavailable(e) | DbError::Retryable(e)) if Instant::now() < deadline => {
                     warn!(error = %e, "database unavailable while finishing the turn; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
                 }
                 other => return other,
             }

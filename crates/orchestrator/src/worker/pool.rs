@@ -2,6 +2,7 @@
 //! back its turns), the helper tasks, the claim loop, one claimed turn's life with its
 //! panics caught, and the drain at shutdown.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,7 +142,13 @@ impl Orchestrator {
     }
 
     async fn worker_loop(&self, n: usize, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        // After a failed claim: 100 ms, doubling up to 5 s; back to 100 ms after a claim.
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let mut delays = backoff.build();
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -158,7 +165,7 @@ impl Orchestrator {
             };
             match claimed {
                 Ok(Some((claimed, client))) => {
-                    backoff = Duration::from_millis(100);
+                    delays = backoff.build();
                     // More may be queued: let one more idle worker look (a cascade, not a herd).
                     self.wake_local();
                     self.run_turn(claimed, run_id, client).await;
@@ -173,10 +180,9 @@ impl Orchestrator {
                 Err(e) => {
                     warn!(worker = n, error = %e, "claiming a turn failed; backing off");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
                         () = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -314,7 +320,7 @@ impl Orchestrator {
 
 /// Whether a turn's write failed because its conversation was deleted meanwhile.
 fn is_conversation_gone(e: &DbError) -> bool {
-    matches!(e, DbError::Conflict { constraint } if constraint.ends_with("conversation_id_fkey"))
+    parley_db::constraint::CONVERSATION_REFERENCES.iter().any(|c| e.is_conflict_on(c))
         || matches!(e, DbError::NotFound { what: "conversation" })
 }
 

@@ -207,7 +207,7 @@ impl TurnRun<'_> {
                     return Ok(s);
                 }
                 // Someone else started one first: read it again.
-                Err(e) if e.is_conflict_on("session_one_active_per_conversation") => continue,
+                Err(e) if e.is_conflict_on(parley_db::constraint::SESSION_ONE_ACTIVE) => continue,
                 Err(e) => return Err(e),
             }
         }
