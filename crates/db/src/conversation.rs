@@ -8,32 +8,17 @@ use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum, text_enum_opt};
 
-/// How a conversation's replies reach the user: `conversation.delivery` (its
-/// `conversation_delivery_check` constraint), spelled in lowercase.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    Default,
-    strum::EnumString,
-    strum::AsRefStr,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumIter,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Delivery {
-    /// Streamed while the assistant generates (SSE, message edits).
-    #[default]
-    Stream,
-    /// One reply when the turn ends.
-    Batch,
+vocabulary! {
+    /// How a conversation's replies reach the user: `conversation.delivery` (its
+    /// `conversation_delivery_check` constraint), spelled in lowercase.
+    #[derive(Default)]
+    pub enum Delivery ("lowercase") {
+        /// Streamed while the assistant generates (SSE, message edits).
+        #[default]
+        Stream,
+        /// One reply when the turn ends.
+        Batch,
+    }
 }
 
 /// A conversation row.
@@ -161,6 +146,24 @@ pub struct NewConversation {
     pub delivery: Delivery,
     /// Platform reply data.
     pub reply_target: serde_json::Value,
+}
+
+impl NewConversation {
+    /// A web conversation of `owner` answered by `assistant`: streamed, in its default
+    /// working directory, with no platform reply data.
+    #[must_use]
+    pub fn web(owner: &str, title: &str, assistant: &str) -> Self {
+        Self {
+            platform: "web".into(),
+            external_id: String::new(),
+            owner: owner.into(),
+            title: title.into(),
+            assistant: assistant.into(),
+            cwd: None,
+            delivery: Delivery::Stream,
+            reply_target: serde_json::json!({}),
+        }
+    }
 }
 
 /// Inserts a conversation with a new random id.

@@ -25,48 +25,32 @@ pub async fn reserve_block(client: &impl GenericClient) -> DbResult<i64> {
     Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
 }
 
-/// What an event tells: `event.kind` and the SSE event name of the events stream,
-/// spelled in snake case (`turn_started`, `tool_use`, …). The web UI subscribes to
-/// every kind (`web/assets/conversation.js`, checked against this list by a test).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::EnumString,
-    strum::AsRefStr,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumIter,
-)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum EventKind {
-    /// A worker started (or restarted) the turn: `attempt`, `session_id`, `message_id`.
-    TurnStarted,
-    /// Reply text, in pieces: `text`.
-    Text,
-    /// The assistant's reasoning, in pieces: `text`.
-    Thinking,
-    /// The assistant called a tool: `id`, `name`, `input` (or a preview of it).
-    ToolUse,
-    /// A tool's output: `id`, `is_error`, `output` (truncated).
-    ToolResult,
-    /// The stale assistant session was replaced by a fresh one rebuilt from history.
-    SessionReset,
-    /// The turn answered: `usage`, `cost_usd`, `duration_ms`, `message_id`.
-    TurnCompleted,
-    /// The turn failed: `error`, `message_id` of the partial reply (or null).
-    TurnFailed,
-    /// The turn was cancelled: `message_id` of the partial reply (or null).
-    TurnCancelled,
-    /// The turn stopped before it finished: `requeued` (it runs again) or `error`.
-    TurnInterrupted,
+vocabulary! {
+    /// What an event tells: `event.kind` and the SSE event name of the events stream,
+    /// spelled in snake case (`turn_started`, `tool_use`, …). The web UI subscribes to
+    /// every kind (`web/assets/conversation.js`, checked against this list by a test).
+    pub enum EventKind ("snake_case") {
+        /// A worker started (or restarted) the turn: `attempt`, `session_id`, `message_id`.
+        TurnStarted,
+        /// Reply text, in pieces: `text`.
+        Text,
+        /// The assistant's reasoning, in pieces: `text`.
+        Thinking,
+        /// The assistant called a tool: `id`, `name`, `input` (or a preview of it).
+        ToolUse,
+        /// A tool's output: `id`, `is_error`, `output` (truncated).
+        ToolResult,
+        /// The stale assistant session was replaced by a fresh one rebuilt from history.
+        SessionReset,
+        /// The turn answered: `usage`, `cost_usd`, `duration_ms`, `message_id`.
+        TurnCompleted,
+        /// The turn failed: `error`, `message_id` of the partial reply (or null).
+        TurnFailed,
+        /// The turn was cancelled: `message_id` of the partial reply (or null).
+        TurnCancelled,
+        /// The turn stopped before it finished: `requeued` (it runs again) or `error`.
+        TurnInterrupted,
+    }
 }
 
 impl EventKind {

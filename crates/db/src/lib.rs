@@ -12,6 +12,36 @@
 
 #![forbid(unsafe_code)]
 
+/// Declares one of the schema's text vocabularies (a `text` column with a `check`
+/// constraint listing its values) as an enum spelled the same way everywhere: in the
+/// column, in JSON (serde) and by `strum` (`str::parse` reads it, `as_ref`/`Display`/
+/// `Into<&'static str>` write it, `iter()` lists every value in declaration order).
+/// `$case` is the spelling, e.g. `"lowercase"`, `"snake_case"`, `"kebab-case"`.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($case:literal) { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            serde::Serialize,
+            serde::Deserialize,
+            strum::EnumString,
+            strum::AsRefStr,
+            strum::IntoStaticStr,
+            strum::Display,
+            strum::EnumIter,
+        )]
+        #[serde(rename_all = $case)]
+        #[strum(serialize_all = $case)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        $vis enum $name { $($body)* }
+    };
+}
+
 pub mod api_token;
 pub mod constraint;
 pub mod conversation;

@@ -11,34 +11,18 @@ use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum};
 
-/// Who said a message: `message.role` (its `message_role_check` constraint) and the
-/// `role` of a message in the API, spelled in lowercase (`user`, `assistant`,
-/// `system`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::EnumString,
-    strum::AsRefStr,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumIter,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Role {
-    /// The person.
-    User,
-    /// The assistant.
-    Assistant,
-    /// Parley itself (command replies, notices).
-    System,
+vocabulary! {
+    /// Who said a message: `message.role` (its `message_role_check` constraint) and the
+    /// `role` of a message in the API, spelled in lowercase (`user`, `assistant`,
+    /// `system`).
+    pub enum Role ("lowercase") {
+        /// The person.
+        User,
+        /// The assistant.
+        Assistant,
+        /// Parley itself (command replies, notices).
+        System,
+    }
 }
 
 /// A message row.

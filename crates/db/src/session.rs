@@ -14,39 +14,26 @@ use uuid::Uuid;
 
 use crate::{DbError, DbResult};
 
-/// Why a session started (`session.transition_reason`) or ended (`session.ended_reason`),
-/// spelled in kebab case (`stale-session`) as the `session_transition_reason_check`
-/// constraint lists them; `str::parse` reads it, `as_ref`/`Display` write it.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    strum::EnumString,
-    strum::AsRefStr,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumIter,
-)]
-#[serde(rename_all = "kebab-case")]
-#[strum(serialize_all = "kebab-case")]
-pub enum Transition {
-    /// The conversation's first session.
-    FirstMessage,
-    /// The user asked for a new session (`/reset`).
-    ResetRequested,
-    /// The assistant could not resume the stored assistant session ID.
-    StaleSession,
-    /// The conversation moved to another assistant.
-    AssistantChanged,
-    /// The conversation moved to another working directory.
-    CwdChanged,
-    /// The conversation's model changed.
-    ModelChanged,
-    /// The conversation's appended system prompt changed.
-    SystemPromptChanged,
+vocabulary! {
+    /// Why a session started (`session.transition_reason`) or ended (`session.ended_reason`),
+    /// spelled in kebab case (`stale-session`) as the `session_transition_reason_check`
+    /// constraint lists them; `str::parse` reads it, `as_ref`/`Display` write it.
+    pub enum Transition ("kebab-case") {
+        /// The conversation's first session.
+        FirstMessage,
+        /// The user asked for a new session (`/reset`).
+        ResetRequested,
+        /// The assistant could not resume the stored assistant session ID.
+        StaleSession,
+        /// The conversation moved to another assistant.
+        AssistantChanged,
+        /// The conversation moved to another working directory.
+        CwdChanged,
+        /// The conversation's model changed.
+        ModelChanged,
+        /// The conversation's appended system prompt changed.
+        SystemPromptChanged,
+    }
 }
 
 /// A session row.

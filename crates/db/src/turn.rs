@@ -10,49 +10,33 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum};
 
-/// A turn's status: `turn.status` (its `turn_status_check` constraint) and the `status`
-/// of a turn in the API, spelled in lowercase. `str::parse` reads it (an unknown
-/// value is an error), `as_ref`/`Display` write it and `TurnStatus::iter()` lists
-/// every status in life-cycle order.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::EnumString,
-    strum::AsRefStr,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumIter,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum TurnStatus {
-    /// Waiting for a worker.
-    Queued,
-    /// A worker runs it.
-    Running,
-    /// Answered.
-    Completed,
-    /// The assistant failed; `error` says why.
-    Failed,
-    /// Stopped by `/cancel`.
-    Cancelled,
-    /// Stopped by a shutdown or crash and not re-run.
-    Interrupted,
-    /// Dropped by `/skip`.
-    Skipped,
+vocabulary! {
+    /// A turn's status: `turn.status` (its `turn_status_check` constraint) and the `status`
+    /// of a turn in the API, spelled in lowercase. `str::parse` reads it (an unknown
+    /// value is an error), `as_ref`/`Display` write it and `TurnStatus::iter()` lists
+    /// every status in life-cycle order.
+    pub enum TurnStatus ("lowercase") {
+        /// Waiting for a worker.
+        Queued,
+        /// A worker runs it.
+        Running,
+        /// Answered.
+        Completed,
+        /// The assistant failed; `error` says why.
+        Failed,
+        /// Stopped by `/cancel`.
+        Cancelled,
+        /// Stopped by a shutdown or crash and not re-run.
+        Interrupted,
+        /// Dropped by `/skip`.
+        Skipped,
+    }
 }
 
 /// A turn row.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation};
 use parley_db::event::{self, Event};
 use parley_test_support::TestDb;
 use serde_json::json;
@@ -27,22 +27,10 @@ mod vocabulary;
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
     let client = db.pool.get().await.expect("client");
-    let conversation = conversation::create(
-        &client,
-        &NewConversation {
-            platform: "web".into(),
-            external_id: String::new(),
-            owner: "local".into(),
-            title: "deleted mid-turn".into(),
-            assistant: "demo".into(),
-            cwd: None,
-            delivery: Delivery::Stream,
-            reply_target: json!({}),
-        },
-    )
-    .await
-    .expect("conversation")
-    .conversation_id;
+    let conversation = conversation::create(&client, &NewConversation::web("local", "deleted mid-turn", "demo"))
+        .await
+        .expect("conversation")
+        .conversation_id;
     let turn_id = Uuid::new_v4();
     client
         .execute(

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use parley_assistant::claude::ClaudeStream;
 use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest};
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation};
 use parley_db::event::{self, Event};
 use parley_db::message::{self, Message};
 use parley_db::turn::{self, Turn};
@@ -164,22 +164,10 @@ impl App {
     /// Creates a conversation with the scripted assistant.
     async fn conversation(&self, title: &str) -> Uuid {
         let client = self.db.pool.get().await.expect("client");
-        conversation::create(
-            &client,
-            &NewConversation {
-                platform: "web".into(),
-                external_id: String::new(),
-                owner: "local".into(),
-                title: title.into(),
-                assistant: "scripted".into(),
-                cwd: None,
-                delivery: Delivery::Stream,
-                reply_target: json!({}),
-            },
-        )
-        .await
-        .expect("conversation")
-        .conversation_id
+        conversation::create(&client, &NewConversation::web("local", title, "scripted"))
+            .await
+            .expect("conversation")
+            .conversation_id
     }
 
     /// Posts `text` to a conversation and waits for its turn to end.

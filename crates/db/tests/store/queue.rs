@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation};
 use parley_db::ingest::{self, Enqueue, Enqueued};
 use parley_db::turn::{self, TurnStatus};
 use parley_db::{DbError, GenericClient};
@@ -22,22 +22,10 @@ const LEASE: Duration = Duration::from_secs(600);
 
 /// A new web conversation owned by `local`; returns its id.
 async fn new_conversation(client: &impl GenericClient) -> Uuid {
-    conversation::create(
-        client,
-        &NewConversation {
-            platform: "web".into(),
-            external_id: String::new(),
-            owner: "local".into(),
-            title: "queue".into(),
-            assistant: "demo".into(),
-            cwd: None,
-            delivery: Delivery::Stream,
-            reply_target: json!({}),
-        },
-    )
-    .await
-    .expect("conversation")
-    .conversation_id
+    conversation::create(client, &NewConversation::web("local", "queue", "demo"))
+        .await
+        .expect("conversation")
+        .conversation_id
 }
 
 /// What [`enqueue`] is given for `text` in `conversation_id`, with no owner check, no

@@ -75,22 +75,10 @@ fn the_json_wire_format_and_the_stored_text_are_the_same_spelling() {
 async fn an_unknown_stored_value_is_an_error_not_a_panic() {
     let db = TestDb::new().await;
     let client = db.pool.get().await.expect("client");
-    let conversation = conversation::create(
-        &client,
-        &NewConversation {
-            platform: "web".into(),
-            external_id: String::new(),
-            owner: "local".into(),
-            title: "unknown role".into(),
-            assistant: "demo".into(),
-            cwd: None,
-            delivery: Delivery::Stream,
-            reply_target: json!({}),
-        },
-    )
-    .await
-    .expect("conversation")
-    .conversation_id;
+    let conversation = conversation::create(&client, &NewConversation::web("local", "unknown role", "demo"))
+        .await
+        .expect("conversation")
+        .conversation_id;
     client.batch_execute("alter table message drop constraint message_role_check").await.expect("drop check");
     client
         .execute("insert into message (conversation_id, role, content) values ($1, 'robot', 'beep')", &[&conversation])
