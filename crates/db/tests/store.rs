@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation, ReplyMode};
 use parley_db::event::{self, Event};
 use parley_test_support::TestDb;
 use serde_json::json;
@@ -17,6 +17,9 @@ use uuid::Uuid;
 mod constraint;
 #[path = "store/listings.rs"]
 mod listings;
+
+#[path = "store/migrations.rs"]
+mod migrations;
 #[path = "store/queue.rs"]
 mod queue;
 #[path = "store/usage.rs"]
@@ -36,7 +39,7 @@ async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
             title: "deleted mid-turn".into(),
             assistant: "demo".into(),
             cwd: None,
-            delivery: Delivery::Stream,
+            reply_mode: ReplyMode::Stream,
             reply_target: json!({}),
         },
     )

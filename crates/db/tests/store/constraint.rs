@@ -2,7 +2,7 @@
 //! in a migrated database, the store's own rule on sessions has its own error, and a
 //! wrapped database error keeps its source.
 
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation, ReplyMode};
 use parley_db::session::{self, NewSession, SessionSettings, Transition};
 use parley_db::{DbError, constraint};
 use parley_test_support::TestDb;
@@ -45,7 +45,7 @@ async fn deleting_the_active_session_is_refused_with_its_own_error() {
             title: "sessions".into(),
             assistant: "demo".into(),
             cwd: None,
-            delivery: Delivery::Stream,
+            reply_mode: ReplyMode::Stream,
             reply_target: json!({}),
         },
     )
