@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// This replica's stable name, stored on the turns it runs; defaults to HOST:PORT.
     #[arg(long, env = "PARLEY_WORKER_ID")]
     worker_id: Option<String>,
-    /// Seconds running turns may take to finish at shutdown before being re-queued.
+    /// Seconds running turns may take to finish at shutdown before being requeued.
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
     /// Character budget of the history carried into a fresh assistant session.
@@ -89,7 +89,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLEY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     sweep_interval_secs: u64,
     /// Claims of one turn before an expired lease marks it interrupted instead of
-    /// re-queueing it.
+    /// requeueing it.
     #[arg(long, env = "PARLEY_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: i32,
     /// Do not apply migrations at start.

@@ -34,7 +34,7 @@ async fn kill_9_mid_turn_then_restart_answers_the_message_exactly_once() {
     parley.kill9();
     drop(events);
 
-    // The same replica comes back: it re-queues what it owned without waiting for the lease.
+    // The same replica comes back: it requeues what it owned without waiting for the lease.
     let parley = Parley::start(BIN, &db.url(), "replica-a", FAST);
     let turn = parley.wait_turn(slow, Duration::from_secs(30)).await;
     assert_eq!(turn["status"], "completed", "{turn}");
@@ -115,7 +115,7 @@ async fn sigterm_drains_and_leaves_nothing_running() {
     let client = db.pool.get().await.expect("db");
     let status: String =
         client.query_one("select status from turn where turn_id = $1", &[&slow]).await.expect("turn").get(0);
-    assert_eq!(status, "queued", "re-queued for the next start");
+    assert_eq!(status, "queued", "requeued for the next start");
     // And the next start answers it.
     let parley = Parley::start(BIN, &db.url(), "drain", FAST);
     assert_eq!(parley.wait_turn(slow, Duration::from_secs(30)).await["status"], "completed");

@@ -97,7 +97,7 @@ pub fn webhook(platform: Platform, data: &[u8]) {
         Ok(Inbound::Handshake(_)) => {}
         Ok(Inbound::Ignored(reason)) => assert!(!reason.is_empty()),
         Ok(Inbound::Message(m)) => {
-            for id in [&m.external_id, &m.dedupe_key] {
+            for id in [&m.external_id, &m.idempotency_key] {
                 assert!(!id.is_empty() && !id.contains('\0'), "unstorable identifier {id:?}");
             }
             assert!(!m.title.contains('\0') && !m.sender.contains('\0'), "NUL in {m:?}");

@@ -14,7 +14,7 @@ pub const TURN_ONE_RUNNING: &str = "turn_one_running_per_conversation";
 /// starting a session at once conflict on it; the loser reads the winner's.
 pub const SESSION_ONE_ACTIVE: &str = "session_one_active_per_conversation";
 
-/// Primary key `(platform, delivery_id)` of `inbound_delivery`: a dedupe key (webhook
+/// Primary key `(platform, idempotency_key)` of `inbound_delivery`: an idempotency key (webhook
 /// delivery ID or `Idempotency-Key`) recorded twice.
 pub const INBOUND_DELIVERY_PKEY: &str = "inbound_delivery_pkey";
 

@@ -9,10 +9,10 @@ use uuid::Uuid;
 use crate::{DbError, DbResult, text_enum, text_enum_opt};
 
 vocabulary! {
-    /// How a conversation's replies reach the user: `conversation.delivery` (its
-    /// `conversation_delivery_check` constraint), spelled in lowercase.
+    /// How a conversation's replies reach the user: `conversation.reply_mode` (its
+    /// `conversation_reply_mode_check` constraint), spelled in lowercase.
     #[derive(Default)]
-    pub enum Delivery ("lowercase") {
+    pub enum ReplyMode ("lowercase") {
         /// Streamed while the assistant generates (SSE, message edits).
         #[default]
         Stream,
@@ -50,8 +50,10 @@ pub struct Conversation {
     /// `None`: the server's default.
     #[serde(default)]
     pub permission_mode: Option<String>,
-    /// Stream or batch delivery.
-    pub delivery: Delivery,
+    /// How its replies reach the platform: `stream` or `batch`. Read from `delivery`, its
+    /// former name, too.
+    #[serde(alias = "delivery")]
+    pub reply_mode: ReplyMode,
     /// What the platform needs to answer (chat id, thread ts, comment URL…).
     pub reply_target: serde_json::Value,
     /// While true, messages are stored and queued but no turn starts (`/pause`).
@@ -104,7 +106,7 @@ impl TryFrom<&Row> for Conversation {
             model: row.try_get("model")?,
             system_prompt: row.try_get("system_prompt")?,
             permission_mode: row.try_get("permission_mode")?,
-            delivery: text_enum(row, "delivery")?,
+            reply_mode: text_enum(row, "reply_mode")?,
             reply_target: row.try_get("reply_target")?,
             paused: row.try_get("paused")?,
             created_at: row.try_get("created_at")?,
@@ -125,7 +127,7 @@ impl TryFrom<&Row> for Conversation {
 }
 
 const COLUMNS: &str = "conversation_id, platform, external_id, owner, title, assistant, cwd, \
-                       model, system_prompt, permission_mode, delivery, reply_target, paused, created_at, updated_at";
+                       model, system_prompt, permission_mode, reply_mode, reply_target, paused, created_at, updated_at";
 
 /// The fields of a conversation to create.
 #[derive(Debug, Clone)]
@@ -143,7 +145,7 @@ pub struct NewConversation {
     /// The working directory.
     pub cwd: Option<String>,
     /// Stream or batch.
-    pub delivery: Delivery,
+    pub reply_mode: ReplyMode,
     /// Platform reply data.
     pub reply_target: serde_json::Value,
 }
@@ -160,7 +162,7 @@ impl NewConversation {
             title: title.into(),
             assistant: assistant.into(),
             cwd: None,
-            delivery: Delivery::Stream,
+            reply_mode: ReplyMode::Stream,
             reply_target: serde_json::json!({}),
         }
     }
@@ -200,7 +202,7 @@ async fn insert(client: &impl GenericClient, new: &NewConversation, on_conflict:
             &format!(
                 "with c as ( \
                      insert into conversation (conversation_id, platform, external_id, owner, title, \
-                     assistant, cwd, delivery, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     assistant, cwd, reply_mode, reply_target) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      {on_conflict} returning {COLUMNS}), \
                  a as ( \
                      insert into conversation_activity (conversation_id, owner, last_activity_at) \
@@ -216,7 +218,7 @@ async fn insert(client: &impl GenericClient, new: &NewConversation, on_conflict:
                 &new.title,
                 &new.assistant,
                 &new.cwd,
-                &new.delivery.as_ref(),
+                &new.reply_mode.as_ref(),
                 &new.reply_target,
             ],
         )

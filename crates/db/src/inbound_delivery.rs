@@ -1,4 +1,4 @@
-//! The `inbound_delivery` table: dedupe of webhook deliveries and web
+//! The `inbound_delivery` table: the idempotency keys of webhook deliveries and web
 //! `Idempotency-Key`s, with the response first given so a repeat can return it, and a
 //! hash of the request the key was first used for ([`request_hash`]) so a key reused
 //! for another request can be refused.
@@ -44,7 +44,7 @@ impl Stored {
 }
 
 /// Records a delivery with the hash of its request. Returns `true` when it is new,
-/// `false` when `(platform, delivery_id)` was seen before. Run it in the ingest
+/// `false` when `(platform, idempotency_key)` was seen before. Run it in the ingest
 /// transaction: a concurrent duplicate waits for that transaction and then sees the row.
 ///
 /// # Errors
@@ -52,18 +52,18 @@ impl Stored {
 pub async fn record(
     client: &impl GenericClient,
     platform: &str,
-    delivery_id: &str,
+    idempotency_key: &str,
     conversation_id: Option<Uuid>,
     request_hash: Option<&[u8; 32]>,
 ) -> DbResult<bool> {
     let stmt = client
         .prepare_cached(
-            "insert into inbound_delivery (platform, delivery_id, conversation_id, request_hash) \
+            "insert into inbound_delivery (platform, idempotency_key, conversation_id, request_hash) \
              values ($1, $2, $3, $4) on conflict do nothing",
         )
         .await?;
     let hash = request_hash.map(<[u8; 32]>::as_slice);
-    Ok(client.execute(&stmt, &[&platform, &delivery_id, &conversation_id, &hash]).await? == 1)
+    Ok(client.execute(&stmt, &[&platform, &idempotency_key, &conversation_id, &hash]).await? == 1)
 }
 
 /// Stores the response given to a delivery.
@@ -73,27 +73,27 @@ pub async fn record(
 pub async fn set_response(
     client: &impl GenericClient,
     platform: &str,
-    delivery_id: &str,
+    idempotency_key: &str,
     response: &serde_json::Value,
 ) -> DbResult<()> {
     let stmt = client
-        .prepare_cached("update inbound_delivery set response = $3 where platform = $1 and delivery_id = $2")
+        .prepare_cached("update inbound_delivery set response = $3 where platform = $1 and idempotency_key = $2")
         .await?;
-    client.execute(&stmt, &[&platform, &delivery_id, response]).await?;
+    client.execute(&stmt, &[&platform, &idempotency_key, response]).await?;
     Ok(())
 }
 
-/// The recorded delivery `(platform, delivery_id)`, if it was seen.
+/// The recorded delivery `(platform, idempotency_key)`, if it was seen.
 ///
 /// # Errors
 /// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.
-pub async fn stored(client: &impl GenericClient, platform: &str, delivery_id: &str) -> DbResult<Option<Stored>> {
+pub async fn stored(client: &impl GenericClient, platform: &str, idempotency_key: &str) -> DbResult<Option<Stored>> {
     let stmt = client
         .prepare_cached(
             "select conversation_id, response, request_hash from inbound_delivery \
-             where platform = $1 and delivery_id = $2",
+             where platform = $1 and idempotency_key = $2",
         )
         .await?;
-    let row = client.query_opt(&stmt, &[&platform, &delivery_id]).await?;
+    let row = client.query_opt(&stmt, &[&platform, &idempotency_key]).await?;
     Ok(row.map(|r| Stored { conversation_id: r.get(0), response: r.get(1), request_hash: r.get(2) }))
 }

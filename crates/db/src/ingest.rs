@@ -20,10 +20,10 @@ pub struct Enqueue<'a> {
     pub metadata: &'a serde_json::Value,
     /// Refuse when this many turns already wait in the conversation's queue (0: no limit).
     pub max_queued: i64,
-    /// A dedupe key `(namespace, key)` recorded with the response, so a repeat can
+    /// An idempotency key `(namespace, key)` recorded with the response, so a repeat can
     /// return it.
-    pub dedupe: Option<(&'a str, &'a str)>,
-    /// The request's [`crate::inbound_delivery::request_hash`], recorded with the dedupe key.
+    pub idempotency_key: Option<(&'a str, &'a str)>,
+    /// The request's [`crate::inbound_delivery::request_hash`], recorded with the idempotency key.
     pub request_hash: Option<&'a [u8; 32]>,
 }
 
@@ -47,14 +47,14 @@ pub enum Enqueued {
 /// Stores a user message and its queued turn in one statement (one round trip and one
 /// commit in autocommit mode): locks the conversation row first (so one conversation's
 /// message ids commit in the order assigned), checks the owner and the queue limit,
-/// inserts the message and the turn, and records the dedupe key with the response
+/// inserts the message and the turn, and records the idempotency key with the response
 /// `{"kind":"turn","turn_id","message_id","duplicate":false}` and the request hash.
 ///
 /// The queue count is read from the statement's snapshot, so under concurrent posts to
 /// one conversation the limit is approximate by the number of concurrent posts.
 ///
 /// # Errors
-/// [`DbError::Conflict`] on [`crate::constraint::INBOUND_DELIVERY_PKEY`] when the dedupe
+/// [`DbError::Conflict`] on [`crate::constraint::INBOUND_DELIVERY_PKEY`] when the idempotency
 /// key was already recorded (nothing is stored: the statement is atomic);
 /// [`DbError::Unavailable`] / [`DbError::Other`] otherwise.
 pub async fn enqueue(client: &impl GenericClient, e: &Enqueue<'_>) -> DbResult<Enqueued> {
@@ -72,7 +72,7 @@ pub async fn enqueue(client: &impl GenericClient, e: &Enqueue<'_>) -> DbResult<E
                  returning message_id), \
              t as (insert into turn (turn_id, conversation_id, user_message_id) select $3, $1, message_id from m), \
              d as ( \
-                 insert into inbound_delivery (platform, delivery_id, conversation_id, response, request_hash) \
+                 insert into inbound_delivery (platform, idempotency_key, conversation_id, response, request_hash) \
                  select $7, $8, $1, jsonb_build_object('kind', 'turn', 'turn_id', $3::uuid, \
                                                        'message_id', m.message_id, 'duplicate', false), $9 \
                  from m where $7::text is not null) \
@@ -80,7 +80,7 @@ pub async fn enqueue(client: &impl GenericClient, e: &Enqueue<'_>) -> DbResult<E
                     (select message_id from m) as message_id",
         )
         .await?;
-    let (namespace, key) = e.dedupe.unzip();
+    let (namespace, key) = e.idempotency_key.unzip();
     let hash = e.request_hash.map(<[u8; 32]>::as_slice);
     let row = client
         .query_one(
@@ -108,7 +108,7 @@ impl Enqueued {
     }
 }
 
-/// True when `err` says the dedupe key was already recorded.
+/// True when `err` says the idempotency key was already recorded.
 #[must_use]
 pub fn is_duplicate(err: &DbError) -> bool {
     err.is_conflict_on(crate::constraint::INBOUND_DELIVERY_PKEY)

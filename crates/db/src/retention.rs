@@ -51,9 +51,9 @@ pub async fn delete_deliveries(client: &impl GenericClient, cutoff: DateTime<Utc
     let stmt = client
         .prepare_cached(
             "delete from inbound_delivery d using ( \
-               select platform, delivery_id from inbound_delivery where received_at < $1 \
+               select platform, idempotency_key from inbound_delivery where received_at < $1 \
                limit $2 for update skip locked) old \
-             where d.platform = old.platform and d.delivery_id = old.delivery_id",
+             where d.platform = old.platform and d.idempotency_key = old.idempotency_key",
         )
         .await?;
     Ok(client.execute(&stmt, &[&cutoff, &limit]).await?)

@@ -190,9 +190,10 @@ pub async fn claim(
     }
 }
 
-/// A turn whose lease expired, as handled by [`sweep_expired`].
+/// A running turn taken from its worker by [`requeue_expired`] or [`requeue_owned`]:
+/// `status` is `queued` when it was requeued, `interrupted` when it was out of attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Swept {
+pub struct RequeuedTurn {
     /// The turn.
     pub turn_id: Uuid,
     /// Its conversation.
@@ -206,7 +207,7 @@ pub struct Swept {
     pub run_id: Option<Uuid>,
 }
 
-impl TryFrom<&Row> for Swept {
+impl TryFrom<&Row> for RequeuedTurn {
     type Error = DbError;
 
     /// From a row of `turn_id, conversation_id, status, attempt, run_id`.
@@ -221,14 +222,14 @@ impl TryFrom<&Row> for Swept {
     }
 }
 
-/// Takes back running turns whose lease expired (their worker died or lost the
-/// database): re-queued while `attempt < max_attempts`, else marked `interrupted`.
+/// Requeues running turns whose lease expired (their worker died or lost the
+/// database): requeued while `attempt < max_attempts`, else marked `interrupted`.
 /// Their conversations are locked first (see [`crate::conversation::lock_shared`]), for
 /// the message and events the caller then writes in the same transaction.
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> DbResult<Vec<Swept>> {
+pub async fn requeue_expired(client: &impl GenericClient, max_attempts: i32) -> DbResult<Vec<RequeuedTurn>> {
     let rows = client
         .query(
             "with c as (select conversation_id from conversation where conversation_id in \
@@ -246,7 +247,7 @@ pub async fn sweep_expired(client: &impl GenericClient, max_attempts: i32) -> Db
             &[&max_attempts],
         )
         .await?;
-    rows.iter().map(Swept::try_from).collect()
+    rows.iter().map(RequeuedTurn::try_from).collect()
 }
 
 /// What [`extend_lease`] learned.
@@ -256,7 +257,7 @@ pub enum LeaseState {
     Held,
     /// The lease was extended and a cancel has been requested.
     CancelRequested,
-    /// The turn is no longer running for this worker (the sweeper took it back).
+    /// The turn is no longer running for this worker (the sweeper requeued it).
     Lost,
 }
 
@@ -321,8 +322,8 @@ pub struct Completion<'a> {
 /// with its session, stores the assistant message, the session's assistant session ID
 /// and a cleared `last_error`, the reply's usage added to the session's totals, the remaining events with the final one, and the
 /// conversation's `last_activity_at`. Returns the assistant message id, or `None` —
-/// with nothing written — when the turn was no longer running (the sweeper took it
-/// back, or its conversation was deleted).
+/// with nothing written — when the turn was no longer running (the sweeper requeued it,
+/// or its conversation was deleted).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -395,7 +396,7 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
 
 /// Moves a running turn to a final status and refreshes its conversation's
 /// `last_activity_at`. Returns false, changing nothing, when it was not running (for
-/// example because the sweeper already took it back).
+/// example because the sweeper already requeued it).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
@@ -654,12 +655,12 @@ pub async fn running_runs(client: &impl GenericClient, worker_id: &str) -> DbRes
     rows.iter().map(|r| r.try_get(0).map_err(DbError::from)).collect()
 }
 
-/// Re-queues every turn still marked `running` for `worker_id`: used at start-up, when
+/// Requeues every turn still marked `running` for `worker_id`: used at start-up, when
 /// this worker cannot be running anything (it restarted after a crash).
 ///
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
-pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<Swept>> {
+pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbResult<Vec<RequeuedTurn>> {
     let rows = client
         .query(
             "with c as (select conversation_id from conversation where conversation_id in \
@@ -671,5 +672,5 @@ pub async fn requeue_owned(client: &impl GenericClient, worker_id: &str) -> DbRe
             &[&worker_id],
         )
         .await?;
-    rows.iter().map(Swept::try_from).collect()
+    rows.iter().map(RequeuedTurn::try_from).collect()
 }

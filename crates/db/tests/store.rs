@@ -17,6 +17,8 @@ use uuid::Uuid;
 mod constraint;
 #[path = "store/listings.rs"]
 mod listings;
+#[path = "store/migrations.rs"]
+mod migrations;
 #[path = "store/queue.rs"]
 mod queue;
 #[path = "store/usage.rs"]

@@ -39,7 +39,7 @@ pub enum OrchestratorError {
         /// The configured limit.
         limit: usize,
     },
-    /// The dedupe key (an `Idempotency-Key`, a generic webhook's `X-Delivery-Id`) was
+    /// The idempotency key (an `Idempotency-Key`, a generic webhook's `X-Delivery-Id`) was
     /// first used for another request; nothing was stored. The first request's answer is
     /// not returned: the caller sent different text under a key it already used.
     #[error("this key was already used for a different request; send a new key for a new message (nothing was stored)")]

@@ -1,4 +1,4 @@
-//! The in-process event hub: live delivery of a conversation's events to followers
+//! The in-process event hub: a conversation's events sent live to its followers
 //! (SSE clients), with no gap and no duplicate against the database log.
 //!
 //! A worker publishes each event live *before* it is persisted (so relay latency is not
@@ -38,7 +38,7 @@ struct Channel {
 #[derive(Debug)]
 pub struct EventHub {
     channels: Mutex<HashMap<Uuid, Arc<Channel>>>,
-    /// Bumped when live delivery may have missed events (the notification connection
+    /// Bumped when live events may have been missed (the notification connection
     /// was re-established): followers then catch up from the database.
     generation: watch::Sender<u64>,
 }

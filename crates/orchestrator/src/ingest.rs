@@ -1,5 +1,5 @@
 //! Ingest: one transaction that stores a user message and queues its turn (or runs a
-//! chat command), deduplicated by an idempotency or delivery key. Nothing a user sent
+//! chat command), deduplicated by an idempotency key. Nothing a user sent
 //! is acknowledged before it is committed.
 
 use parley_db::message::{self, Role};
@@ -15,11 +15,11 @@ use crate::{Orchestrator, OrchestratorError};
 /// The default longest message accepted, in characters ([`crate::Config::max_message_chars`]).
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
 
-/// A dedupe key and the request it stands for: a repeat of the key with the same request
+/// An idempotency key and the request it stands for: a repeat of the key with the same request
 /// returns the first answer; with another request it is
 /// [`OrchestratorError::IdempotencyKeyReused`] and nothing is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dedupe {
+pub struct IdempotencyKey {
     /// The key's namespace: `web` for `Idempotency-Key`s, the platform's name for
     /// webhook deliveries.
     pub namespace: String,
@@ -29,7 +29,7 @@ pub struct Dedupe {
     pub request_hash: [u8; 32],
 }
 
-impl Dedupe {
+impl IdempotencyKey {
     /// A key for the request made of `request` (e.g. `[text]`, or
     /// `[conversation external id, text]` for a webhook).
     #[must_use]
@@ -63,10 +63,10 @@ pub struct PostMessage {
     pub conversation_id: Uuid,
     /// The text: not empty, at most [`crate::Config::max_message_chars`] characters, no NUL.
     pub text: String,
-    /// A dedupe key: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
+    /// An idempotency key: the web API uses `("web", "<conversation>:<Idempotency-Key>")`,
     /// webhooks use `(platform, delivery id)`. A repeat returns the first result; the key
-    /// reused for another request is refused ([`Dedupe`]).
-    pub dedupe: Option<Dedupe>,
+    /// reused for another request is refused ([`IdempotencyKey`]).
+    pub idempotency_key: Option<IdempotencyKey>,
     /// Extra data stored on the user message (platform sender, message ids…).
     pub metadata: serde_json::Value,
     /// Only accept it when the conversation belongs to this principal (`None`: any);
@@ -153,12 +153,12 @@ pub(crate) enum Outcome {
         /// The command's reply, when the message was a known chat command.
         command: Option<CommandReply>,
     },
-    /// Nothing stored: another delivery recorded the dedupe key first. End the
-    /// transaction, then answer with [`Dedupe::first_answer`].
+    /// Nothing stored: another delivery recorded the idempotency key first. End the
+    /// transaction, then answer with [`IdempotencyKey::first_answer`].
     Repeat,
 }
 
-impl Dedupe {
+impl IdempotencyKey {
     /// The first answer given to this key, marked as a duplicate, with the conversation
     /// it went to: read after an [`Outcome::Repeat`], outside the failed transaction.
     ///
@@ -181,7 +181,7 @@ impl Orchestrator {
     ///
     /// A plain message is one statement ([`parley_db::ingest::enqueue`]): conversation
     /// row lock (so messages of one conversation commit in id order), owner and queue
-    /// checks, user message, queued turn and dedupe record. A chat command runs in one
+    /// checks, user message, queued turn and idempotency key record. A chat command runs in one
     /// transaction with the conversation locked. Workers are woken after the commit.
     ///
     /// # Errors
@@ -189,7 +189,7 @@ impl Orchestrator {
     /// [`OrchestratorError::TooManyQueued`] when the conversation's queue is full
     /// (checked under the conversation's row lock; nothing stored),
     /// [`OrchestratorError::NotFound`] for an unknown conversation,
-    /// [`OrchestratorError::IdempotencyKeyReused`] when the dedupe key was first used
+    /// [`OrchestratorError::IdempotencyKeyReused`] when the idempotency key was first used
     /// for another request (nothing stored),
     /// [`OrchestratorError::Db`] when the store fails (nothing stored).
     pub async fn post_message(&self, post: PostMessage) -> Result<Ingested, OrchestratorError> {
@@ -204,12 +204,14 @@ impl Orchestrator {
             end(tx, &outcome).await?;
             outcome
         };
-        match (outcome, &post.dedupe) {
+        match (outcome, &post.idempotency_key) {
             (Outcome::Stored { ingested, command }, _) => {
                 self.after_ingest(command.as_ref());
                 Ok(ingested)
             }
-            (Outcome::Repeat, Some(dedupe)) => dedupe.first_answer(&client).await.map(|(ingested, _)| ingested),
+            (Outcome::Repeat, Some(idempotency_key)) => {
+                idempotency_key.first_answer(&client).await.map(|(ingested, _)| ingested)
+            }
             (Outcome::Repeat, None) => Err(OrchestratorError::Conflict("this message was already received".into())),
         }
     }
@@ -237,7 +239,7 @@ impl Orchestrator {
     ) -> Result<Outcome, OrchestratorError> {
         let turn_id = Uuid::new_v4();
         let limit = self.config().max_queued_turns;
-        let dedupe = post.dedupe.as_ref().map(|d| (d.namespace.as_str(), d.key.as_str()));
+        let idempotency_key = post.idempotency_key.as_ref().map(|d| (d.namespace.as_str(), d.key.as_str()));
         let enqueued = ingest::enqueue(
             client,
             &ingest::Enqueue {
@@ -247,8 +249,8 @@ impl Orchestrator {
                 content: &post.text,
                 metadata: &post.metadata,
                 max_queued: i64::try_from(limit).unwrap_or(i64::MAX),
-                dedupe,
-                request_hash: post.dedupe.as_ref().map(|d| &d.request_hash),
+                idempotency_key,
+                request_hash: post.idempotency_key.as_ref().map(|d| &d.request_hash),
             },
         )
         .await;
@@ -259,7 +261,7 @@ impl Orchestrator {
             }),
             Ok(ingest::Enqueued::NotFound) => Err(OrchestratorError::NotFound("conversation")),
             Ok(ingest::Enqueued::QueueFull { queued }) => Err(OrchestratorError::TooManyQueued { queued, limit }),
-            Err(e) if ingest::is_duplicate(&e) && dedupe.is_some() => Ok(Outcome::Repeat),
+            Err(e) if ingest::is_duplicate(&e) && idempotency_key.is_some() => Ok(Outcome::Repeat),
             Err(e) => Err(e.into()),
         }
     }
@@ -315,7 +317,7 @@ pub(crate) async fn end(tx: parley_db::Transaction<'_>, outcome: &Outcome) -> Re
 }
 
 /// Runs a chat command posted as a message, in the caller's transaction: records the
-/// dedupe key (a repeat stops here), locks the conversation, stores the command and
+/// idempotency key (a repeat stops here), locks the conversation, stores the command and
 /// Parley's reply as messages, runs it, and records the answer for repeats.
 async fn store_command(
     client: &impl GenericClient,
@@ -323,7 +325,7 @@ async fn store_command(
     post: &PostMessage,
     parsed: Parsed,
 ) -> Result<Outcome, OrchestratorError> {
-    if let Some(d) = &post.dedupe
+    if let Some(d) = &post.idempotency_key
         && !inbound_delivery::record(client, &d.namespace, &d.key, Some(post.conversation_id), Some(&d.request_hash))
             .await?
     {
@@ -359,7 +361,7 @@ async fn store_command(
     message::insert(client, conv.conversation_id, None, Role::System, &text, &json!({ "command": name, "ok": ok }))
         .await?;
     let ingested = Ingested::Command { message_id: msg.message_id, command, ok, reply: text, duplicate: false };
-    if let Some(d) = &post.dedupe {
+    if let Some(d) = &post.idempotency_key {
         let value = serde_json::to_value(&ingested).map_err(|e| OrchestratorError::InvalidInput(e.to_string()))?;
         inbound_delivery::set_response(client, &d.namespace, &d.key, &value).await?;
     }

@@ -1,5 +1,5 @@
 //! Parley's turn pipeline: ingest, workers, session resolution, prompt building, stream
-//! and batch delivery, commands, and stale-session recovery.
+//! and batch reply modes, commands, and stale-session recovery.
 //!
 //! ```text
 //! ingest ──tx──▶ conversation locked + message(user) + turn(queued) ──wake──▶ workers
@@ -15,7 +15,7 @@
 //! commands and settings above, and the rest (creating and deleting conversations,
 //! deleting sessions, marking an API token used) in `manage`.
 //!
-//! Reply delivery to chat platforms goes through the [`ReplySink`]s of
+//! Replies reach chat platforms through the [`ReplySink`]s of
 //! `parley_platforms`, registered with [`Builder::platforms`]: this crate depends on
 //! the platforms, never the reverse.
 
@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use error::OrchestratorError;
-pub use ingest::{Dedupe, Ingested, PostMessage, validate_text};
+pub use ingest::{IdempotencyKey, Ingested, PostMessage, validate_text};
 pub use sink::{ReplySink, ReplyStatus, ReplyUpdate};
 pub use webhook::WebhookIngested;
 
@@ -73,14 +73,14 @@ pub struct Config {
     /// How long an idle worker waits before polling for turns queued by another replica.
     pub idle_poll: Duration,
     /// On shutdown, how long running turns may go on before they are cancelled and
-    /// re-queued.
+    /// requeued.
     pub shutdown_grace: Duration,
     /// The assistant of new conversations.
     pub default_assistant: String,
     /// How often this replica looks for running turns whose lease expired.
     pub sweep_interval: Duration,
     /// How many times a turn is claimed before an expired lease marks it
-    /// `interrupted` instead of re-queueing it.
+    /// `interrupted` instead of requeueing it.
     pub max_attempts: i32,
     /// The longest message accepted by ingest, in characters (Unicode scalar values).
     pub max_message_chars: usize,

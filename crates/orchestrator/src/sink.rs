@@ -21,17 +21,17 @@ impl Orchestrator {
 
     /// Sends `text` to `conversation` on its platform as a notice (a message from Parley
     /// outside any turn), in the background. Logged, not returned, when the platform has
-    /// no reply sink (no bot token) or the delivery fails: the text is stored already.
+    /// no reply sink (no bot token) or sending it fails: the text is stored already.
     pub fn send_notice(&self, conversation: &Conversation, text: String) {
         let platform = conversation.platform.clone();
         let Some(sink) = self.sink(&platform) else {
             tracing::warn!(%platform, "no reply sink for this platform (bot token not set); the notice is not sent");
             return;
         };
-        let delivered = sink.deliver(conversation, ReplyUpdate::notice(text));
+        let sent = sink.send(conversation, ReplyUpdate::notice(text));
         tokio::spawn(async move {
-            if let Err(e) = delivered.await {
-                tracing::warn!(%platform, error = %e, "delivering a notice failed");
+            if let Err(e) = sent.await {
+                tracing::warn!(%platform, error = %e, "sending a notice failed");
             }
         });
     }

@@ -1,19 +1,19 @@
 //! Webhook ingest: a chat platform's message stored in one transaction — its
 //! conversation found by `(platform, external_id)` or created, the message with its
-//! queued turn (or the chat command with its reply), and the delivery's dedupe record —
+//! queued turn (or the chat command with its reply), and the delivery record —
 //! so a failure leaves nothing behind, not even the conversation.
 //!
 //! It never waits for the assistant: platforms give a webhook about three seconds
 //! (`parley_platforms::ACK_DEADLINE`), so the turn is only queued, and a chat command's
 //! reply is sent to the platform in the background.
 
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation, ReplyMode};
 use parley_db::{DbError, inbound_delivery};
 use parley_platforms::InboundMessage;
 use uuid::Uuid;
 
 use crate::ingest::{self, Outcome};
-use crate::{Dedupe, Ingested, Orchestrator, OrchestratorError, PostMessage, validate_text};
+use crate::{IdempotencyKey, Ingested, Orchestrator, OrchestratorError, PostMessage, validate_text};
 
 /// What [`Orchestrator::ingest_webhook`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Orchestrator {
     /// a delivery id seen before is answered with its first answer (marked
     /// `duplicate`) before anything is written; otherwise the conversation
     /// `(platform, external_id)` is created (owner: the platform's name, the default
-    /// assistant, `delivery` mode) or its reply target refreshed, and the message is
+    /// assistant, reply mode) or its reply target refreshed, and the message is
     /// ingested as [`Orchestrator::post_message`] does, deduplicated by
     /// `(platform, delivery id)` over the external id and text. Workers are woken after
     /// the commit. A chat command's reply is also sent through the platform's reply sink
@@ -48,18 +48,19 @@ impl Orchestrator {
     pub async fn ingest_webhook(
         &self,
         message: InboundMessage,
-        delivery: Delivery,
+        reply_mode: ReplyMode,
     ) -> Result<WebhookIngested, OrchestratorError> {
         validate_text(&message.text, self.config().max_message_chars)?;
         let platform = message.platform;
-        let dedupe = Dedupe::new(platform.as_str(), &message.dedupe_key, &[&message.external_id, &message.text]);
+        let idempotency_key =
+            IdempotencyKey::new(platform.as_str(), &message.idempotency_key, &[&message.external_id, &message.text]);
         let mut client = self.pool().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         // A redelivery is answered before anything is written (its conversation included).
-        if let Some(stored) = inbound_delivery::stored(&tx, &dedupe.namespace, &dedupe.key).await? {
+        if let Some(stored) = inbound_delivery::stored(&tx, &idempotency_key.namespace, &idempotency_key.key).await? {
             tx.rollback().await.map_err(DbError::from)?;
             let conversation_id = stored.conversation_id;
-            return Ok(WebhookIngested { conversation_id, ingested: dedupe.repeat(Some(stored))? });
+            return Ok(WebhookIngested { conversation_id, ingested: idempotency_key.repeat(Some(stored))? });
         }
         let conversation = conversation::upsert_by_external_id(
             &tx,
@@ -70,7 +71,7 @@ impl Orchestrator {
                 title: message.title,
                 assistant: self.config().default_assistant.clone(),
                 cwd: None,
-                delivery,
+                reply_mode,
                 reply_target: message.reply_target,
             },
         )
@@ -78,7 +79,7 @@ impl Orchestrator {
         let post = PostMessage {
             conversation_id: conversation.conversation_id,
             text: message.text,
-            dedupe: Some(dedupe.clone()),
+            idempotency_key: Some(idempotency_key.clone()),
             metadata: message.metadata,
             owner: None,
         };
@@ -86,7 +87,7 @@ impl Orchestrator {
         ingest::end(tx, &outcome).await?;
         let Outcome::Stored { ingested, command } = outcome else {
             // A concurrent delivery of the same id committed first.
-            let (ingested, conversation_id) = dedupe.first_answer(&client).await?;
+            let (ingested, conversation_id) = idempotency_key.first_answer(&client).await?;
             return Ok(WebhookIngested { conversation_id, ingested });
         };
         self.after_ingest(command.as_ref());

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::config::SinkSettings;
 
-/// Why a reply could not be delivered. The text is safe to log: no token, no URL.
+/// Why a reply could not be sent. The text is safe to log: no token, no URL.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// The request did not complete (connection refused, timeout) after every attempt.

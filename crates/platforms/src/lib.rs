@@ -4,7 +4,7 @@
 //! - [`verify`]: pure signature / secret checks over the raw body bytes (Telegram,
 //!   Slack, Discord, GitHub, generic). A failed check is HTTP 401 and changes nothing.
 //! - [`inbound`]: pure parsers from a verified body to an [`Inbound`], one module per
-//!   platform: a message for ingest (conversation external id, sender, text, dedupe key,
+//!   platform: a message for ingest (conversation external id, sender, text, idempotency key,
 //!   reply target), a handshake to answer, or an event to ignore (the bot's own
 //!   messages); and Discord's interaction responses ([`inbound::discord`]).
 //! - [`allow`]: who may talk to the bot (allow-lists, deny by default), checked by
@@ -20,7 +20,7 @@
 //! and the webhook routes verify, parse and admit with it.
 //!
 //! This crate uses only the leaf crates' types — `parley_db`'s conversation row and
-//! delivery mode, `parley_assistant`'s `Secret` — and never the orchestrator or the
+//! reply mode, `parley_assistant`'s `Secret` — and never the orchestrator or the
 //! server: dependencies run `server → orchestrator → {assistant, platforms, db}`.
 
 #![forbid(unsafe_code)]
@@ -44,7 +44,7 @@ mod proptests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_db::conversation::Delivery;
+use parley_db::conversation::ReplyMode;
 use reqwest::header::HeaderMap;
 
 pub use admission::{Admission, DENIAL_NOTICE_INTERVAL};
@@ -149,17 +149,17 @@ impl Platforms {
         Platform::ALL.into_iter().filter(|p| self.is_configured(*p) && self.sink(*p).is_none()).collect()
     }
 
-    /// The delivery mode of new conversations on `platform`.
+    /// The reply mode of new conversations on `platform`.
     #[must_use]
-    pub fn delivery(&self, platform: Platform) -> Delivery {
+    pub fn reply_mode(&self, platform: Platform) -> ReplyMode {
         let configured = match platform {
-            Platform::Telegram => self.config.telegram.as_ref().map(|c| c.delivery),
-            Platform::Slack => self.config.slack.as_ref().map(|c| c.delivery),
-            Platform::Discord => self.config.discord.as_ref().map(|c| c.delivery),
-            Platform::Github => self.config.github.as_ref().map(|c| c.delivery),
-            Platform::Generic => self.config.generic.as_ref().map(|c| c.delivery),
+            Platform::Telegram => self.config.telegram.as_ref().map(|c| c.reply_mode),
+            Platform::Slack => self.config.slack.as_ref().map(|c| c.reply_mode),
+            Platform::Discord => self.config.discord.as_ref().map(|c| c.reply_mode),
+            Platform::Github => self.config.github.as_ref().map(|c| c.reply_mode),
+            Platform::Generic => self.config.generic.as_ref().map(|c| c.reply_mode),
         };
-        configured.unwrap_or(Delivery::Stream)
+        configured.unwrap_or(ReplyMode::Stream)
     }
 
     /// Verifies a webhook request on its raw body bytes (see [`verify`]).

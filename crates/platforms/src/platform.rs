@@ -20,7 +20,7 @@ impl Platform {
     pub const ALL: [Self; 5] = [Self::Telegram, Self::Slack, Self::Discord, Self::Github, Self::Generic];
 
     /// The name used in routes, `conversation.platform`, `conversation.owner` and the
-    /// dedupe namespace.
+    /// idempotency key namespace.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

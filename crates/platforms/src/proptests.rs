@@ -65,7 +65,7 @@ fn has_nul(v: &Value) -> bool {
 }
 
 fn check_storable(m: &InboundMessage) -> Result<(), TestCaseError> {
-    for (name, field) in [("external_id", &m.external_id), ("dedupe_key", &m.dedupe_key)] {
+    for (name, field) in [("external_id", &m.external_id), ("idempotency_key", &m.idempotency_key)] {
         prop_assert!(!field.is_empty() && !field.contains('\0'), "{} {:?}", name, field);
     }
     prop_assert!(!m.title.contains('\0') && !m.sender.contains('\0'), "{:?}", m);

@@ -5,7 +5,7 @@
 //! Slack, …) has a [`ReplySink`] ([`crate::sink`]) that the orchestrator registers under
 //! the platform's name; a running turn hands it [`ReplyUpdate`]s through a latest-wins
 //! channel, so a slow platform API never slows the turn. In
-//! [`Delivery::Stream`](parley_db::conversation::Delivery) mode the sink sees the reply
+//! [`ReplyMode::Stream`](parley_db::conversation::ReplyMode) mode the sink sees the reply
 //! grow; in batch mode it sees only the final update.
 //!
 //! It lives here, not in the orchestrator, so that dependencies point one way: the
@@ -62,7 +62,7 @@ impl ReplyUpdate {
     }
 }
 
-/// Delivers replies to one platform. Implementations throttle, split long replies and
+/// Sends replies to one platform. Implementations throttle, split long replies and
 /// retry as their platform requires; an error is logged and recorded, never fatal to
 /// the turn (the reply is in the database whatever the platform says).
 pub trait ReplySink: Send + Sync + 'static {
@@ -71,5 +71,5 @@ pub trait ReplySink: Send + Sync + 'static {
     ///
     /// # Errors
     /// A readable description of why the platform did not take it (no token or URL).
-    fn deliver(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>>;
+    fn send(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>>;
 }

@@ -23,7 +23,7 @@ pub const SLACK_MAX_AGE_SECS: i64 = 5 * 60;
 /// The header carrying the generic webhook's signature: `sha256=<hex HMAC-SHA256 of the body>`.
 pub const GENERIC_SIGNATURE_HEADER: &str = "x-parley-signature";
 
-/// The header carrying the generic webhook's delivery id (its dedupe key).
+/// The header carrying the generic webhook's delivery id (its idempotency key).
 pub const GENERIC_DELIVERY_HEADER: &str = "x-delivery-id";
 
 /// Why a request was refused. Its text names the check, never a secret.

@@ -41,7 +41,7 @@ pub struct Settings {
     /// The assistants conversations may use; `orchestrator.default_assistant` must be one
     /// of them.
     pub assistants: Vec<Arc<dyn Assistant>>,
-    /// The chat platforms whose webhooks are served and whose reply sinks deliver
+    /// The chat platforms whose webhooks are served and whose reply sinks send
     /// replies (allow-lists already checked); `None`: every webhook answers 404.
     pub platforms: Option<PlatformsConfig>,
     /// The platforms' clock (Unix seconds), against which signed requests' timestamps
@@ -169,7 +169,7 @@ impl Launched {
 
     /// Waits until the replica has stopped: after the shutdown future completed, the
     /// server stopped accepting, open requests drained (up to [`Settings::drain`]) and
-    /// the workers finished or re-queued their turns.
+    /// the workers finished or requeued their turns.
     ///
     /// # Errors
     /// [`LaunchError::Serve`] or [`LaunchError::Task`] when the HTTP server failed.

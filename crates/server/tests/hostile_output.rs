@@ -4,7 +4,7 @@
 //! stored, the reply (or its partial) stored, and its events consistent: one
 //! `turn_started`, one final event last, and `text` events adding up to the stored reply.
 //! An assistant that panics mid-stream fails only its turn, and a turn whose
-//! conversation's run lock is taken waits (then is re-queued) until it is free.
+//! conversation's run lock is taken waits (then is requeued) until it is free.
 //!
 //! The replica is started by `parley_server::launch`, as `parley serve` starts one; the
 //! tests drive its orchestrator directly.
@@ -178,7 +178,7 @@ impl App {
             .post_message(PostMessage {
                 conversation_id,
                 text: text.into(),
-                dedupe: None,
+                idempotency_key: None,
                 metadata: json!({}),
                 owner: None,
             })
@@ -335,7 +335,7 @@ async fn a_panicking_assistant_fails_only_its_turn_and_the_conversation_goes_on(
 
 /// A previous run of the conversation still holds its run lock (as a run whose lease
 /// was lost does while its processes stop): the claimed turn does not start its
-/// assistant; after a lease of waiting it is re-queued; once the lock is free it runs,
+/// assistant; after a lease of waiting it is requeued; once the lock is free it runs,
 /// once.
 #[tokio::test]
 async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
@@ -350,7 +350,7 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
         .post_message(PostMessage {
             conversation_id,
             text: "locked out".into(),
-            dedupe: None,
+            idempotency_key: None,
             metadata: json!({}),
             owner: None,
         })
@@ -369,7 +369,7 @@ async fn a_turn_waits_while_a_previous_run_holds_the_conversations_run_lock() {
     // an attempt) and was claimed again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requeued = turn::get(&client, turn_id).await.expect("turn");
-    assert!(requeued.started_at > waiting.started_at, "re-queued and claimed again: {requeued:?}");
+    assert!(requeued.started_at > waiting.started_at, "requeued and claimed again: {requeued:?}");
     assert_eq!(requeued.attempt, 1, "{requeued:?}");
     assert_eq!(LOCKED_OUT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0, "still not started");
 

@@ -321,7 +321,7 @@ async fn telegram_parse_errors_are_sent_again_as_plain_text() {
     let p = Parley::start(Options {
         extra_env: vec![
             ("PARLEY_TELEGRAM_PARSE_MODE", "MarkdownV2".into()),
-            ("PARLEY_TELEGRAM_DELIVERY", "batch".into()),
+            ("PARLEY_TELEGRAM_REPLY_MODE", "batch".into()),
         ],
         ..Options::default()
     })
@@ -353,13 +353,13 @@ async fn a_ten_thousand_character_reply_is_split_per_platform() {
     let paragraph = format!("{}.", "lorem ipsum dolor sit amet ".repeat(14).trim_end());
     let reply: String = (0..27).map(|i| format!("{i}: {paragraph}")).collect::<Vec<_>>().join("\n\n");
     assert!(reply.chars().count() >= 10_000);
-    // Batch delivery: each platform posts its pieces in order, so they can be joined back.
+    // Batch reply mode: each platform posts its pieces in order, so they can be joined back.
     let p = Parley::start(Options {
         fixed_reply: Some(reply.clone()),
         extra_env: vec![
-            ("PARLEY_TELEGRAM_DELIVERY", "batch".into()),
-            ("PARLEY_SLACK_DELIVERY", "batch".into()),
-            ("PARLEY_DISCORD_DELIVERY", "batch".into()),
+            ("PARLEY_TELEGRAM_REPLY_MODE", "batch".into()),
+            ("PARLEY_SLACK_REPLY_MODE", "batch".into()),
+            ("PARLEY_DISCORD_REPLY_MODE", "batch".into()),
         ],
         ..Options::default()
     })

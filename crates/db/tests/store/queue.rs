@@ -1,6 +1,6 @@
 //! The turn queue's SQL, called directly: [`ingest::enqueue`] stores a message with its
 //! queued turn; [`turn::claim`] hands out one conversation's turns oldest first, one at a
-//! time, never the same turn to two claimers; [`turn::sweep_expired`] takes back the
+//! time, never the same turn to two claimers; [`turn::requeue_expired`] requeues the
 //! turns whose lease expired; `attempt` counts the claims.
 //!
 //! Statuses are read back with SQL rather than from the returned rows, so these tests
@@ -29,7 +29,7 @@ async fn new_conversation(client: &impl GenericClient) -> Uuid {
 }
 
 /// What [`enqueue`] is given for `text` in `conversation_id`, with no owner check, no
-/// queue limit and no dedupe key.
+/// queue limit and no idempotency key.
 fn message<'a>(conversation_id: Uuid, text: &'a str, metadata: &'a serde_json::Value) -> Enqueue<'a> {
     Enqueue {
         conversation_id,
@@ -38,7 +38,7 @@ fn message<'a>(conversation_id: Uuid, text: &'a str, metadata: &'a serde_json::V
         content: text,
         metadata,
         max_queued: 0,
-        dedupe: None,
+        idempotency_key: None,
         request_hash: None,
     }
 }
@@ -249,16 +249,16 @@ async fn an_expired_lease_is_taken_back_and_the_turn_runs_again_until_max_attemp
 
     // A live lease is left alone.
     assert_eq!(claim(&client, "w1", LEASE).await, Some((turn_id, 1)));
-    assert!(turn::sweep_expired(&client, MAX_ATTEMPTS).await.expect("sweep").is_empty());
+    assert!(turn::requeue_expired(&client, MAX_ATTEMPTS).await.expect("sweep").is_empty());
     assert_eq!(stored(&client, turn_id).await.0, "running");
     // Its worker never renews it: expired, the turn goes back to the queue.
     client
         .execute("update turn set lease_until = now() - interval '1 second' where turn_id = $1", &[&turn_id])
         .await
         .expect("expire");
-    let swept = turn::sweep_expired(&client, MAX_ATTEMPTS).await.expect("sweep");
-    assert_eq!(swept.len(), 1);
-    assert_eq!((swept[0].turn_id, swept[0].conversation_id, swept[0].attempt), (turn_id, conversation_id, 1));
+    let turns = turn::requeue_expired(&client, MAX_ATTEMPTS).await.expect("sweep");
+    assert_eq!(turns.len(), 1);
+    assert_eq!((turns[0].turn_id, turns[0].conversation_id, turns[0].attempt), (turn_id, conversation_id, 1));
     assert_eq!(stored(&client, turn_id).await, ("queued".to_owned(), 1, None));
     assert!(
         matches!(turn::extend_lease(&client, turn_id, "w1", LEASE).await.expect("extend"), turn::LeaseState::Lost),
@@ -266,15 +266,15 @@ async fn an_expired_lease_is_taken_back_and_the_turn_runs_again_until_max_attemp
     );
     assert!(
         !turn::finish(&client, turn_id, TurnStatus::Completed, None).await.expect("finish"),
-        "the old worker finished a turn taken back from it"
+        "the old worker finished a turn requeued from under it"
     );
 
     // Claimed again: the second attempt, whose lease (1 ms) expires at once.
     assert_eq!(claim(&client, "w2", lease).await, Some((turn_id, 2)));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let swept = turn::sweep_expired(&client, MAX_ATTEMPTS).await.expect("sweep");
-    assert_eq!(swept.iter().map(|s| (s.turn_id, s.attempt)).collect::<Vec<_>>(), [(turn_id, 2)]);
-    // At max_attempts it is interrupted, not re-queued.
+    let turns = turn::requeue_expired(&client, MAX_ATTEMPTS).await.expect("sweep");
+    assert_eq!(turns.iter().map(|s| (s.turn_id, s.attempt)).collect::<Vec<_>>(), [(turn_id, 2)]);
+    // At max_attempts it is interrupted, not requeued.
     let row = client
         .query_one(
             "select status, error, finished_at is not null, lease_until from turn where turn_id = $1",
@@ -306,9 +306,9 @@ async fn attempts_count_claims_and_an_unclaim_gives_one_back() {
     assert_eq!(claim(&client, "w2", LEASE).await, Some((turn_id, 2)));
     assert!(!turn::requeue(&client, Uuid::new_v4()).await.expect("requeue"), "an unknown turn is not requeued");
 
-    // At start-up a worker takes back what its previous incarnation left running.
-    let swept = turn::requeue_owned(&client, "w2").await.expect("requeue_owned");
-    assert_eq!(swept.iter().map(|s| (s.turn_id, s.attempt)).collect::<Vec<_>>(), [(turn_id, 2)]);
+    // At start-up a worker requeues what its previous incarnation left running.
+    let turns = turn::requeue_owned(&client, "w2").await.expect("requeue_owned");
+    assert_eq!(turns.iter().map(|s| (s.turn_id, s.attempt)).collect::<Vec<_>>(), [(turn_id, 2)]);
     assert_eq!(stored(&client, turn_id).await, ("queued".to_owned(), 2, None));
 }
 
@@ -387,10 +387,14 @@ async fn enqueue_stores_the_message_and_its_turn_or_nothing() {
     assert!(matches!(ingest::enqueue(&client, &roomy).await.expect("enqueue"), Enqueued::Stored { .. }));
     assert_eq!((count(messages).await, count(queued).await), (3, 3));
 
-    // A dedupe key is recorded with the response; its repeat stores nothing.
+    // An idempotency key is recorded with the response; its repeat stores nothing.
     let hash = [7u8; 32];
-    let keyed =
-        Enqueue { turn_id: Uuid::new_v4(), dedupe: Some(("api", "key-1")), request_hash: Some(&hash), ..first.clone() };
+    let keyed = Enqueue {
+        turn_id: Uuid::new_v4(),
+        idempotency_key: Some(("api", "key-1")),
+        request_hash: Some(&hash),
+        ..first.clone()
+    };
     let Enqueued::Stored { message_id } = ingest::enqueue(&client, &keyed).await.expect("enqueue") else {
         panic!("not stored")
     };
@@ -401,7 +405,7 @@ async fn enqueue_stores_the_message_and_its_turn_or_nothing() {
     );
     assert_eq!(recorded.request_hash.as_deref(), Some(&hash[..]));
     let repeat = Enqueue { turn_id: Uuid::new_v4(), ..keyed.clone() };
-    let err = ingest::enqueue(&client, &repeat).await.expect_err("a repeated dedupe key is refused");
+    let err = ingest::enqueue(&client, &repeat).await.expect_err("a repeated idempotency key is refused");
     assert!(ingest::is_duplicate(&err), "{err}");
     assert_eq!((count(messages).await, count(queued).await), (4, 4));
 }

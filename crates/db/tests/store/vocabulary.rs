@@ -1,9 +1,9 @@
-//! The vocabulary enums ([`TurnStatus`], [`Role`], [`EventKind`], [`Delivery`],
+//! The vocabulary enums ([`TurnStatus`], [`Role`], [`EventKind`], [`ReplyMode`],
 //! [`Transition`]) against the schema and the JSON wire format: the same spellings
 //! everywhere, and an unknown stored value read as an error, never a panic.
 
 use parley_db::DbError;
-use parley_db::conversation::{self, Delivery, NewConversation};
+use parley_db::conversation::{self, NewConversation, ReplyMode};
 use parley_db::event::EventKind;
 use parley_db::message::{self, Role};
 use parley_db::session::Transition;
@@ -37,7 +37,7 @@ async fn every_vocabulary_enum_spells_what_its_check_constraint_allows() {
     let db = TestDb::new().await;
     assert_eq!(values_allowed_by(&db, "turn_status_check").await, spelled(TurnStatus::iter()));
     assert_eq!(values_allowed_by(&db, "message_role_check").await, spelled(Role::iter()));
-    assert_eq!(values_allowed_by(&db, "conversation_delivery_check").await, spelled(Delivery::iter()));
+    assert_eq!(values_allowed_by(&db, "conversation_reply_mode_check").await, spelled(ReplyMode::iter()));
     // `session-deleted` is allowed by the schema since V1 but no code writes it.
     let mut reasons = values_allowed_by(&db, "session_transition_reason_check").await;
     reasons.retain(|r| r != "session-deleted");
@@ -60,7 +60,7 @@ fn the_json_wire_format_and_the_stored_text_are_the_same_spelling() {
     check(TurnStatus::iter());
     check(Role::iter());
     check(EventKind::iter());
-    check(Delivery::iter());
+    check(ReplyMode::iter());
     check(Transition::iter());
     assert_eq!(TurnStatus::Interrupted.as_ref(), "interrupted");
     assert_eq!(EventKind::TurnStarted.as_ref(), "turn_started");

@@ -1,5 +1,5 @@
 //! Storing how a turn ended: completed (one statement), failed or cancelled (the
-//! partial reply kept, marked incomplete), re-queued at shutdown, or dropped when the
+//! partial reply kept, marked incomplete), requeued at shutdown, or dropped when the
 //! turn is no longer this worker's.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -40,7 +40,7 @@ pub(super) enum Finished {
     Failed,
     /// `cancelled`: the partial reply (if any) is stored, marked incomplete.
     Cancelled,
-    /// Stopped by a shutdown and put back in the queue, to be answered in full again.
+    /// Stopped by a shutdown and requeued, to be answered in full again.
     Requeued,
     /// No longer this worker's (its lease was lost, the sweeper requeued it, or its
     /// conversation was deleted): nothing of this run is stored.
@@ -167,7 +167,7 @@ impl TurnRun<'_> {
     }
 
     /// Stores a failed or cancelled turn: its partial reply marked incomplete, its final
-    /// status and event, and delivers the end to the platform.
+    /// status and event, and sends the end to the platform.
     async fn store_unanswered(&mut self, session: &Session, how: Unanswered) -> DbResult<Finished> {
         self.reserve(2).await?;
         let turn_id = self.turn.turn_id;

@@ -16,7 +16,7 @@ use super::{StopReason, TurnControl};
 impl Orchestrator {
     /// Holds a claimed turn for its worker until `stop`: takes the conversation's run
     /// lock ([`RunLock`]) — waiting up to a lease for a previous run still stopping,
-    /// then reporting `false` through `locked` so the turn is re-queued — and extends the
+    /// then reporting `false` through `locked` so the turn is requeued — and extends the
     /// turn's lease every third of its length on the lock's connection. Stops the turn
     /// when a cancel was requested through the database, the lease was lost, the lease
     /// ran out before it could be extended, or the lock was lost to another run. Keeps

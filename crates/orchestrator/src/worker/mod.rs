@@ -1,15 +1,15 @@
 //! Workers: claim queued turns, resolve the session, run the assistant, publish and
-//! persist events, deliver replies, finish — and recover from stale assistant sessions.
+//! persist events, send replies, finish — and recover from stale assistant sessions.
 //!
 //! One concern per module:
 //! - [`pool`]: the worker pool — start-up, the claim loop, one claimed turn's life
 //!   (panics caught), the drain at shutdown;
 //! - [`lease`]: holding a claimed turn — its run lock and lease extension;
-//! - [`requeue`]: putting back the running turns no worker runs any more;
+//! - [`requeue`]: requeueing the running turns no worker runs any more;
 //! - [`run`]: one turn's run — session resolution, the assistant call, stale-session
 //!   recovery;
 //! - [`emit`]: the turn's events — numbering, live publication, batched writes;
-//! - [`reply`]: what the assistant said so far and its delivery to a platform sink;
+//! - [`reply`]: what the assistant said so far and how it is sent to a platform sink;
 //! - [`finish`]: storing how the turn ended.
 //!
 //! This module holds what they share: a running turn's stop switch ([`TurnControl`]).

@@ -33,16 +33,16 @@ use super::{KILL_WAIT, StopReason, TurnControl};
 impl Orchestrator {
     /// Runs this replica's workers until `shutdown` fires, then drains: running turns
     /// get [`crate::Config::shutdown_grace`] to finish, after which they are stopped and
-    /// re-queued for the next start (or another replica).
+    /// requeued for the next start (or another replica).
     pub async fn run_workers(&self, shutdown: CancellationToken) {
         let config = self.config().clone();
         self.kill_left_behind().await;
         match self.requeue(Requeue::Owned).await {
             Ok(0) => {}
             Ok(n) => {
-                info!(turns = n, worker_id = %config.worker_id, "re-queued turns this worker ran before it restarted")
+                info!(turns = n, worker_id = %config.worker_id, "requeued turns this worker ran before it restarted")
             }
-            Err(e) => warn!(error = %e, "could not re-queue this worker's old turns; the sweeper will"),
+            Err(e) => warn!(error = %e, "could not requeue this worker's old turns; the sweeper will"),
         }
         // Helpers outlive the workers' drain: events of draining turns still go out.
         let helpers_stop = CancellationToken::new();
@@ -99,7 +99,7 @@ impl Orchestrator {
     }
 
     /// Every [`crate::Config::sweep_interval`], requeues turns whose lease expired
-    /// (their worker crashed or lost the database): re-queued, or `interrupted` after
+    /// (their worker crashed or lost the database): requeued, or `interrupted` after
     /// [`crate::Config::max_attempts`] claims, with an event and a message telling the user.
     async fn run_sweeper(&self, stop: CancellationToken) {
         loop {
@@ -110,12 +110,12 @@ impl Orchestrator {
             match self.requeue(Requeue::Expired).await {
                 Ok(0) => {}
                 Ok(n) => info!(turns = n, "requeued turns whose lease expired"),
-                Err(e) => debug!(error = %e, "sweeping expired leases failed"),
+                Err(e) => debug!(error = %e, "requeueing turns whose lease expired failed"),
             }
         }
     }
 
-    /// At start-up, before this worker re-queues its old turns: kills the processes of
+    /// At start-up, before this worker requeues its old turns: kills the processes of
     /// the runs its previous incarnation left running (found by the run IDs recorded
     /// with its running turns), and those of any other Parley process on this host that
     /// is gone (a crash under another worker id).
@@ -229,7 +229,7 @@ impl Orchestrator {
             match result {
                 None => {
                     metrics::turn_finished(TurnOutcome::Requeued, started.elapsed());
-                    warn!("another run of this conversation is still stopping; re-queueing the turn");
+                    warn!("another run of this conversation is still stopping; requeueing the turn");
                     if let Ok(client) = self.pool().get().await {
                         let _ = turn::unclaim(&client, t.turn_id).await;
                     }
@@ -245,7 +245,7 @@ impl Orchestrator {
                 }
                 Some(Ok(Err(e))) => {
                     metrics::turn_finished(TurnOutcome::Requeued, started.elapsed());
-                    error!(error = %e, "turn could not be finished; re-queueing it");
+                    error!(error = %e, "turn could not be finished; requeueing it");
                     if let Ok(client) = self.pool().get().await {
                         let _ = turn::requeue(&client, t.turn_id).await;
                     }
@@ -255,7 +255,7 @@ impl Orchestrator {
                     let what = panic_message(panic.as_ref());
                     error!(panic = %what, "the turn panicked; failing it");
                     if let Err(e) = self.fail_panicked(&t, sink_conversation, &what).await {
-                        error!(error = %e, "could not mark the panicked turn failed; the sweeper will re-queue it");
+                        error!(error = %e, "could not mark the panicked turn failed; the sweeper will requeue it");
                     }
                 }
             }
@@ -272,7 +272,7 @@ impl Orchestrator {
     }
 
     /// Ends a turn whose run panicked: `failed` with an error saying so, a `turn_failed`
-    /// event, and the failure delivered to its platform. Nothing is written when the
+    /// event, and the failure sent to its platform. Nothing is written when the
     /// turn is no longer running (or its conversation is gone).
     async fn fail_panicked(&self, t: &Turn, conversation: Option<Conversation>, what: &str) -> DbResult<()> {
         let error =
@@ -310,8 +310,8 @@ impl Orchestrator {
                 tools: Vec::new(),
                 status: ReplyStatus::Failed { error },
             };
-            if let Err(e) = sink.deliver(&conversation, update).await {
-                warn!(error = %e, "delivering the failure of the panicked turn failed");
+            if let Err(e) = sink.send(&conversation, update).await {
+                warn!(error = %e, "sending the failure of the panicked turn failed");
             }
         }
         Ok(())

@@ -1,11 +1,11 @@
-//! The reply: what the assistant produced so far in a turn, and its delivery to the
+//! The reply: what the assistant produced so far in a turn, and how it is sent to the
 //! conversation's platform sink (streamed progress, then the final state).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use parley_assistant::Usage;
-use parley_db::conversation::{Conversation, Delivery};
+use parley_db::conversation::{Conversation, ReplyMode};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{Instrument, warn};
@@ -15,7 +15,7 @@ use crate::sink::{ReplySink, ReplyStatus, ReplyUpdate};
 
 use super::run::TurnRun;
 
-/// How long a finished turn waits for its platform reply to be delivered.
+/// How long a finished turn waits for its platform reply to be sent.
 const SINK_FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the assistant produced so far in this turn.
@@ -67,7 +67,7 @@ pub(super) fn tool_line(name: &str, input: &Value) -> String {
     if detail.is_empty() { name.to_owned() } else { format!("{name}: {detail}") }
 }
 
-/// Delivers a turn's reply to a platform sink through a latest-wins channel.
+/// Sends a turn's reply to a platform sink through a latest-wins channel.
 pub(super) struct SinkHandle {
     tx: watch::Sender<Option<ReplyUpdate>>,
     stream: bool,
@@ -77,15 +77,15 @@ pub(super) struct SinkHandle {
 impl SinkHandle {
     pub(super) fn start(sink: Arc<dyn ReplySink>, conversation: Conversation) -> Self {
         let (tx, mut rx) = watch::channel::<Option<ReplyUpdate>>(None);
-        let stream = conversation.delivery == Delivery::Stream;
+        let stream = conversation.reply_mode == ReplyMode::Stream;
         let task = tokio::spawn(
             async move {
                 while rx.changed().await.is_ok() {
                     let update = rx.borrow_and_update().clone();
                     let Some(update) = update else { continue };
                     let last = update.is_final();
-                    if let Err(e) = sink.deliver(&conversation, update).await {
-                        warn!(error = %e, "reply delivery failed");
+                    if let Err(e) = sink.send(&conversation, update).await {
+                        warn!(error = %e, "sending the reply failed");
                     }
                     if last {
                         break;
@@ -106,7 +106,7 @@ impl SinkHandle {
     pub(super) async fn finish(self, update: ReplyUpdate) {
         let _ = self.tx.send(Some(update));
         if tokio::time::timeout(SINK_FINAL_TIMEOUT, self.task).await.is_err() {
-            warn!("reply delivery did not finish in time; it goes on in the background");
+            warn!("sending the reply did not finish in time; it goes on in the background");
         }
     }
 }

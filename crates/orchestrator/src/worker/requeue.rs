@@ -1,4 +1,4 @@
-//! Putting back running turns that no worker runs any more: those whose lease expired
+//! Requeueing running turns that no worker runs any more: those whose lease expired
 //! (on any replica), and those this worker ran before it restarted.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::notify::Signal;
 
 use super::KILL_WAIT;
 
-/// Which running turns [`Orchestrator::requeue`] puts back.
+/// Which running turns [`Orchestrator::requeue`] requeues.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Requeue {
     /// Those whose lease expired, on any replica.
@@ -34,16 +34,16 @@ impl Orchestrator {
     pub(super) async fn requeue(&self, which: Requeue) -> DbResult<usize> {
         let mut client = self.pool().get().await?;
         let tx = client.transaction().await?;
-        let swept = match which {
-            Requeue::Expired => turn::sweep_expired(&tx, self.config().max_attempts).await?,
+        let turns = match which {
+            Requeue::Expired => turn::requeue_expired(&tx, self.config().max_attempts).await?,
             Requeue::Owned => turn::requeue_owned(&tx, &self.config().worker_id).await?,
         };
         let mut events = Vec::new();
-        for t in &swept {
+        for t in &turns {
             let requeued = t.status == TurnStatus::Queued;
             let mut data = json!({ "turn_id": t.turn_id, "requeued": requeued, "attempt": t.attempt });
             if requeued {
-                warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired; re-queued the turn");
+                warn!(turn_id = %t.turn_id, attempt = t.attempt, "lease expired; requeued the turn");
             } else {
                 let text = format!(
                     "This message could not be answered: the server running it stopped {} times. Send /retry to try again.",
@@ -79,16 +79,16 @@ impl Orchestrator {
             self.hub().publish(Arc::new(e.clone()), true, false);
             self.signal(Signal::Event { event: e, persisted: true });
         }
-        if !swept.is_empty() {
+        if !turns.is_empty() {
             self.wake();
         }
         // A replica that lost its lease stops its run itself; on this host, make sure.
-        for run_id in swept.iter().filter_map(|t| t.run_id) {
+        for run_id in turns.iter().filter_map(|t| t.run_id) {
             let killed = run_marker::kill_run(run_id, KILL_WAIT).await;
             if killed > 0 {
                 warn!(%run_id, processes = killed, "killed the processes of a run whose lease expired");
             }
         }
-        Ok(swept.len())
+        Ok(turns.len())
     }
 }

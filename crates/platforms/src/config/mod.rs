@@ -13,7 +13,7 @@ mod allow_lists;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use parley_db::conversation::Delivery;
+use parley_db::conversation::ReplyMode;
 
 pub use self::allow_lists::AllowListError;
 use self::allow_lists::allow_list;
@@ -71,8 +71,8 @@ pub struct TelegramConfig {
     /// `PARLEY_TELEGRAM_PARSE_MODE`: `MarkdownV2`, `HTML` or `Markdown`; default none
     /// (plain text). On a parse error the message is sent again as plain text.
     pub parse_mode: Option<String>,
-    /// `PARLEY_TELEGRAM_DELIVERY`: `stream` (default) or `batch`.
-    pub delivery: Delivery,
+    /// `PARLEY_TELEGRAM_REPLY_MODE`: `stream` (default) or `batch`.
+    pub reply_mode: ReplyMode,
     /// Who may talk to the bot (`PARLEY_TELEGRAM_ALLOWED_*`, `PARLEY_TELEGRAM_ALLOW_EVERYONE`); the
     /// default admits nobody.
     pub allow: AllowList,
@@ -90,8 +90,8 @@ pub struct SlackConfig {
     /// `PARLEY_SLACK_BOT_USER_ID`: the bot's user id (`U…`); messages from it are
     /// ignored and its mention is stripped. Defaults to the event's bot authorization.
     pub bot_user_id: Option<String>,
-    /// `PARLEY_SLACK_DELIVERY`: `stream` (default) or `batch`.
-    pub delivery: Delivery,
+    /// `PARLEY_SLACK_REPLY_MODE`: `stream` (default) or `batch`.
+    pub reply_mode: ReplyMode,
     /// Who may talk to the bot (`PARLEY_SLACK_ALLOWED_*`, `PARLEY_SLACK_ALLOW_EVERYONE`); the
     /// default admits nobody.
     pub allow: AllowList,
@@ -107,8 +107,8 @@ pub struct DiscordConfig {
     pub bot_token: Option<Secret>,
     /// `PARLEY_DISCORD_API_BASE` (default `https://discord.com/api/v10`).
     pub api_base: String,
-    /// `PARLEY_DISCORD_DELIVERY`: `stream` (default) or `batch`.
-    pub delivery: Delivery,
+    /// `PARLEY_DISCORD_REPLY_MODE`: `stream` (default) or `batch`.
+    pub reply_mode: ReplyMode,
     /// Who may talk to the bot (`PARLEY_DISCORD_ALLOWED_*`, `PARLEY_DISCORD_ALLOW_EVERYONE`); the
     /// default admits nobody.
     pub allow: AllowList,
@@ -126,8 +126,8 @@ pub struct GithubConfig {
     /// `PARLEY_GITHUB_BOT_LOGIN`: the bot account's login; its own comments are
     /// ignored and `@login` is stripped.
     pub bot_login: Option<String>,
-    /// `PARLEY_GITHUB_DELIVERY`: `batch` (default) or `stream`.
-    pub delivery: Delivery,
+    /// `PARLEY_GITHUB_REPLY_MODE`: `batch` (default) or `stream`.
+    pub reply_mode: ReplyMode,
     /// Who may talk to the bot (`PARLEY_GITHUB_ALLOWED_*`, `PARLEY_GITHUB_ALLOW_EVERYONE`); the
     /// default admits nobody.
     pub allow: AllowList,
@@ -138,8 +138,8 @@ pub struct GithubConfig {
 pub struct GenericConfig {
     /// `PARLEY_GENERIC_SECRET`: the HMAC key of `X-Parley-Signature`, both ways.
     pub secret: Secret,
-    /// `PARLEY_GENERIC_DELIVERY`: `batch` (default) or `stream`.
-    pub delivery: Delivery,
+    /// `PARLEY_GENERIC_REPLY_MODE`: `batch` (default) or `stream`.
+    pub reply_mode: ReplyMode,
 }
 
 /// Every platform's settings; `None` = not configured.
@@ -169,17 +169,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// A delivery mode variable (`stream` or `batch`), `default` when unset.
-fn delivery(
+/// A reply mode variable (`stream` or `batch`), `default` when unset. `deprecated` is the
+/// variable's name from before the mode was called the reply mode
+/// (`PARLEY_<PLATFORM>_DELIVERY`): still read, with a warning, when `var` is unset.
+fn reply_mode(
     lookup: &impl Fn(&str) -> Option<String>,
     var: &'static str,
-    default: Delivery,
-) -> Result<Delivery, ConfigError> {
-    match lookup(var).filter(|v| !v.trim().is_empty()) {
+    deprecated: &'static str,
+    default: ReplyMode,
+) -> Result<ReplyMode, ConfigError> {
+    let set = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v));
+    let found = set(var).or_else(|| {
+        let old = set(deprecated);
+        if old.is_some() {
+            tracing::warn!("{deprecated} is deprecated: set {var} instead");
+        }
+        old
+    });
+    match found {
         None => Ok(default),
-        Some(v) => v
+        Some((var, v)) => v
             .trim()
-            .parse::<Delivery>()
+            .parse::<ReplyMode>()
             .map_err(|_| ConfigError { var, message: format!("must be stream or batch, not {v:?}") }),
     }
 }
@@ -232,7 +243,12 @@ impl PlatformsConfig {
                 bot_username: opt(&lookup, "PARLEY_TELEGRAM_BOT_USERNAME")
                     .map(|u| u.trim_start_matches('@').to_owned()),
                 parse_mode: opt(&lookup, "PARLEY_TELEGRAM_PARSE_MODE"),
-                delivery: delivery(&lookup, "PARLEY_TELEGRAM_DELIVERY", Delivery::Stream)?,
+                reply_mode: reply_mode(
+                    &lookup,
+                    "PARLEY_TELEGRAM_REPLY_MODE",
+                    "PARLEY_TELEGRAM_DELIVERY",
+                    ReplyMode::Stream,
+                )?,
                 allow: allow_list(&lookup, Platform::Telegram)?,
             }),
         };
@@ -243,7 +259,7 @@ impl PlatformsConfig {
                 bot_token: opt(&lookup, "PARLEY_SLACK_BOT_TOKEN").map(Secret::new),
                 api_base: base(&lookup, "PARLEY_SLACK_API_BASE", "https://slack.com/api")?,
                 bot_user_id: opt(&lookup, "PARLEY_SLACK_BOT_USER_ID"),
-                delivery: delivery(&lookup, "PARLEY_SLACK_DELIVERY", Delivery::Stream)?,
+                reply_mode: reply_mode(&lookup, "PARLEY_SLACK_REPLY_MODE", "PARLEY_SLACK_DELIVERY", ReplyMode::Stream)?,
                 allow: allow_list(&lookup, Platform::Slack)?,
             }),
         };
@@ -254,7 +270,12 @@ impl PlatformsConfig {
                     .map_err(|message| ConfigError { var: "PARLEY_DISCORD_PUBLIC_KEY", message })?,
                 bot_token: opt(&lookup, "PARLEY_DISCORD_BOT_TOKEN").map(Secret::new),
                 api_base: base(&lookup, "PARLEY_DISCORD_API_BASE", "https://discord.com/api/v10")?,
-                delivery: delivery(&lookup, "PARLEY_DISCORD_DELIVERY", Delivery::Stream)?,
+                reply_mode: reply_mode(
+                    &lookup,
+                    "PARLEY_DISCORD_REPLY_MODE",
+                    "PARLEY_DISCORD_DELIVERY",
+                    ReplyMode::Stream,
+                )?,
                 allow: allow_list(&lookup, Platform::Discord)?,
             }),
         };
@@ -265,7 +286,12 @@ impl PlatformsConfig {
                 token: opt(&lookup, "PARLEY_GITHUB_TOKEN").map(Secret::new),
                 api_base: base(&lookup, "PARLEY_GITHUB_API_BASE", "https://api.github.com")?,
                 bot_login: opt(&lookup, "PARLEY_GITHUB_BOT_LOGIN").map(|u| u.trim_start_matches('@').to_owned()),
-                delivery: delivery(&lookup, "PARLEY_GITHUB_DELIVERY", Delivery::Batch)?,
+                reply_mode: reply_mode(
+                    &lookup,
+                    "PARLEY_GITHUB_REPLY_MODE",
+                    "PARLEY_GITHUB_DELIVERY",
+                    ReplyMode::Batch,
+                )?,
                 allow: allow_list(&lookup, Platform::Github)?,
             }),
         };
@@ -273,7 +299,12 @@ impl PlatformsConfig {
             None => None,
             Some(secret) => Some(GenericConfig {
                 secret: Secret::new(secret),
-                delivery: delivery(&lookup, "PARLEY_GENERIC_DELIVERY", Delivery::Batch)?,
+                reply_mode: reply_mode(
+                    &lookup,
+                    "PARLEY_GENERIC_REPLY_MODE",
+                    "PARLEY_GENERIC_DELIVERY",
+                    ReplyMode::Batch,
+                )?,
             }),
         };
         let mut sink = SinkSettings::default();
@@ -332,8 +363,8 @@ mod tests {
         let c = config(&[("PARLEY_TELEGRAM_SECRET_TOKEN", "s"), ("PARLEY_GITHUB_WEBHOOK_SECRET", "g")]).unwrap();
         assert_eq!(c.configured(), vec!["telegram", "github"]);
         assert_eq!(c.telegram.as_ref().unwrap().api_base, "https://api.telegram.org");
-        assert_eq!(c.telegram.as_ref().unwrap().delivery, Delivery::Stream);
-        assert_eq!(c.github.as_ref().unwrap().delivery, Delivery::Batch);
+        assert_eq!(c.telegram.as_ref().unwrap().reply_mode, ReplyMode::Stream);
+        assert_eq!(c.github.as_ref().unwrap().reply_mode, ReplyMode::Batch);
     }
 
     #[test]
@@ -354,9 +385,20 @@ mod tests {
     }
 
     #[test]
+    fn the_deprecated_delivery_variable_still_sets_the_reply_mode() {
+        let secret = ("PARLEY_SLACK_SIGNING_SECRET", "s");
+        let c = config(&[secret, ("PARLEY_SLACK_DELIVERY", "batch")]).unwrap();
+        assert_eq!(c.slack.as_ref().unwrap().reply_mode, ReplyMode::Batch);
+        let c = config(&[secret, ("PARLEY_SLACK_DELIVERY", "batch"), ("PARLEY_SLACK_REPLY_MODE", "stream")]).unwrap();
+        assert_eq!(c.slack.as_ref().unwrap().reply_mode, ReplyMode::Stream, "the new name wins");
+        let e = config(&[secret, ("PARLEY_SLACK_DELIVERY", "often")]).unwrap_err();
+        assert_eq!(e.var, "PARLEY_SLACK_DELIVERY", "the error names the variable that was set");
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
-        let e = config(&[("PARLEY_SLACK_SIGNING_SECRET", "s"), ("PARLEY_SLACK_DELIVERY", "often")]).unwrap_err();
-        assert_eq!(e.var, "PARLEY_SLACK_DELIVERY");
+        let e = config(&[("PARLEY_SLACK_SIGNING_SECRET", "s"), ("PARLEY_SLACK_REPLY_MODE", "often")]).unwrap_err();
+        assert_eq!(e.var, "PARLEY_SLACK_REPLY_MODE");
         let e = config(&[("PARLEY_DISCORD_PUBLIC_KEY", "abc")]).unwrap_err();
         assert_eq!(e.var, "PARLEY_DISCORD_PUBLIC_KEY");
         let e = config(&[("PARLEY_TELEGRAM_SECRET_TOKEN", "s"), ("PARLEY_TELEGRAM_API_BASE", "ftp://x")]).unwrap_err();

@@ -134,7 +134,7 @@ pub fn parse(body: &[u8], now_unix: i64) -> Result<Inbound, ParseError> {
         metadata: json!({ "platform": "discord", "sender": sender, "sender_id": user.get("id"), "interaction_id": id, "command": name }),
         sender,
         text,
-        dedupe_key: id.clone(),
+        idempotency_key: id.clone(),
         reply_target: json!({
             "application_id": application_id,
             "interaction_id": id,

@@ -51,7 +51,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
         metadata: json!({ "platform": "generic", "sender": sender, "delivery": delivery }),
         sender,
         text: text.to_owned(),
-        dedupe_key: delivery.to_owned(),
+        idempotency_key: delivery.to_owned(),
         reply_target: json!({ "callback_url": callback, "conversation_id": conversation }),
     })
 }
@@ -70,7 +70,7 @@ mod tests {
             br#"{"conversation_id":"ticket-42","text":"hi","sender":"ops","callback_url":"http://127.0.0.1:9/cb"}"#;
         let m = message(parse(&headers, body).unwrap());
         assert_eq!(m.external_id, "ticket-42");
-        assert_eq!(m.dedupe_key, "d-1");
+        assert_eq!(m.idempotency_key, "d-1");
         assert_eq!(m.reply_target["callback_url"], "http://127.0.0.1:9/cb");
         assert!(matches!(
             parse(&headers, br#"{"conversation_id":"x","text":"hi","callback_url":"file:///etc"}"#),

@@ -110,7 +110,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8], bot_login: Option<&str>) -> Resul
         title: subject.title.to_owned(),
         sender: sender_login.to_owned(),
         text,
-        dedupe_key: delivery.to_owned(),
+        idempotency_key: delivery.to_owned(),
         reply_target: json!({ "repo": repo, "number": number, "kind": subject.kind, "comment_id": subject.comment_id }),
         metadata: json!({ "platform": "github", "sender": sender_login, "event": event, "delivery": delivery }),
     })

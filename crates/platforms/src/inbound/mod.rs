@@ -1,5 +1,5 @@
 //! Parsing a verified webhook body into Parley's common [`Inbound`] shape: a message
-//! (conversation external id, sender, text with the bot mention stripped, dedupe key,
+//! (conversation external id, sender, text with the bot mention stripped, idempotency key,
 //! reply target), a handshake to answer, or an event to ignore (the bot's own messages,
 //! events Parley does not handle).
 //!
@@ -39,9 +39,9 @@ pub struct InboundMessage {
     pub sender: String,
     /// The text, with the bot's mention stripped.
     pub text: String,
-    /// The delivery's dedupe key: Telegram `update_id`, Slack `event_id`, Discord
+    /// The delivery's idempotency key: Telegram `update_id`, Slack `event_id`, Discord
     /// interaction `id`, `X-GitHub-Delivery`, generic `X-Delivery-Id`.
-    pub dedupe_key: String,
+    pub idempotency_key: String,
     /// What the reply sink needs to answer (stored as `conversation.reply_target`).
     pub reply_target: Value,
     /// Stored on the user message (`message.metadata`).
@@ -136,12 +136,12 @@ fn replace_nul_in_json(v: Value) -> Value {
 }
 
 /// A parsed message made storable: PostgreSQL `text` and `jsonb` cannot hold NUL
-/// (U+0000). Identifiers (external id, dedupe key, reply target) holding one are refused,
-/// as are empty ones (an empty dedupe key would make every such delivery a repeat);
+/// (U+0000). Identifiers (external id, idempotency key, reply target) holding one are refused,
+/// as are empty ones (an empty idempotency key would make every such delivery a repeat);
 /// in descriptive fields (title, sender, metadata) it becomes U+FFFD. The text is kept as
 /// sent: ingest refuses NUL there with a message the user is told.
 fn storable(mut m: InboundMessage) -> Result<Inbound, ParseError> {
-    for (field, id) in [("the conversation id", &m.external_id), ("the delivery id", &m.dedupe_key)] {
+    for (field, id) in [("the conversation id", &m.external_id), ("the delivery id", &m.idempotency_key)] {
         if id.is_empty() {
             return Err(ParseError::Invalid(format!("{field} is empty")));
         }
@@ -172,9 +172,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// What names a message: (conversation external id, text, dedupe key).
+    /// What names a message: (conversation external id, text, idempotency key).
     pub(crate) fn names(m: &InboundMessage) -> (&str, &str, &str) {
-        (&m.external_id, &m.text, &m.dedupe_key)
+        (&m.external_id, &m.text, &m.idempotency_key)
     }
 
     #[test]

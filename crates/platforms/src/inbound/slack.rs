@@ -99,7 +99,7 @@ pub fn parse(body: &[u8], bot_user_id: Option<&str>) -> Result<Inbound, ParseErr
         sender: user.to_owned(),
         metadata: json!({ "platform": "slack", "sender": user, "channel": channel, "ts": ts, "team": v.get("team_id") }),
         text,
-        dedupe_key: event_id.to_owned(),
+        idempotency_key: event_id.to_owned(),
         reply_target: json!({ "channel": channel, "thread_ts": reply_thread }),
     })
 }

@@ -73,7 +73,7 @@ pub fn parse(body: &[u8], bot_username: Option<&str>) -> Result<Inbound, ParseEr
         metadata: json!({ "platform": "telegram", "sender": sender, "sender_id": from.get("id"), "chat_id": chat_id, "message_id": message_id }),
         sender,
         text,
-        dedupe_key: update_id.to_string(),
+        idempotency_key: update_id.to_string(),
         reply_target,
     })
 }

@@ -68,7 +68,7 @@ fn payload(conversation: &Conversation, update: &ReplyUpdate) -> Value {
 }
 
 impl Inner {
-    async fn deliver(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
+    async fn send(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
         let Some(url) = conversation.reply_target.get("callback_url").and_then(Value::as_str).map(str::to_owned) else {
             return Ok(()); // No callback: the caller follows the conversation through the web API.
         };
@@ -112,9 +112,9 @@ impl Inner {
 }
 
 impl ReplySink for GenericSink {
-    fn deliver(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>> {
+    fn send(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>> {
         let inner = Arc::clone(&self.inner);
         let conversation = conversation.clone();
-        async move { inner.deliver(conversation, update).await.map_err(|e| e.to_string()) }.boxed()
+        async move { inner.send(conversation, update).await.map_err(|e| e.to_string()) }.boxed()
     }
 }

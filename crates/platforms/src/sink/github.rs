@@ -2,7 +2,7 @@
 //! (`POST /repos/{owner}/{repo}/issues/{number}/comments`) or, for a pull request
 //! review comment, a reply in its thread
 //! (`POST /repos/{owner}/{repo}/pulls/{number}/comments/{comment_id}/replies`). Batch
-//! delivery by default: one comment when the turn ends; in stream mode the comment is
+//! reply mode by default: one comment when the turn ends; in stream mode the comment is
 //! edited (`PATCH …/issues/comments/{id}` or `…/pulls/comments/{id}`).
 
 use reqwest::Method;

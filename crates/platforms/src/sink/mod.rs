@@ -37,9 +37,9 @@ pub use telegram::TelegramApi;
 pub use crate::http::SinkError;
 use crate::split::{Unit, render, split_message};
 
-/// How long a turn's delivery state is kept without an update (a turn whose final
+/// How long a turn's reply state is kept without an update (a turn whose final
 /// update never came, e.g. its worker crashed).
-const THREAD_TTL: Duration = Duration::from_secs(3600);
+const REPLY_STATE_TTL: Duration = Duration::from_secs(3600);
 /// How often Telegram's typing status is renewed while nothing is shown yet (it lasts
 /// about 5 s).
 const TYPING_EVERY: Duration = Duration::from_secs(4);
@@ -113,14 +113,14 @@ struct Posted {
 
 /// What has been shown of one turn's reply.
 #[derive(Debug)]
-struct Thread {
+struct ReplyState {
     posted: Vec<Posted>,
     last_write: Option<Instant>,
     last_typing: Option<Instant>,
     touched: Instant,
 }
 
-impl Default for Thread {
+impl Default for ReplyState {
     fn default() -> Self {
         Self { posted: Vec::new(), last_write: None, last_typing: None, touched: Instant::now() }
     }
@@ -130,7 +130,7 @@ struct DriverInner<A: MessageApi> {
     api: A,
     edit_interval: Duration,
     show_tools: bool,
-    threads: Mutex<HashMap<Uuid, Thread>>,
+    states: Mutex<HashMap<Uuid, ReplyState>>,
 }
 
 /// The [`ReplySink`] of a chat platform: posts, edits and splits through a
@@ -149,23 +149,23 @@ impl<A: MessageApi> Driver<A> {
     /// A driver over `api`, editing at most once per `edit_interval`.
     #[must_use]
     pub fn new(api: A, edit_interval: Duration, show_tools: bool) -> Self {
-        Self { inner: Arc::new(DriverInner { api, edit_interval, show_tools, threads: Mutex::new(HashMap::new()) }) }
+        Self { inner: Arc::new(DriverInner { api, edit_interval, show_tools, states: Mutex::new(HashMap::new()) }) }
     }
 }
 
 impl<A: MessageApi> DriverInner<A> {
-    fn take_thread(&self, turn_id: Uuid) -> Thread {
-        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        threads.retain(|_, t| t.touched.elapsed() < THREAD_TTL);
-        threads.remove(&turn_id).unwrap_or_default()
+    fn take_state(&self, turn_id: Uuid) -> ReplyState {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.retain(|_, t| t.touched.elapsed() < REPLY_STATE_TTL);
+        states.remove(&turn_id).unwrap_or_default()
     }
 
-    fn put_thread(&self, turn_id: Uuid, mut thread: Thread) {
-        thread.touched = Instant::now();
-        self.threads.lock().unwrap_or_else(PoisonError::into_inner).insert(turn_id, thread);
+    fn put_state(&self, turn_id: Uuid, mut state: ReplyState) {
+        state.touched = Instant::now();
+        self.states.lock().unwrap_or_else(PoisonError::into_inner).insert(turn_id, state);
     }
 
-    async fn deliver(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
+    async fn send(&self, conversation: Conversation, update: ReplyUpdate) -> Result<(), SinkError> {
         let target = self.api.target(&conversation.reply_target)?;
         let (limit, unit) = A::LIMIT;
         let pieces = split_message(&render(&update, self.show_tools), limit, unit);
@@ -176,10 +176,10 @@ impl<A: MessageApi> DriverInner<A> {
             }
             return Ok(());
         };
-        let mut thread = self.take_thread(turn_id);
-        let result = self.sync(&target, &mut thread, &update, &pieces).await;
+        let mut state = self.take_state(turn_id);
+        let result = self.sync(&target, &mut state, &update, &pieces).await;
         if !update.is_final() {
-            self.put_thread(turn_id, thread);
+            self.put_state(turn_id, state);
         }
         result
     }
@@ -187,21 +187,21 @@ impl<A: MessageApi> DriverInner<A> {
     async fn sync(
         &self,
         target: &A::Target,
-        thread: &mut Thread,
+        state: &mut ReplyState,
         update: &ReplyUpdate,
         pieces: &[String],
     ) -> Result<(), SinkError> {
         let nothing_yet = update.text.trim().is_empty() && (update.tools.is_empty() || !self.show_tools);
-        if thread.posted.is_empty() && thread.last_typing.is_none_or(|t| t.elapsed() >= TYPING_EVERY) {
+        if state.posted.is_empty() && state.last_typing.is_none_or(|t| t.elapsed() >= TYPING_EVERY) {
             if let Err(e) = self.api.typing(target).await {
                 debug!(platform = A::NAME, error = %e, "typing status failed");
             }
-            thread.last_typing = Some(Instant::now());
+            state.last_typing = Some(Instant::now());
         }
         if !update.is_final() && nothing_yet {
             return Ok(());
         }
-        if let Some(last) = thread.last_write {
+        if let Some(last) = state.last_write {
             let since = last.elapsed();
             if since < self.edit_interval {
                 tokio::time::sleep(self.edit_interval - since).await;
@@ -209,17 +209,17 @@ impl<A: MessageApi> DriverInner<A> {
         }
         let mut first_error = None;
         for (i, piece) in pieces.iter().enumerate() {
-            match thread.posted.get(i) {
+            match state.posted.get(i) {
                 Some(p) if p.text == *piece => {}
                 Some(p) => {
                     let id = p.id.clone();
                     match self.api.edit(target, &id, piece).await {
-                        Ok(()) => thread.posted[i].text.clone_from(piece),
+                        Ok(()) => state.posted[i].text.clone_from(piece),
                         Err(e) if update.is_final() => {
                             // The last word must reach the user: post it anew.
                             warn!(platform = A::NAME, error = %e, "editing the reply failed; posting it as a new message");
                             let id = self.api.post(target, i, piece).await?;
-                            thread.posted[i] = Posted { id, text: piece.clone() };
+                            state.posted[i] = Posted { id, text: piece.clone() };
                         }
                         Err(e) => {
                             first_error.get_or_insert(e);
@@ -228,11 +228,11 @@ impl<A: MessageApi> DriverInner<A> {
                 }
                 None => {
                     let id = self.api.post(target, i, piece).await?;
-                    thread.posted.push(Posted { id, text: piece.clone() });
+                    state.posted.push(Posted { id, text: piece.clone() });
                 }
             }
         }
-        thread.last_write = Some(Instant::now());
+        state.last_write = Some(Instant::now());
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -265,9 +265,9 @@ impl<A: MessageApi> Notice for Driver<A> {
 }
 
 impl<A: MessageApi> ReplySink for Driver<A> {
-    fn deliver(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>> {
+    fn send(&self, conversation: &Conversation, update: ReplyUpdate) -> BoxFuture<'static, Result<(), String>> {
         let inner = Arc::clone(&self.inner);
         let conversation = conversation.clone();
-        async move { inner.deliver(conversation, update).await.map_err(|e| e.to_string()) }.boxed()
+        async move { inner.send(conversation, update).await.map_err(|e| e.to_string()) }.boxed()
     }
 }

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use parley_db::conversation::{self, Conversation, ConversationSummary, Delivery, NewConversation};
+use parley_db::conversation::{self, Conversation, ConversationSummary, NewConversation, ReplyMode};
 use parley_orchestrator::command::{Command, CommandReply};
 use parley_orchestrator::workspace::CwdError;
 use serde::{Deserialize, Serialize};
@@ -35,9 +35,10 @@ pub struct CreateBody {
     #[serde(default)]
     #[schema(pattern = r"^[^\x00]*$", max_length = 1024)]
     pub cwd: Option<String>,
-    /// `stream` (default) or `batch`.
-    #[serde(default)]
-    pub delivery: Option<Delivery>,
+    /// How replies reach a chat platform: `stream` (default) or `batch`. `delivery`, its
+    /// former name, is accepted as a deprecated alias.
+    #[serde(default, alias = "delivery")]
+    pub reply_mode: Option<ReplyMode>,
 }
 
 /// `POST /api/conversations` → `201` with the conversation, owned by the caller.
@@ -106,7 +107,7 @@ pub async fn create(
             title: title.chars().take(200).collect(),
             assistant,
             cwd: body.cwd,
-            delivery: body.delivery.unwrap_or_default(),
+            reply_mode: body.reply_mode.unwrap_or_default(),
             reply_target: json!({}),
         })
         .await?;
@@ -377,4 +378,18 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<CommandReply>, AppError> {
     action(&state, &principal, &id, Command::Resume).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_body_takes_the_deprecated_delivery_field_as_its_reply_mode() {
+        let body: CreateBody = serde_json::from_str(r#"{"delivery": "batch"}"#).expect("the deprecated name");
+        assert_eq!(body.reply_mode, Some(ReplyMode::Batch));
+        let body: CreateBody = serde_json::from_str(r#"{"reply_mode": "batch"}"#).expect("the name");
+        assert_eq!(body.reply_mode, Some(ReplyMode::Batch));
+        assert!(serde_json::from_str::<CreateBody>(r#"{"reply_mode": "often"}"#).is_err());
+    }
 }

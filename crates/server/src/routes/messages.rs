@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use parley_db::message::{self, Message};
 use parley_orchestrator::command::Command;
-use parley_orchestrator::{Dedupe, Ingested, PostMessage};
+use parley_orchestrator::{IdempotencyKey, Ingested, PostMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -173,7 +173,7 @@ pub async fn create(
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
                 return Err(AppError::bad_request("invalid_header", "Idempotency-Key must be 1 to 255 bytes"));
             }
-            Some(Dedupe::new("web", format!("{id}:{key}"), &[&body.text]))
+            Some(IdempotencyKey::new("web", format!("{id}:{key}"), &[&body.text]))
         }
     };
     let ingested = state
@@ -181,7 +181,7 @@ pub async fn create(
         .post_message(PostMessage {
             conversation_id: id,
             text: body.text,
-            dedupe: key,
+            idempotency_key: key,
             metadata: json!({}),
             owner: principal.owner_filter().map(str::to_owned),
         })

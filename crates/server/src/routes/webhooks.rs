@@ -18,7 +18,7 @@
 //!    `X-Slack-Retry-Num`, GitHub redeliver, Telegram retry) is acknowledged and never
 //!    runs a second turn —, otherwise the conversation is upserted by
 //!    `(platform, external_id)` (owner = the platform's name, the orchestrator's default
-//!    assistant, the platform's delivery mode) and the message ingested with the dedupe
+//!    assistant, the platform's reply mode) and the message ingested with the idempotency
 //!    key `(platform, delivery id)`;
 //! 6. a chat command's reply is sent through the platform's reply sink as a notice (on
 //!    Discord it is the interaction response itself, from
@@ -205,7 +205,7 @@ async fn receive(
         return Ok(refuse(platforms, &message, &reason, Some(text)));
     }
     let ingested = orchestrator
-        .ingest_webhook(message, platforms.delivery(platform))
+        .ingest_webhook(message, platforms.reply_mode(platform))
         .await
         .map_err(|e| repeat_error(platform, e))?;
     debug!(%platform, conversation_id = ?ingested.conversation_id, ingested = ?ingested.ingested, "webhook ingested");

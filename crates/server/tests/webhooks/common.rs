@@ -342,7 +342,7 @@ impl Parley {
         }
     }
 
-    /// Stops the server and workers (running turns are re-queued after the grace).
+    /// Stops the server and workers (running turns are requeued after the grace).
     pub async fn stop(self) -> (Arc<TestDb>, MockApi) {
         self.shutdown.cancel();
         let _ = self.launched.stopped().await;
