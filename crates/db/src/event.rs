@@ -8,7 +8,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum};
@@ -79,20 +78,9 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-impl TryFrom<&Row> for Event {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            conversation_id: row.try_get("conversation_id")?,
-            seq: row.try_get("seq")?,
-            turn_id: row.try_get("turn_id")?,
-            kind: text_enum(row, "kind")?,
-            data: row.try_get("data")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
-}
+from_row!(row => Event {
+    conversation_id, seq, turn_id, kind: text_enum(row, "kind")?, data, created_at,
+});
 
 /// Inserts a batch of events in one statement; events of a conversation that no longer
 /// exists are dropped (the table has no foreign key: see migration V4). The statement

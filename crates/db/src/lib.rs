@@ -42,6 +42,24 @@ macro_rules! vocabulary {
     };
 }
 
+/// Implements `TryFrom<&Row>` for a struct read from a row: a bare `field` is read from
+/// the column of the same name, `field: expr` is computed by `expr`, which sees the row
+/// under the name given first (`row => Type { … }`). The impl names `DbError` and
+/// `DbResult` as the calling module imports them, as a hand-written one would.
+macro_rules! from_row {
+    ($row:ident => $ty:ty { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        impl TryFrom<&tokio_postgres::Row> for $ty {
+            type Error = DbError;
+
+            fn try_from($row: &tokio_postgres::Row) -> DbResult<Self> {
+                Ok(Self { $($field: from_row!(@value $row, $field $(, $value)?)),* })
+            }
+        }
+    };
+    (@value $row:ident, $field:ident) => { $row.try_get(stringify!($field))? };
+    (@value $row:ident, $field:ident, $value:expr) => { $value };
+}
+
 pub mod api_token;
 pub mod constraint;
 pub mod conversation;

@@ -71,27 +71,10 @@ pub struct Turn {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<&Row> for Turn {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            turn_id: row.try_get("turn_id")?,
-            conversation_id: row.try_get("conversation_id")?,
-            session_id: row.try_get("session_id")?,
-            user_message_id: row.try_get("user_message_id")?,
-            status: text_enum(row, "status")?,
-            attempt: row.try_get("attempt")?,
-            error: row.try_get("error")?,
-            worker_id: row.try_get("worker_id")?,
-            lease_until: row.try_get("lease_until")?,
-            cancel_requested: row.try_get("cancel_requested")?,
-            created_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
-}
+from_row!(row => Turn {
+    turn_id, conversation_id, session_id, user_message_id, status: text_enum(row, "status")?, attempt, error,
+    worker_id, lease_until, cancel_requested, created_at, started_at, finished_at,
+});
 
 const COLUMNS: &str = "turn_id, conversation_id, session_id, user_message_id, status, attempt, error, \
                        worker_id, lease_until, cancel_requested, created_at, started_at, finished_at";
@@ -425,14 +408,7 @@ pub async fn finish(
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
-    let n = client
-        .execute(
-            "update turn set status = 'queued', worker_id = null, lease_until = null \
-             where turn_id = $1 and status = 'running'",
-            &[&turn_id],
-        )
-        .await?;
-    Ok(n == 1)
+    back_to_queue(client, turn_id, false).await
 }
 
 /// Puts a running turn back in the queue as if it had not been claimed (`attempt` goes
@@ -442,14 +418,19 @@ pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<boo
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn unclaim(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
-    let n = client
-        .execute(
-            "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
-             where turn_id = $1 and status = 'running'",
-            &[&turn_id],
-        )
-        .await?;
-    Ok(n == 1)
+    back_to_queue(client, turn_id, true).await
+}
+
+/// [`requeue`], and with `unclaimed` [`unclaim`]: `attempt` goes back down too.
+async fn back_to_queue(client: &impl GenericClient, turn_id: Uuid, unclaimed: bool) -> DbResult<bool> {
+    let sql = if unclaimed {
+        "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
+         where turn_id = $1 and status = 'running'"
+    } else {
+        "update turn set status = 'queued', worker_id = null, lease_until = null \
+         where turn_id = $1 and status = 'running'"
+    };
+    Ok(client.execute(sql, &[&turn_id]).await? == 1)
 }
 
 /// Fetches one turn.
