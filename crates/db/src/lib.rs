@@ -16,9 +16,11 @@
 /// constraint listing its values) as an enum spelled the same way everywhere: in the
 /// column, in JSON (serde) and by `strum` (`str::parse` reads it, `as_ref`/`Display`/
 /// `Into<&'static str>` write it, `iter()` lists every value in declaration order).
-/// `$case` is the spelling, e.g. `"lowercase"`, `"snake_case"`, `"kebab-case"`.
+/// `$case` is the spelling, e.g. `"lowercase"`, `"snake_case"`, `"kebab-case"`; it is
+/// taken as a `tt`, not a `literal`: utoipa's derive does not read a `rename_all` handed
+/// over as a `literal` fragment, and the document then spelled the values in Rust's case.
 macro_rules! vocabulary {
-    ($(#[$meta:meta])* $vis:vis enum $name:ident ($case:literal) { $($body:tt)* }) => {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($case:tt) { $($body:tt)* }) => {
         $(#[$meta])*
         #[derive(
             Debug,
