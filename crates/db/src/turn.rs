@@ -341,13 +341,8 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
             usage = crate::session::usage_increments("$6::jsonb")
         ))
         .await?;
-    let ev = c.events;
-    let conversation_ids: Vec<Uuid> = ev.iter().map(|e| e.conversation_id).collect();
-    let seqs: Vec<i64> = ev.iter().map(|e| e.seq).collect();
-    let turn_ids: Vec<Option<Uuid>> = ev.iter().map(|e| e.turn_id).collect();
-    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_ref()).collect();
-    let data: Vec<&serde_json::Value> = ev.iter().map(|e| &e.data).collect();
-    let created: Vec<DateTime<Utc>> = ev.iter().map(|e| e.created_at).collect();
+    let crate::event::Columns { conversation_ids, seqs, turn_ids, kinds, data, created } =
+        &crate::event::Columns::of(c.events);
     let f = c.final_event;
     let row = client
         .query_opt(
@@ -359,12 +354,12 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                 &c.assistant_session_id,
                 &c.content,
                 c.metadata,
-                &conversation_ids,
-                &seqs,
-                &turn_ids,
-                &kinds,
-                &data,
-                &created,
+                conversation_ids,
+                seqs,
+                turn_ids,
+                kinds,
+                data,
+                created,
                 &f.seq,
                 &f.kind.as_ref(),
                 &f.data,
