@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult};
@@ -57,20 +56,9 @@ pub struct ApiToken {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<&Row> for ApiToken {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            api_token_id: row.try_get("api_token_id")?,
-            principal: row.try_get("principal")?,
-            admin: row.try_get("admin")?,
-            created_at: row.try_get("created_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-            last_used_at: row.try_get("last_used_at")?,
-        })
-    }
-}
+from_row!(row => ApiToken {
+    api_token_id, principal, admin, created_at, revoked_at, last_used_at,
+});
 
 const COLUMNS: &str = "api_token_id, principal, admin, created_at, revoked_at, last_used_at";
 

@@ -8,7 +8,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum};
@@ -79,20 +78,9 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-impl TryFrom<&Row> for Event {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            conversation_id: row.try_get("conversation_id")?,
-            seq: row.try_get("seq")?,
-            turn_id: row.try_get("turn_id")?,
-            kind: text_enum(row, "kind")?,
-            data: row.try_get("data")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
-}
+from_row!(row => Event {
+    conversation_id, seq, turn_id, kind: text_enum(row, "kind")?, data, created_at,
+});
 
 /// Inserts a batch of events in one statement; events of a conversation that no longer
 /// exists are dropped (the table has no foreign key: see migration V4). The statement
@@ -107,12 +95,7 @@ pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbRe
     if events.is_empty() {
         return Ok(());
     }
-    let conversation_ids: Vec<Uuid> = events.iter().map(|e| e.conversation_id).collect();
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    let turn_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.turn_id).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_ref()).collect();
-    let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-    let created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
+    let columns = Columns::of(events);
     let stmt = client
         .prepare_cached(
             "with c as (select conversation_id from conversation where conversation_id = any($1) for key share) \
@@ -122,8 +105,33 @@ pub async fn insert_batch(client: &impl GenericClient, events: &[Event]) -> DbRe
              where u.conversation_id in (select conversation_id from c)",
         )
         .await?;
-    client.execute(&stmt, &[&conversation_ids, &seqs, &turn_ids, &kinds, &data, &created]).await?;
+    let Columns { conversation_ids, seqs, turn_ids, kinds, data, created } = &columns;
+    client.execute(&stmt, &[conversation_ids, seqs, turn_ids, kinds, data, created]).await?;
     Ok(())
+}
+
+/// Events as one array per column, for an `unnest` of them all in one statement.
+pub(crate) struct Columns<'a> {
+    pub(crate) conversation_ids: Vec<Uuid>,
+    pub(crate) seqs: Vec<i64>,
+    pub(crate) turn_ids: Vec<Option<Uuid>>,
+    pub(crate) kinds: Vec<&'a str>,
+    pub(crate) data: Vec<&'a serde_json::Value>,
+    pub(crate) created: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `events`, in their order.
+    pub(crate) fn of(events: &'a [Event]) -> Self {
+        Self {
+            conversation_ids: events.iter().map(|e| e.conversation_id).collect(),
+            seqs: events.iter().map(|e| e.seq).collect(),
+            turn_ids: events.iter().map(|e| e.turn_id).collect(),
+            kinds: events.iter().map(|e| e.kind.as_ref()).collect(),
+            data: events.iter().map(|e| &e.data).collect(),
+            created: events.iter().map(|e| e.created_at).collect(),
+        }
+    }
 }
 
 /// Up to `limit` events with `seq > after`, in order.

@@ -16,9 +16,11 @@
 /// constraint listing its values) as an enum spelled the same way everywhere: in the
 /// column, in JSON (serde) and by `strum` (`str::parse` reads it, `as_ref`/`Display`/
 /// `Into<&'static str>` write it, `iter()` lists every value in declaration order).
-/// `$case` is the spelling, e.g. `"lowercase"`, `"snake_case"`, `"kebab-case"`.
+/// `$case` is the spelling, e.g. `"lowercase"`, `"snake_case"`, `"kebab-case"`; it is
+/// taken as a `tt`, not a `literal`: utoipa's derive does not read a `rename_all` handed
+/// over as a `literal` fragment, and the document then spelled the values in Rust's case.
 macro_rules! vocabulary {
-    ($(#[$meta:meta])* $vis:vis enum $name:ident ($case:literal) { $($body:tt)* }) => {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($case:tt) { $($body:tt)* }) => {
         $(#[$meta])*
         #[derive(
             Debug,
@@ -40,6 +42,24 @@ macro_rules! vocabulary {
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         $vis enum $name { $($body)* }
     };
+}
+
+/// Implements `TryFrom<&Row>` for a struct read from a row: a bare `field` is read from
+/// the column of the same name, `field: expr` is computed by `expr`, which sees the row
+/// under the name given first (`row => Type { … }`). The impl names `DbError` and
+/// `DbResult` as the calling module imports them, as a hand-written one would.
+macro_rules! from_row {
+    ($row:ident => $ty:ty { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        impl TryFrom<&tokio_postgres::Row> for $ty {
+            type Error = DbError;
+
+            fn try_from($row: &tokio_postgres::Row) -> DbResult<Self> {
+                Ok(Self { $($field: from_row!(@value $row, $field $(, $value)?)),* })
+            }
+        }
+    };
+    (@value $row:ident, $field:ident) => { $row.try_get(stringify!($field))? };
+    (@value $row:ident, $field:ident, $value:expr) => { $value };
 }
 
 pub mod api_token;

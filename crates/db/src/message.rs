@@ -6,7 +6,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult, text_enum};
@@ -47,21 +46,9 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-impl TryFrom<&Row> for Message {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            message_id: row.try_get("message_id")?,
-            conversation_id: row.try_get("conversation_id")?,
-            turn_id: row.try_get("turn_id")?,
-            role: text_enum(row, "role")?,
-            content: row.try_get("content")?,
-            metadata: row.try_get("metadata")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
-}
+from_row!(row => Message {
+    message_id, conversation_id, turn_id, role: text_enum(row, "role")?, content, metadata, created_at,
+});
 
 const COLUMNS: &str = "message_id, conversation_id, turn_id, role, content, metadata, created_at";
 

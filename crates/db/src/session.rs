@@ -9,7 +9,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{DbError, DbResult};
@@ -101,28 +100,13 @@ impl SessionSettings {
     }
 }
 
-impl TryFrom<&Row> for Session {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            session_id: row.try_get("session_id")?,
-            conversation_id: row.try_get("conversation_id")?,
-            assistant: row.try_get("assistant")?,
-            assistant_session_id: row.try_get("assistant_session_id")?,
-            active: row.try_get("active")?,
-            parent_session_id: row.try_get("parent_session_id")?,
-            transition_reason: row.try_get("transition_reason")?,
-            ended_reason: row.try_get("ended_reason")?,
-            last_error: row.try_get("last_error")?,
-            history_from_message_id: row.try_get("history_from_message_id")?,
-            settings: serde_json::from_value(row.try_get("settings")?)
-                .map_err(|e| DbError::Other(crate::Cause::new("session.settings", e)))?,
-            started_at: row.try_get("started_at")?,
-            ended_at: row.try_get("ended_at")?,
-        })
-    }
-}
+from_row!(row => Session {
+    session_id, conversation_id, assistant, assistant_session_id, active, parent_session_id, transition_reason,
+    ended_reason, last_error, history_from_message_id,
+    settings: serde_json::from_value(row.try_get("settings")?)
+        .map_err(|e| DbError::Other(crate::Cause::new("session.settings", e)))?,
+    started_at, ended_at,
+});
 
 const COLUMNS: &str = "session_id, conversation_id, assistant, assistant_session_id, active, \
                        parent_session_id, transition_reason, ended_reason, last_error, history_from_message_id, \

@@ -71,27 +71,10 @@ pub struct Turn {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<&Row> for Turn {
-    type Error = DbError;
-
-    fn try_from(row: &Row) -> DbResult<Self> {
-        Ok(Self {
-            turn_id: row.try_get("turn_id")?,
-            conversation_id: row.try_get("conversation_id")?,
-            session_id: row.try_get("session_id")?,
-            user_message_id: row.try_get("user_message_id")?,
-            status: text_enum(row, "status")?,
-            attempt: row.try_get("attempt")?,
-            error: row.try_get("error")?,
-            worker_id: row.try_get("worker_id")?,
-            lease_until: row.try_get("lease_until")?,
-            cancel_requested: row.try_get("cancel_requested")?,
-            created_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
-}
+from_row!(row => Turn {
+    turn_id, conversation_id, session_id, user_message_id, status: text_enum(row, "status")?, attempt, error,
+    worker_id, lease_until, cancel_requested, created_at, started_at, finished_at,
+});
 
 const COLUMNS: &str = "turn_id, conversation_id, session_id, user_message_id, status, attempt, error, \
                        worker_id, lease_until, cancel_requested, created_at, started_at, finished_at";
@@ -359,13 +342,8 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
             usage = crate::session::usage_increments("$6::jsonb")
         ))
         .await?;
-    let ev = c.events;
-    let conversation_ids: Vec<Uuid> = ev.iter().map(|e| e.conversation_id).collect();
-    let seqs: Vec<i64> = ev.iter().map(|e| e.seq).collect();
-    let turn_ids: Vec<Option<Uuid>> = ev.iter().map(|e| e.turn_id).collect();
-    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_ref()).collect();
-    let data: Vec<&serde_json::Value> = ev.iter().map(|e| &e.data).collect();
-    let created: Vec<DateTime<Utc>> = ev.iter().map(|e| e.created_at).collect();
+    let crate::event::Columns { conversation_ids, seqs, turn_ids, kinds, data, created } =
+        &crate::event::Columns::of(c.events);
     let f = c.final_event;
     let row = client
         .query_opt(
@@ -377,12 +355,12 @@ pub async fn complete(client: &impl GenericClient, c: &Completion<'_>) -> DbResu
                 &c.assistant_session_id,
                 &c.content,
                 c.metadata,
-                &conversation_ids,
-                &seqs,
-                &turn_ids,
-                &kinds,
-                &data,
-                &created,
+                conversation_ids,
+                seqs,
+                turn_ids,
+                kinds,
+                data,
+                created,
                 &f.seq,
                 &f.kind.as_ref(),
                 &f.data,
@@ -426,14 +404,7 @@ pub async fn finish(
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
-    let n = client
-        .execute(
-            "update turn set status = 'queued', worker_id = null, lease_until = null \
-             where turn_id = $1 and status = 'running'",
-            &[&turn_id],
-        )
-        .await?;
-    Ok(n == 1)
+    back_to_queue(client, turn_id, false).await
 }
 
 /// Puts a running turn back in the queue as if it had not been claimed (`attempt` goes
@@ -443,14 +414,19 @@ pub async fn requeue(client: &impl GenericClient, turn_id: Uuid) -> DbResult<boo
 /// # Errors
 /// [`DbError::Unavailable`] / [`DbError::Other`] only.
 pub async fn unclaim(client: &impl GenericClient, turn_id: Uuid) -> DbResult<bool> {
-    let n = client
-        .execute(
-            "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
-             where turn_id = $1 and status = 'running'",
-            &[&turn_id],
-        )
-        .await?;
-    Ok(n == 1)
+    back_to_queue(client, turn_id, true).await
+}
+
+/// [`requeue`], and with `unclaimed` [`unclaim`]: `attempt` goes back down too.
+async fn back_to_queue(client: &impl GenericClient, turn_id: Uuid, unclaimed: bool) -> DbResult<bool> {
+    let sql = if unclaimed {
+        "update turn set status = 'queued', worker_id = null, lease_until = null, attempt = attempt - 1 \
+         where turn_id = $1 and status = 'running'"
+    } else {
+        "update turn set status = 'queued', worker_id = null, lease_until = null \
+         where turn_id = $1 and status = 'running'"
+    };
+    Ok(client.execute(sql, &[&turn_id]).await? == 1)
 }
 
 /// Fetches one turn.

@@ -26,13 +26,18 @@ mod usage;
 #[path = "store/vocabulary.rs"]
 mod vocabulary;
 
+/// A new web conversation owned by `local`, answered by `demo`; returns its id.
+async fn web_conversation(client: &impl parley_db::GenericClient, title: &str) -> Uuid {
+    conversation::create(client, &NewConversation::web("local", title, "demo"))
+        .await
+        .expect("conversation")
+        .conversation_id
+}
+
 /// A conversation with one user message and its running turn; returns their ids.
 async fn conversation_with_a_running_turn(db: &TestDb) -> (Uuid, Uuid) {
     let client = db.pool.get().await.expect("client");
-    let conversation = conversation::create(&client, &NewConversation::web("local", "deleted mid-turn", "demo"))
-        .await
-        .expect("conversation")
-        .conversation_id;
+    let conversation = web_conversation(&client, "deleted mid-turn").await;
     let turn_id = Uuid::new_v4();
     client
         .execute(

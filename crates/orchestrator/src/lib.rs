@@ -383,3 +383,9 @@ impl Orchestrator {
         self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
+
+/// Delays that start at `min` and double up to `max`, without a limit on the number of
+/// tries: the backoff of every retry loop here (reconnecting, claiming, finishing).
+pub(crate) fn doubling_backoff(min: Duration, max: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new().with_min_delay(min).with_factor(2.0).with_max_delay(max).without_max_times()
+}

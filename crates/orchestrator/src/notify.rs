@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use parley_db::event::Event;
 use serde::{Deserialize, Serialize};
@@ -157,11 +157,7 @@ impl Orchestrator {
         // `origin` is the envelope's first field, so our own payloads start with this.
         let own_prefix = self.inner.notifier.prefix();
         // 200 ms, doubling up to 5 s; back to 200 ms once connected.
-        let reconnect = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(200))
-            .with_factor(2.0)
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times();
+        let reconnect = crate::doubling_backoff(Duration::from_millis(200), Duration::from_secs(5));
         let mut delays = reconnect.build();
         let mut first = true;
         loop {

@@ -127,13 +127,16 @@ impl TestApp {
     }
 
     async fn post(&self, conversation: Uuid, text: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(self.url(&format!("/api/conversations/{conversation}/messages")))
-            .json(&json!({ "text": text }))
-            .send()
-            .await
-            .expect("post message");
+        self.post_keyed(conversation, None, text).await
+    }
+
+    /// [`TestApp::post`], with an `Idempotency-Key` header when `key` is given.
+    async fn post_keyed(&self, conversation: Uuid, key: Option<&str>, text: &str) -> (u16, Value) {
+        let mut request = self.http.post(self.url(&format!("/api/conversations/{conversation}/messages")));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let resp = request.json(&json!({ "text": text })).send().await.expect("post message");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -189,12 +192,8 @@ impl TestApp {
     }
 
     async fn action(&self, conversation: Uuid, action: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(self.url(&format!("/api/conversations/{conversation}/{action}")))
-            .send()
-            .await
-            .expect("post action");
+        let url = self.url(&format!("/api/conversations/{conversation}/{action}"));
+        let resp = self.http.post(url).send().await.expect("post action");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -409,20 +408,7 @@ async fn sse_reconnect_with_last_event_id_gets_the_rest_exactly_once() {
 async fn an_idempotency_key_reused_with_another_text_is_422_and_stores_nothing() {
     let app = TestApp::spawn().await;
     let conv = app.create_conversation().await;
-    let send = |key: &'static str, text: &'static str| {
-        let app = &app;
-        async move {
-            let resp = app
-                .http
-                .post(app.url(&format!("/api/conversations/{conv}/messages")))
-                .header("Idempotency-Key", key)
-                .json(&json!({ "text": text }))
-                .send()
-                .await
-                .expect("post");
-            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
-        }
-    };
+    let send = |key: &'static str, text: &'static str| app.post_keyed(conv, Some(key), text);
     let (status, first) = send("key-1", "deploy staging").await;
     assert_eq!(status, 202, "{first}");
     app.wait_turn(first["turn_id"].as_str().expect("id").parse().expect("uuid")).await;
@@ -449,20 +435,7 @@ async fn an_idempotency_key_reused_with_another_text_is_422_and_stores_nothing()
 async fn same_idempotency_key_twice_makes_one_turn() {
     let app = TestApp::spawn().await;
     let conv = app.create_conversation().await;
-    let send = |key: &'static str| {
-        let app = &app;
-        async move {
-            let resp = app
-                .http
-                .post(app.url(&format!("/api/conversations/{conv}/messages")))
-                .header("Idempotency-Key", key)
-                .json(&json!({"text": "once"}))
-                .send()
-                .await
-                .expect("post");
-            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
-        }
-    };
+    let send = |key: &'static str| app.post_keyed(conv, Some(key), "once");
     let (a, b) = tokio::join!(send("key-1"), send("key-1"));
     let (c, _) = (send("key-1").await, ());
     for (status, _) in [&a, &b, &c] {

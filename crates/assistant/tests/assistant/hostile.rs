@@ -94,33 +94,43 @@ fn codex_run(lines: &[String], exit: Option<i32>, stderr: &str) -> (Vec<Chunk>, 
     (chunks, parser.finish(exit, stderr))
 }
 
+/// A CLI parser's run over lines, with the exit code and stderr: its chunks and outcome.
+type CliRun = fn(&[String], Option<i32>, &str) -> (Vec<Chunk>, Result<Chunk, AssistantError>);
+
+/// A `prefix` capture (an index into [`fixture_lines`]) and up to seven junk lines to
+/// insert into it, at the given positions.
+fn junked(prefix: &str) -> impl Strategy<Value = (Index, Vec<(Index, String)>)> {
+    (any::<Index>(), proptest::collection::vec((any::<Index>(), junk_line(all_lines(prefix))), 0..8))
+}
+
+/// `run` over the `prefix` capture `fixture` with `junk` interleaved equals `run` over
+/// the capture alone.
+fn junk_changes_nothing(
+    prefix: &str,
+    run: CliRun,
+    fixture: &Index,
+    junk: &[(Index, String)],
+) -> Result<(), TestCaseError> {
+    let captures = fixture_lines(prefix);
+    let (_, c) = fixture.get(&captures);
+    let clean: Vec<&str> = c.stdout.lines().collect();
+    let expected = run(&clean.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>(), c.exit_code, &c.stderr);
+    let dirty = interleave(&clean, junk);
+    prop_assert_eq!(run(&dirty, c.exit_code, &c.stderr), expected);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn claude_junk_lines_between_real_ones_change_nothing(
-        fixture in any::<Index>(),
-        junk in proptest::collection::vec((any::<Index>(), junk_line(all_lines("claude-"))), 0..8),
-    ) {
-        let captures = fixture_lines("claude-");
-        let (_, c) = fixture.get(&captures);
-        let clean: Vec<&str> = c.stdout.lines().collect();
-        let expected = claude_run(&clean.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>(), c.exit_code, &c.stderr);
-        let dirty = interleave(&clean, &junk);
-        prop_assert_eq!(claude_run(&dirty, c.exit_code, &c.stderr), expected);
+    fn claude_junk_lines_between_real_ones_change_nothing((fixture, junk) in junked("claude-")) {
+        junk_changes_nothing("claude-", claude_run, &fixture, &junk)?;
     }
 
     #[test]
-    fn codex_junk_lines_between_real_ones_change_nothing(
-        fixture in any::<Index>(),
-        junk in proptest::collection::vec((any::<Index>(), junk_line(all_lines("codex-"))), 0..8),
-    ) {
-        let captures = fixture_lines("codex-");
-        let (_, c) = fixture.get(&captures);
-        let clean: Vec<&str> = c.stdout.lines().collect();
-        let expected = codex_run(&clean.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>(), c.exit_code, &c.stderr);
-        let dirty = interleave(&clean, &junk);
-        prop_assert_eq!(codex_run(&dirty, c.exit_code, &c.stderr), expected);
+    fn codex_junk_lines_between_real_ones_change_nothing((fixture, junk) in junked("codex-")) {
+        junk_changes_nothing("codex-", codex_run, &fixture, &junk)?;
     }
 
     #[test]

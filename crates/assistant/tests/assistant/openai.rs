@@ -166,6 +166,11 @@ async fn run(assistant: &dyn Assistant, prompt: &str, resume: Option<&str>) -> V
     assistant.run(request(prompt, resume, None)).collect().await
 }
 
+/// The text of a run's `Ok` text chunks, joined.
+fn ok_text(chunks: &[Result<Chunk, AssistantError>]) -> String {
+    chunks.iter().filter_map(|c| if let Ok(Chunk::Text { text }) = c { Some(text.as_str()) } else { None }).collect()
+}
+
 fn completed_id(chunks: &[Result<Chunk, AssistantError>]) -> String {
     match chunks.last() {
         Some(Ok(Chunk::Completed { session_id: Some(id), .. })) => id.clone(),
@@ -178,11 +183,7 @@ async fn openai_continues_from_the_previous_response_and_recovers_when_it_is_gon
     let mock = MockOpenAi::start().await;
     let assistant = openai(&mock);
     let first = run(&assistant, "hello", None).await;
-    let text: String = first
-        .iter()
-        .filter_map(|c| if let Ok(Chunk::Text { text }) = c { Some(text.as_str()) } else { None })
-        .collect();
-    assert_eq!(text, HELLO);
+    assert_eq!(ok_text(&first), HELLO);
     assert!(
         !first.iter().any(|c| matches!(c, Ok(Chunk::SessionStarted { .. }))),
         "the ID is reported at completion only"
@@ -271,11 +272,7 @@ async fn openai_chat_is_stateless_and_streams_text_and_tool_calls() {
         ..OpenAiChatConfig::default()
     });
     let chunks = run(&assistant, "history…\nhello", None).await;
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| if let Ok(Chunk::Text { text }) = c { Some(text.as_str()) } else { None })
-        .collect();
-    assert_eq!(text, HELLO);
+    assert_eq!(ok_text(&chunks), HELLO);
     assert!(!chunks.iter().any(|c| matches!(c, Ok(Chunk::SessionStarted { .. }))));
     assert!(
         matches!(

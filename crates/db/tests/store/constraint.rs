@@ -2,7 +2,6 @@
 //! in a migrated database, the store's own rule on sessions has its own error, and a
 //! wrapped database error keeps its source.
 
-use parley_db::conversation::{self, NewConversation};
 use parley_db::session::{self, NewSession, SessionSettings, Transition};
 use parley_db::{DbError, constraint};
 use parley_test_support::TestDb;
@@ -35,10 +34,7 @@ async fn every_named_constraint_exists_in_the_migrated_schema() {
 async fn deleting_the_active_session_is_refused_with_its_own_error() {
     let db = TestDb::new().await;
     let client = db.pool.get().await.expect("client");
-    let conversation_id = conversation::create(&client, &NewConversation::web("local", "sessions", "demo"))
-        .await
-        .expect("conversation")
-        .conversation_id;
+    let conversation_id = crate::web_conversation(&client, "sessions").await;
     let settings = SessionSettings::default();
     let new = |parent| NewSession {
         conversation_id,

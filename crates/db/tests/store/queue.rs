@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use parley_db::conversation::{self, NewConversation};
+use parley_db::conversation;
 use parley_db::ingest::{self, Enqueue, Enqueued};
 use parley_db::turn::{self, TurnStatus};
 use parley_db::{DbError, GenericClient};
@@ -22,10 +22,7 @@ const LEASE: Duration = Duration::from_secs(600);
 
 /// A new web conversation owned by `local`; returns its id.
 async fn new_conversation(client: &impl GenericClient) -> Uuid {
-    conversation::create(client, &NewConversation::web("local", "queue", "demo"))
-        .await
-        .expect("conversation")
-        .conversation_id
+    crate::web_conversation(client, "queue").await
 }
 
 /// What [`enqueue`] is given for `text` in `conversation_id`, with no owner check, no

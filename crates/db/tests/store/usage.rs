@@ -56,22 +56,18 @@ async fn a_sessions_usage_totals_add_up_each_stored_reply_and_ignore_replies_wit
     // The completing statement adds the reply's usage.
     let meta = json!({ "usage": { "input_tokens": 2095, "output_tokens": 7 }, "cost_usd": 0.5 });
     let final_event = completed(conversation_id, turn_id);
-    let stored = turn::complete(
-        &client,
-        &Completion {
-            turn_id,
-            worker_id: "w1",
-            conversation_id,
-            session_id,
-            assistant_session_id: None,
-            content: "hello",
-            metadata: &meta,
-            events: &[],
-            final_event: &final_event,
-        },
-    )
-    .await
-    .expect("complete");
+    let completion = Completion {
+        turn_id,
+        worker_id: "w1",
+        conversation_id,
+        session_id,
+        assistant_session_id: None,
+        content: "hello",
+        metadata: &meta,
+        events: &[],
+        final_event: &final_event,
+    };
+    let stored = turn::complete(&client, &completion).await.expect("complete");
     assert!(stored.is_some(), "the turn was running for w1, so it completes");
 
     // A partial reply (a failed or cancelled turn) adds its usage too.
@@ -86,22 +82,8 @@ async fn a_sessions_usage_totals_add_up_each_stored_reply_and_ignore_replies_wit
     assert!((totals.cost_usd - 0.5).abs() < 1e-9, "cost {}", totals.cost_usd);
 
     // A completion that no longer applies (the turn is not running) adds nothing.
-    let again = turn::complete(
-        &client,
-        &Completion {
-            turn_id,
-            worker_id: "w1",
-            conversation_id,
-            session_id,
-            assistant_session_id: None,
-            content: "hello again",
-            metadata: &meta,
-            events: &[],
-            final_event: &final_event,
-        },
-    )
-    .await
-    .expect("complete again");
+    let again =
+        turn::complete(&client, &Completion { content: "hello again", ..completion }).await.expect("complete again");
     assert_eq!(again, None);
     assert_eq!(session::usage_totals(&client, session_id).await.expect("totals").input_tokens, 2100);
 

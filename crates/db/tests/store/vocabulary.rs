@@ -3,7 +3,7 @@
 //! everywhere, and an unknown stored value read as an error, never a panic.
 
 use parley_db::DbError;
-use parley_db::conversation::{self, NewConversation, ReplyMode};
+use parley_db::conversation::ReplyMode;
 use parley_db::event::EventKind;
 use parley_db::message::{self, Role};
 use parley_db::session::Transition;
@@ -75,10 +75,7 @@ fn the_json_wire_format_and_the_stored_text_are_the_same_spelling() {
 async fn an_unknown_stored_value_is_an_error_not_a_panic() {
     let db = TestDb::new().await;
     let client = db.pool.get().await.expect("client");
-    let conversation = conversation::create(&client, &NewConversation::web("local", "unknown role", "demo"))
-        .await
-        .expect("conversation")
-        .conversation_id;
+    let conversation = crate::web_conversation(&client, "unknown role").await;
     client.batch_execute("alter table message drop constraint message_role_check").await.expect("drop check");
     client
         .execute("insert into message (conversation_id, role, content) values ($1, 'robot', 'beep')", &[&conversation])

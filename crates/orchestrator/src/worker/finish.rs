@@ -2,7 +2,7 @@
 //! partial reply kept, marked incomplete), requeued at shutdown, or dropped when the
 //! turn is no longer this worker's.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use std::time::{Duration, Instant};
 
 use parley_assistant::AssistantError;
@@ -80,12 +80,7 @@ impl TurnRun<'_> {
         let deadline = Instant::now() + self.orch.config().lease / 2;
         // 100 ms, doubling up to 2 s. The loop stays (not `backon::Retryable`): each attempt
         // borrows `self` mutably, which backon's attempt factory cannot hand out in turn.
-        let mut delays = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100))
-            .with_factor(2.0)
-            .with_max_delay(Duration::from_secs(2))
-            .without_max_times()
-            .build();
+        let mut delays = crate::doubling_backoff(Duration::from_millis(100), Duration::from_secs(2)).build();
         loop {
             match self.finish_once(session, &outcome).await {
                 Err(DbError::Unavailable(e) | DbError::Retryable(e)) if Instant::now() < deadline => {

@@ -2,7 +2,7 @@
 //! back its turns), the helper tasks, the claim loop, one claimed turn's life with its
 //! panics caught, and the drain at shutdown.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,11 +143,7 @@ impl Orchestrator {
 
     async fn worker_loop(&self, n: usize, shutdown: CancellationToken) {
         // After a failed claim: 100 ms, doubling up to 5 s; back to 100 ms after a claim.
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100))
-            .with_factor(2.0)
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times();
+        let backoff = crate::doubling_backoff(Duration::from_millis(100), Duration::from_secs(5));
         let mut delays = backoff.build();
         loop {
             if shutdown.is_cancelled() {

@@ -8,12 +8,8 @@ use super::TestApp;
 impl TestApp {
     /// GETs the export; returns the status, content type, content disposition and body.
     async fn export(&self, conversation: uuid::Uuid, query: &str) -> (u16, String, String, String) {
-        let resp = self
-            .http
-            .get(self.url(&format!("/api/conversations/{conversation}/export{query}")))
-            .send()
-            .await
-            .expect("export");
+        let url = self.url(&format!("/api/conversations/{conversation}/export{query}"));
+        let resp = self.http.get(url).send().await.expect("export");
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let (content_type, disposition) = (header("content-type"), header("content-disposition"));
         (resp.status().as_u16(), content_type, disposition, resp.text().await.expect("body"))

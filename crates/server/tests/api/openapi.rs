@@ -38,6 +38,15 @@ async fn served_document(app: &TestApp) -> Value {
     doc
 }
 
+/// A server with token access, alice's token and its served document: what a
+/// [`Checker`] needs.
+async fn documented_app() -> (TestApp, String, Value) {
+    let app = spawn_auth().await;
+    let alice = token(&app, "alice").await;
+    let doc = served_document(&app).await;
+    (app, alice, doc)
+}
+
 /// (method, path template) of every operation in the document.
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {
     let paths = doc["paths"].as_object().expect("paths");
@@ -224,9 +233,7 @@ async fn document_declares_security_parameters_and_the_event_stream() {
 
 #[tokio::test]
 async fn real_answers_match_their_documented_schemas() {
-    let app = spawn_auth().await;
-    let alice = token(&app, "alice").await;
-    let doc = served_document(&app).await;
+    let (app, alice, doc) = documented_app().await;
     let checker = Checker { app: &app, doc: &doc, token: &alice };
 
     let conv = checker.call("POST", "/api/conversations", "/api/conversations", Some(json!({"title": "t"})), 201).await;
@@ -236,14 +243,7 @@ async fn real_answers_match_their_documented_schemas() {
     let messages = format!("{c}/messages");
     let m = "/api/conversations/{id}/messages";
     let queued = checker.call("POST", &messages, m, Some(json!({"text": "hello"})), 202).await;
-    let turn = queued["turn_id"].as_str().expect("turn").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while checker.call("GET", &format!("/api/turns/{turn}"), "/api/turns/{id}", None, 200).await["status"]
-        != "completed"
-    {
-        assert!(tokio::time::Instant::now() < deadline, "turn never completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let turn = checker.wait_completed(&queued).await;
     let list = checker.call("GET", "/api/conversations?limit=10", "/api/conversations", None, 200).await;
     assert!(list["conversations"][0]["resume_after_seq"].is_i64(), "lists carry the turn state: {list}");
     assert!(list["next"].is_null(), "one page: {list}");
@@ -320,6 +320,20 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Polls the turn of a `202` answer (checking each answer) until it is `completed`;
+    /// returns the turn's id.
+    async fn wait_completed(&self, queued: &Value) -> String {
+        let turn = queued["turn_id"].as_str().expect("turn").to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.call("GET", &format!("/api/turns/{turn}"), "/api/turns/{id}", None, 200).await["status"]
+            != "completed"
+        {
+            assert!(tokio::time::Instant::now() < deadline, "turn never completed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        turn
+    }
+
     /// `method url` with an optional JSON body; asserts the status `want` and that the
     /// answer matches the document's schema for `template`, and returns the body.
     async fn call(&self, method: &str, url: &str, template: &str, body: Option<Value>, want: u16) -> Value {
@@ -422,9 +436,7 @@ fn collect_properties(doc: &Value, schema: &Value, into: &mut serde_json::Map<St
 
 #[tokio::test]
 async fn settings_assistants_and_export_answers_match_their_documented_schemas() {
-    let app = spawn_auth().await;
-    let alice = token(&app, "alice").await;
-    let doc = served_document(&app).await;
+    let (app, alice, doc) = documented_app().await;
     let checker = Checker { app: &app, doc: &doc, token: &alice };
     let conv = checker.call("POST", "/api/conversations", "/api/conversations", Some(json!({"title": "t"})), 201).await;
     let c = format!("/api/conversations/{}", conv["conversation_id"].as_str().expect("id"));
@@ -438,14 +450,7 @@ async fn settings_assistants_and_export_answers_match_their_documented_schemas()
             202,
         )
         .await;
-    let turn = queued["turn_id"].as_str().expect("turn").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while checker.call("GET", &format!("/api/turns/{turn}"), "/api/turns/{id}", None, 200).await["status"]
-        != "completed"
-    {
-        assert!(tokio::time::Instant::now() < deadline, "turn never completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    checker.wait_completed(&queued).await;
     let changed = checker.call("PATCH", &c, t, Some(json!({"model": "opus", "system_prompt": "Be brief."})), 200).await;
     assert_eq!(changed["session_ended"], "model-changed");
     checker.call("PATCH", &c, t, Some(json!({"title": "same session"})), 200).await;

@@ -68,16 +68,8 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_what_replay_and_the_nex
     let last_a = app.answered(a, "after the reset").await;
     assert_eq!(app.patch(a, json!({ "model": "opus" })).await.0, 200);
     let b = app.create_conversation().await;
-    let resp = app
-        .http
-        .post(app.url(&format!("/api/conversations/{b}/messages")))
-        .header("Idempotency-Key", "k-1")
-        .json(&json!({ "text": "only turn of b" }))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 202);
-    let posted: serde_json::Value = resp.json().await.expect("json");
+    let (status, posted) = app.post_keyed(b, Some("k-1"), "only turn of b").await;
+    assert_eq!(status, 202);
     let last_b: Uuid = posted["turn_id"].as_str().expect("turn").parse().expect("uuid");
     app.wait_turn(last_b).await;
     let sessions_a = app.sessions(a).await;
@@ -169,15 +161,7 @@ async fn the_periodic_pass_deletes_back_dated_rows_by_itself() {
     let conv = app.create_conversation().await;
     app.answered(conv, "one").await;
     let last = app.answered(conv, "two").await;
-    let resp = app
-        .http
-        .post(app.url(&format!("/api/conversations/{conv}/messages")))
-        .header("Idempotency-Key", "dated")
-        .json(&json!({ "text": "/help" }))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(app.post_keyed(conv, Some("dated"), "/help").await.0, 200);
     {
         let client = app.db.pool.get().await.expect("client");
         client.execute("update event set created_at = now() - interval '2 days'", &[]).await.expect("back-date");
