@@ -98,6 +98,18 @@ pub struct AppState {
     pub timeouts: Timeouts,
 }
 
+impl AppState {
+    /// A pooled connection for a handler's reads (writes go through the orchestrator;
+    /// see `docs/architecture.md#starting-a-replica`).
+    ///
+    /// # Errors
+    /// [`parley_db::DbError::Unavailable`] when the pool times out or PostgreSQL is
+    /// unreachable (answered 503).
+    pub async fn db(&self) -> Result<parley_db::PooledClient, parley_db::DbError> {
+        self.orchestrator.pool().get().await.map_err(parley_db::DbError::from)
+    }
+}
+
 /// The documented routes: the web API under `/api`, the probes and the OpenAPI document.
 /// Each `routes!` group is one path; its handlers' `#[utoipa::path]` attributes give the
 /// methods, so the router and [`openapi::document`] cannot disagree.

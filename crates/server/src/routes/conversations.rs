@@ -188,7 +188,7 @@ pub async fn index(
         ));
     }
     let page = PageRequest::parse(q.after.as_deref(), q.limit, 50, 200)?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let rows = conversation::list(&client, principal.owner_filter(), page.after, page.fetch()).await?;
     let (conversations, next) = page.finish(rows, conversation::ListKey::of);
     Ok(Json(ConversationList { conversations, next }))
@@ -219,7 +219,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let mut conversation = principal.conversation(&client, id).await?;
     conversation.summary = Some(conversation::summary(&client, id).await?);
     Ok(Json(conversation))
@@ -250,7 +250,7 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
     {
-        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        let client = state.db().await?;
         principal.conversation(&client, id).await?;
     }
     state.orchestrator.delete_conversation(id).await?;
@@ -265,7 +265,7 @@ async fn action(
 ) -> Result<Json<CommandReply>, AppError> {
     let id = parse_id(id, "conversation")?;
     {
-        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        let client = state.db().await?;
         principal.conversation(&client, id).await?;
     }
     let reply = state.orchestrator.run_command(id, command).await?;

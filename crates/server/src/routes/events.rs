@@ -92,7 +92,7 @@ pub async fn stream(
         None => q.after,
     };
     let snapshot = {
-        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        let client = state.db().await?;
         principal.conversation(&client, id).await?;
         match position {
             Some(_) => None,

@@ -69,7 +69,7 @@ pub async fn index(
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "conversation")?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     principal.conversation(&client, id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let messages = message::list(&client, id, q.after.unwrap_or(0), limit).await?;

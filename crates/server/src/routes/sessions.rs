@@ -121,7 +121,7 @@ pub async fn index(
     };
     let conversation_id = q.conversation_id.as_deref().map(|c| parse_id(c, "conversation")).transpose()?;
     let page = PageRequest::parse(q.after.as_deref(), q.limit, 200, 1000)?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let owner = principal.owner_filter();
     let rows = session::list(&client, status, conversation_id, owner, page.after, page.fetch()).await?;
     let (sessions, next) = page.finish(rows, |s| Some(session::ListKey::of(s)));
@@ -154,7 +154,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let session = visible(&client, &principal, id).await?;
     let first = PageRequest::<SessionTurns> { after: None, limit: DETAIL_TURNS };
     let rows = turn::list_for_session(&client, id, None, first.fetch()).await?;
@@ -192,7 +192,7 @@ pub async fn turns(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
     let page = PageRequest::<SessionTurns>::parse(q.after.as_deref(), q.limit, DETAIL_TURNS, 200)?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     visible(&client, &principal, id).await?;
     let rows = turn::list_for_session(&client, id, page.after.map(|k| k.0), page.fetch()).await?;
     let (turns, next) = page.finish(rows, |t| Some(SessionTurns(turn::ListKey::of(t))));
@@ -226,7 +226,7 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "session")?;
     {
-        let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+        let client = state.db().await?;
         visible(&client, &principal, id).await?;
     }
     state.orchestrator.delete_session(id).await?;

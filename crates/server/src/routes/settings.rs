@@ -108,7 +108,7 @@ pub async fn update(
     let id = parse_id(&id, "conversation")?;
     let orch = &state.orchestrator;
     {
-        let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+        let client = state.db().await?;
         principal.conversation(&client, id).await?;
     }
     let change = SettingsChange {

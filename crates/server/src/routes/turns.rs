@@ -90,7 +90,7 @@ pub async fn index(
             AppError::bad_request("invalid_query", "status must be queued, running, failed or interrupted")
         })?;
     let page = PageRequest::parse(q.after.as_deref(), q.limit, 50, 200)?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let rows = turn::list_by_status(&client, status, page.after, page.fetch()).await?;
     let (turns, next) = page.finish(rows, |t| Some(turn::ListKey::of(t)));
     Ok(Json(TurnList { turns, next }))
@@ -121,7 +121,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = parse_id(&id, "turn")?;
-    let client = state.orchestrator.pool().get().await.map_err(parley_db::DbError::from)?;
+    let client = state.db().await?;
     let turn = parley_db::turn::get(&client, id).await?;
     principal.conversation(&client, turn.conversation_id).await.map_err(|e| match e {
         AppError::NotFound(_) => AppError::NotFound("turn"),
