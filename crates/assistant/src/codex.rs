@@ -24,8 +24,10 @@
 //! `-c developer_instructions="…"` (a TOML string; the config key of codex-cli 0.169.0
 //! for instructions added to its own).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -33,7 +35,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, Usage};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, SessionFile, Usage};
 
 /// Environment name prefixes the Codex CLI inherits from Parley's environment.
 pub const CODEX_ENV_PREFIXES: &[&str] = &["OPENAI_", "CODEX_"];
@@ -128,14 +130,47 @@ impl CodexConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Codex {
     config: CodexConfig,
+    /// Rollouts found by [`Assistant::session_file`], by thread ID (paths under the home).
+    rollouts: Arc<Mutex<HashMap<String, PathBuf>>>,
 }
 
 impl Codex {
     /// A Codex assistant with these settings.
     #[must_use]
     pub fn new(config: CodexConfig) -> Self {
-        Self { config }
+        Self { config, rollouts: Arc::default() }
     }
+}
+
+/// Finds the rollout of `thread_id` under `home`: `sessions/YYYY/MM/DD/rollout-<local
+/// time>-<thread ID>.jsonl` (codex-cli 0.169.0), newest day first. Returns its path
+/// relative to `home`.
+#[must_use]
+pub fn find_rollout(home: &Path, thread_id: &str) -> Option<PathBuf> {
+    let suffix = format!("-{thread_id}.jsonl");
+    let sorted_dirs = |dir: &Path| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.sort_unstable_by(|a, b| b.cmp(a));
+        dirs
+    };
+    let sessions = home.join("sessions");
+    for year in sorted_dirs(&sessions) {
+        for month in sorted_dirs(&year) {
+            for day in sorted_dirs(&month) {
+                let Ok(entries) = std::fs::read_dir(&day) else { continue };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.starts_with("rollout-") && name.ends_with(&suffix) {
+                        return entry.path().strip_prefix(home).ok().map(Path::to_path_buf);
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 impl Assistant for Codex {
@@ -145,6 +180,39 @@ impl Assistant for Codex {
 
     fn permission_modes(&self) -> &'static [&'static str] {
         CODEX_SANDBOX_MODES
+    }
+
+    /// `CODEX_HOME` as the CLI gets it ([`CodexConfig::home`], else Parley's
+    /// environment), else `$HOME/.codex` (codex-cli 0.169.0).
+    fn session_home(&self) -> Option<PathBuf> {
+        self.config
+            .home
+            .clone()
+            .or_else(|| std::env::var_os("CODEX_HOME").map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".codex")))
+    }
+
+    /// The thread's rollout ([`find_rollout`]); a path found once is remembered while
+    /// the file exists, so a turn's lookup costs one `stat`.
+    fn session_file(&self, assistant_session_id: &str, _cwd: Option<&Path>) -> Option<SessionFile> {
+        if assistant_session_id.is_empty()
+            || !assistant_session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let home = self.session_home()?;
+        let mut known = self.rollouts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(relative) = known.get(assistant_session_id)
+            && home.join(relative).is_file()
+        {
+            return Some(SessionFile { home, relative: relative.clone() });
+        }
+        let relative = find_rollout(&home, assistant_session_id)?;
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(assistant_session_id.to_owned(), relative.clone());
+        Some(SessionFile { home, relative })
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {

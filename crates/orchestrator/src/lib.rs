@@ -34,6 +34,7 @@ pub mod prompt;
 pub mod retention;
 pub mod settings;
 pub mod sink;
+pub mod transcript;
 mod webhook;
 mod worker;
 pub mod workspace;
@@ -98,6 +99,10 @@ pub struct Config {
     pub allowed_permission_modes: Vec<String>,
     /// How long old rows are kept ([`retention`]).
     pub retention: retention::Retention,
+    /// The largest assistant session file (Claude transcript, Codex rollout) kept in
+    /// the database, in bytes ([`transcript`]); a larger one is not stored and its
+    /// session recovers from history when the file is lost. 0: none is kept.
+    pub transcript_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -119,6 +124,7 @@ impl Default for Config {
             workspace_root: None,
             allowed_permission_modes: settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned).to_vec(),
             retention: retention::Retention::default(),
+            transcript_max_bytes: transcript::DEFAULT_MAX_BYTES,
         }
     }
 }
