@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use parley_db::session::{self, Session, StatusFilter, UsageTotals};
+use parley_db::transcript::{self, Transcript};
 use parley_db::turn::{self, Turn};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -48,11 +49,23 @@ pub enum SessionStatus {
     All,
 }
 
+/// A session as listed: its fields and what Parley keeps of its assistant's own session
+/// file (`docs/architecture.md#transcripts`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// The stored copy of the assistant's session file (Claude transcript, Codex
+    /// rollout) with how often a replica restored it; null when none is kept.
+    pub transcript: Option<Transcript>,
+}
+
 /// Body of `GET /api/sessions`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     /// Oldest first.
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<ListedSession>,
     /// The `after` of the next page; null on the last page. Opaque: pass it back as is.
     pub next: Option<String>,
 }
@@ -125,6 +138,11 @@ pub async fn index(
     let owner = principal.owner_filter();
     let rows = session::list(&client, status, conversation_id, owner, page.after, page.fetch()).await?;
     let (sessions, next) = page.finish(rows, |s| Some(session::ListKey::of(s)));
+    let ids: Vec<uuid::Uuid> = sessions.iter().map(|s| s.session_id).collect();
+    let mut kept: std::collections::HashMap<uuid::Uuid, Transcript> =
+        transcript::of_sessions(&client, &ids).await?.into_iter().map(|t| (t.session_id, t)).collect();
+    let sessions =
+        sessions.into_iter().map(|s| ListedSession { transcript: kept.remove(&s.session_id), session: s }).collect();
     Ok(Json(SessionList { sessions, next }))
 }
 
