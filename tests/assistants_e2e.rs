@@ -1016,3 +1016,232 @@ async fn openai_sends_the_conversations_model_and_instructions() {
     assert_eq!(requests[0]["instructions"], "Sign as IBEX-9.");
     parley.stop().await;
 }
+
+/// Which real CLI a replica test drives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cli {
+    Claude,
+    Codex,
+}
+
+impl Cli {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Claude => "claude",
+            Self::Codex => "codex",
+        }
+    }
+
+    /// The environment of replica `replica` (`a`, `b`): its own CLI home in the scratch
+    /// directory (`claude-config-a`, `codex-home-b`…), the same workspace root.
+    fn replica_env(
+        self,
+        scratch: &Scratch,
+        replica: &str,
+        anthropic: &MockAnthropic,
+        openai: &MockOpenAi,
+    ) -> Vec<(&'static str, String)> {
+        let mut env = match self {
+            Self::Claude => {
+                let mut env = claude_env(scratch, anthropic);
+                let dir = scratch.path(&format!("claude-config-{replica}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                env.retain(|(k, _)| *k != "PARLEY_CLAUDE_CONFIG_DIR");
+                env.push(("PARLEY_CLAUDE_CONFIG_DIR", dir.display().to_string()));
+                env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(echo *)".into()));
+                env
+            }
+            Self::Codex => {
+                let mut env = codex_env(scratch, openai);
+                let home = scratch.path(&format!("codex-home-{replica}"));
+                std::fs::create_dir_all(&home).unwrap();
+                std::fs::copy(scratch.path("codex-home/config.toml"), home.join("config.toml")).unwrap();
+                env.retain(|(k, _)| *k != "PARLEY_CODEX_HOME");
+                env.push(("PARLEY_CODEX_HOME", home.display().to_string()));
+                env.push(("PARLEY_CODEX_SANDBOX", "danger-full-access".into()));
+                env
+            }
+        };
+        env.push(("PARLEY_WORKER_ID", format!("replica-{replica}")));
+        env
+    }
+
+    /// The replica's CLI home (wiped by a "container restart").
+    fn home(self, scratch: &Scratch, replica: &str) -> PathBuf {
+        match self {
+            Self::Claude => scratch.path(&format!("claude-config-{replica}")),
+            Self::Codex => scratch.path(&format!("codex-home-{replica}")),
+        }
+    }
+
+    /// The text of the model request that carried `needle` as the user's newest text.
+    fn request_for(self, anthropic: &MockAnthropic, openai: &MockOpenAi, needle: &str) -> Vec<Value> {
+        match self {
+            Self::Claude => anthropic.message_requests_for(needle),
+            Self::Codex => openai.response_requests_for(needle),
+        }
+    }
+
+    /// True when a model request carries turn 1's tool call and its result: Anthropic
+    /// `tool_use` / `tool_result` blocks, Responses API `function_call` /
+    /// `function_call_output` items.
+    fn carries_the_first_tool_call(self, body: &Value) -> bool {
+        match self {
+            Self::Claude => {
+                let blocks: Vec<&Value> = body["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|m| m["content"].as_array().into_iter().flatten())
+                    .collect();
+                let used = blocks
+                    .iter()
+                    .any(|b| b["type"] == "tool_use" && b["input"].to_string().contains("echo hello-from-tool"));
+                let result = blocks
+                    .iter()
+                    .any(|b| b["type"] == "tool_result" && b["content"].to_string().contains("hello-from-tool"));
+                used && result
+            }
+            Self::Codex => {
+                let items: Vec<&Value> = body["input"].as_array().into_iter().flatten().collect();
+                let called = items.iter().any(|i| {
+                    i["type"] == "function_call" && i["arguments"].as_str().is_some_and(|a| a.contains("hello-from-tool"))
+                });
+                let output = items
+                    .iter()
+                    .any(|i| i["type"] == "function_call_output" && i["output"].to_string().contains("hello-from-tool"));
+                called && output
+            }
+        }
+    }
+}
+
+/// The kinds of the conversation's stored events, oldest first.
+async fn event_kinds(db: &TestDb, conversation: &str) -> Vec<String> {
+    let client = db.pool.get().await.unwrap();
+    let id: uuid::Uuid = conversation.parse().unwrap();
+    client
+        .query("select kind from event where conversation_id = $1 order by seq", &[&id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Ten turns alternating between two replicas with separate CLI homes and no shared
+/// files (the conversation's directory is wiped before each turn), then a "container
+/// restart" (home and workspace wiped, same database), then the stored copy corrupted.
+async fn session_survives_replicas_and_restarts(cli: Cli) {
+    if skip(cli.name()) {
+        return;
+    }
+    let started = Instant::now();
+    let scratch = Scratch::new(&format!("{}-replicas", cli.name()));
+    let anthropic = MockAnthropic::start().await;
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let envs = [
+        cli.replica_env(&scratch, "a", &anthropic, &openai),
+        cli.replica_env(&scratch, "b", &anthropic, &openai),
+    ];
+    let work = scratch.path("work");
+    let mut conversation = None;
+    let mut assistant_session: Option<String> = None;
+    for turn_no in 1..=10_usize {
+        let replica = (turn_no + 1) % 2;
+        let parley = Parley::start(&scratch, &db, &envs[replica]).await;
+        let id = match &conversation {
+            Some(id) => {
+                // No shared volume: this replica starts without the other's files.
+                let _ = std::fs::remove_dir_all(&work);
+                String::clone(id)
+            }
+            None => parley.conversation(cli.name(), &work).await,
+        };
+        conversation = Some(id.clone());
+        let text = if turn_no == 1 { "SCN_TOOL turn-1 run the tool".to_owned() } else { format!("turn-{turn_no} go on") };
+        let turn = parley.turn(&id, &text).await;
+        assert_eq!(turn["status"], "completed", "turn {turn_no}: {turn}; log in {}", scratch.0.display());
+        assert_eq!(turn["worker_id"], format!("replica-{}", ["a", "b"][replica]));
+        let active = parley.active_session(&id).await;
+        let now = active["assistant_session_id"].as_str().expect("an assistant session ID").to_owned();
+        match &assistant_session {
+            None => assistant_session = Some(now),
+            Some(first) => assert_eq!(&now, first, "turn {turn_no} kept the assistant session"),
+        }
+        parley.stop().await;
+    }
+    let id = conversation.unwrap();
+    let requests = cli.request_for(&anthropic, &openai, "turn-10 go on");
+    assert!(!requests.is_empty(), "turn 10 reached the model");
+    assert!(
+        requests.iter().all(|b| cli.carries_the_first_tool_call(b)),
+        "turn 10's request carries turn 1's tool call and result: {requests:?}"
+    );
+    let kinds = event_kinds(&db, &id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "session_restored").count(), 9, "turns 2-10 restored: {kinds:?}");
+    assert!(!kinds.iter().any(|k| k == "session_reset"), "{kinds:?}");
+
+    // Container restart: the replica's home and the workspace are gone, the database stays.
+    let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
+    let _ = std::fs::remove_dir_all(&work);
+    let envs_a = cli.replica_env(&scratch, "a", &anthropic, &openai);
+    let parley = Parley::start(&scratch, &db, &envs_a).await;
+    let turn = parley.turn(&id, "turn-11 after the restart").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], assistant_session.as_deref().unwrap());
+    let requests = cli.request_for(&anthropic, &openai, "turn-11 after the restart");
+    assert!(
+        !requests.is_empty() && requests.iter().all(|b| cli.carries_the_first_tool_call(b)),
+        "after the restart the request carries turn 1's tool call: {requests:?}"
+    );
+    let sessions = parley.sessions(&id).await;
+    let kept = &sessions[0]["transcript"];
+    assert_eq!(kept["restores"], 10, "the session listing shows the restores: {sessions:?}");
+    assert_eq!(kept["restored_by"], "replica-a");
+    assert!(kept["bytes"].as_i64().is_some_and(|b| b > 0), "{kept}");
+    parley.stop().await;
+
+    // Restart again, with the stored copy damaged too: the history rebuild answers.
+    let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
+    let _ = std::fs::remove_dir_all(&work);
+    let client = db.pool.get().await.unwrap();
+    let damaged = match cli {
+        Cli::Claude => client.execute("update transcript_chunk set data = 'garbage'::bytea", &[]).await.unwrap(),
+        Cli::Codex => client.execute("delete from transcript", &[]).await.unwrap(),
+    };
+    assert!(damaged > 0);
+    let envs_a = cli.replica_env(&scratch, "a", &anthropic, &openai);
+    let parley = Parley::start(&scratch, &db, &envs_a).await;
+    let turn = parley.turn(&id, "turn-12 from history").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}; log in {}", scratch.0.display());
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "recovered through a fresh session: {sessions:?}"
+    );
+    let requests = cli.request_for(&anthropic, &openai, "turn-12 from history");
+    let rebuilt = requests.iter().any(|b| {
+        let text = match cli {
+            Cli::Claude => last_user_text(b),
+            Cli::Codex => mock_openai::last_user_text(b),
+        };
+        text.contains("turn-1 run the tool") && text.contains("turn-11 after the restart")
+    });
+    assert!(rebuilt, "the fresh session's prompt carries the history: {requests:?}");
+    let kinds = event_kinds(&db, &id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "session_reset").count(), 1, "{kinds:?}");
+    parley.stop().await;
+    eprintln!("{} replicas test took {:.1} s", cli.name(), started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn claude_keeps_one_session_across_alternating_replicas_and_restarts() {
+    session_survives_replicas_and_restarts(Cli::Claude).await;
+}
+
+#[tokio::test]
+async fn codex_keeps_one_thread_across_alternating_replicas_and_restarts() {
+    session_survives_replicas_and_restarts(Cli::Codex).await;
+}
