@@ -339,9 +339,12 @@ async fn claude_resumes_and_recovers_a_lost_transcript_after_a_restart() {
     let requests = anthropic.message_requests_for("second question beta");
     assert!(requests.iter().any(|b| all_text(b).contains("first question alpha")), "resumed context: {requests:?}");
 
-    // Container restart: the transcripts are gone.
+    // Container restart: the transcripts are gone, and so is Parley's copy (a restore
+    // from the copy is checked by `claude_keeps_one_session_across_alternating_replicas_and_restarts`).
     parley.stop().await;
     std::fs::remove_dir_all(&transcripts).unwrap();
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the transcript");
     let parley = Parley::start(&scratch, &db, &env).await;
     let turn = parley.turn(&id, "third question gamma").await;
     assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
@@ -797,11 +800,14 @@ async fn codex_resumes_its_thread_and_recovers_a_deleted_rollout() {
     let resumed = input_text(&requests[0]);
     assert!(resumed.contains("first question alpha") && resumed.contains(HELLO), "resumed context: {resumed}");
 
-    // Restart with the rollouts gone: answered fresh, with the history, in the same turn.
+    // Restart with the rollouts gone, and Parley's copy too: answered fresh, with the
+    // history, in the same turn.
     parley.stop().await;
     for p in walk(&sessions_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "jsonl")) {
         std::fs::remove_file(p).unwrap();
     }
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the rollout");
     let parley = Parley::start(&scratch, &db, &env).await;
     let turn = parley.turn(&id, "third question gamma").await;
     assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
@@ -1204,12 +1210,26 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
     parley.stop().await;
 
     // Restart again, with the stored copy damaged too: the history rebuild answers.
-    let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
-    let _ = std::fs::remove_dir_all(&work);
+    // Claude: the home is wiped and the stored chunks garbled. Codex: the stored copy is
+    // deleted and the local rollout corrupted (its first line, the session metadata).
     let client = db.pool.get().await.unwrap();
     let damaged = match cli {
-        Cli::Claude => client.execute("update transcript_chunk set data = 'garbage'::bytea", &[]).await.unwrap(),
-        Cli::Codex => client.execute("delete from transcript", &[]).await.unwrap(),
+        Cli::Claude => {
+            let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
+            let _ = std::fs::remove_dir_all(&work);
+            client.execute("update transcript_chunk set data = 'garbage'::bytea", &[]).await.unwrap()
+        }
+        Cli::Codex => {
+            let rollouts: Vec<PathBuf> = walk(&cli.home(&scratch, "a").join("sessions"))
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains(assistant_session.as_deref().unwrap()))
+                .collect();
+            assert_eq!(rollouts.len(), 1, "{rollouts:?}");
+            let text = std::fs::read_to_string(&rollouts[0]).unwrap();
+            let rest = text.split_once('\n').map(|(_, rest)| rest).unwrap_or_default();
+            std::fs::write(&rollouts[0], format!("{{\"not\":\"metadata\"}}\n{rest}")).unwrap();
+            client.execute("delete from transcript", &[]).await.unwrap()
+        }
     };
     assert!(damaged > 0);
     let envs_a = cli.replica_env(&scratch, "a", &anthropic, &openai);
@@ -1244,4 +1264,40 @@ async fn claude_keeps_one_session_across_alternating_replicas_and_restarts() {
 #[tokio::test]
 async fn codex_keeps_one_thread_across_alternating_replicas_and_restarts() {
     session_survives_replicas_and_restarts(Cli::Codex).await;
+}
+
+#[tokio::test]
+async fn a_transcript_over_the_size_limit_is_not_kept_and_the_other_replica_answers_from_history() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-over-limit");
+    let anthropic = MockAnthropic::start().await;
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let mut envs = [
+        Cli::Claude.replica_env(&scratch, "a", &anthropic, &openai),
+        Cli::Claude.replica_env(&scratch, "b", &anthropic, &openai),
+    ];
+    for env in &mut envs {
+        env.push(("PARLEY_TRANSCRIPT_MAX_BYTES", "100".into()));
+    }
+    let a = Parley::start(&scratch, &db, &envs[0]).await;
+    let id = a.conversation("claude", &scratch.path("work")).await;
+    assert_eq!(a.turn(&id, "limit first question").await["status"], "completed");
+    let first = a.active_session(&id).await["assistant_session_id"].clone();
+    assert!(a.sessions(&id).await[0]["transcript"].is_null(), "nothing kept over the limit");
+    a.stop().await;
+    let log = std::fs::read_to_string(scratch.path("parley.log")).unwrap();
+    assert!(log.contains("transcript-max-bytes"), "the skipped snapshot is logged");
+
+    let b = Parley::start(&scratch, &db, &envs[1]).await;
+    let turn = b.turn(&id, "limit second question").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_ne!(b.active_session(&id).await["assistant_session_id"], first, "a fresh session");
+    let requests = anthropic.message_requests_for("limit second question");
+    assert!(requests.iter().any(|r| last_user_text(r).contains("limit first question")), "rebuilt from history");
+    let kinds = event_kinds(&db, &id).await;
+    assert!(kinds.contains(&"session_reset".to_owned()) && !kinds.contains(&"session_restored".to_owned()), "{kinds:?}");
+    b.stop().await;
 }

@@ -11,9 +11,10 @@
 //! `web_search`, `todo_list`, `error`; `turn.completed {usage}`, `turn.failed {error}`,
 //! and `error {message}` (`Reconnecting... n/5` ones are progress, not failures).
 //!
-//! Stale (exactly): a resume whose stderr says "no rollout found for thread id" or
-//! "rollout … is empty", or whose `thread.started.thread_id` differs from the ID resumed
-//! (codex 0.169.0 silently starts a new thread for an unknown thread *name*).
+//! Stale (exactly): a resume whose stderr says "no rollout found for thread id",
+//! "rollout … is empty" or "rollout … does not start with session metadata", or whose
+//! `thread.started.thread_id` differs from the ID resumed (codex 0.169.0 silently starts
+//! a new thread for an unknown thread *name*).
 //!
 //! `turn.completed.usage` is a running total for the whole thread: it is reported as is,
 //! never added up across turns.
@@ -481,9 +482,13 @@ impl CodexStream {
     }
 }
 
-/// Codex 0.169.0 stderr for a thread whose rollout is gone or unreadable.
+/// Codex 0.169.0 stderr for a thread whose rollout is gone or unreadable: "no rollout
+/// found for thread id", "rollout at … is empty", "rollout at … does not start with
+/// session metadata" (a damaged first line).
 fn is_missing_rollout(stderr: &str) -> bool {
-    stderr.contains("no rollout found for thread id") || (stderr.contains("rollout") && stderr.contains("is empty"))
+    stderr.contains("no rollout found for thread id")
+        || (stderr.contains("rollout")
+            && (stderr.contains("is empty") || stderr.contains("does not start with session metadata")))
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
