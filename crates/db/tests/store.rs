@@ -2,7 +2,8 @@
 //! its turn still writes; every listing read from an index, a page at a time
 //! (`listings`); the turn queue's enqueue, claim and lease sweep (`queue`); the
 //! constraint names callers branch on (`constraint`); a session's usage totals kept as
-//! replies are stored (`usage`); the vocabulary enums against the schema (`vocabulary`).
+//! replies are stored (`usage`); the vocabulary enums against the schema (`vocabulary`); kept session files
+//! (`transcript`).
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ mod listings;
 mod migrations;
 #[path = "store/queue.rs"]
 mod queue;
+#[path = "store/transcript.rs"]
+mod transcript;
 #[path = "store/usage.rs"]
 mod usage;
 #[path = "store/vocabulary.rs"]
