@@ -1301,3 +1301,41 @@ async fn a_transcript_over_the_size_limit_is_not_kept_and_the_other_replica_answ
     assert!(kinds.contains(&"session_reset".to_owned()) && !kinds.contains(&"session_restored".to_owned()), "{kinds:?}");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn claude_transcript_path_of_a_long_directory_is_computed_as_the_cli_names_it() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-long-cwd");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let env = claude_env(&scratch, &anthropic);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    // Over 200 characters once absolute, with characters the CLI replaces (`.`, `_`, `é`).
+    let cwd = format!("dossier-é.v2/{}/{}", "a_b".repeat(30), "c.d".repeat(30));
+    let created = parley.post("/conversations", json!({ "assistant": "claude", "cwd": cwd })).await;
+    let id = created["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(parley.turn(&id, "long directory question").await["status"], "completed");
+    let sessions = parley.sessions(&id).await;
+    let kept = &sessions[0]["transcript"];
+    let relative = kept["relative_path"].as_str().unwrap_or_else(|| panic!("the transcript was found and kept: {sessions:?}"));
+    let dir = Path::new(relative).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(dir.len() > 201 && dir.as_bytes()[200] == b'-', "cut at 200 with a hash suffix: {dir}");
+    assert!(dir.contains("dossier---v2"), "é and . became dashes: {dir}");
+    let on_disk = walk(&scratch.path("claude-config/projects"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect::<Vec<_>>();
+    assert_eq!(on_disk, vec![scratch.path("claude-config").join(relative)], "the CLI wrote it where Parley looked");
+
+    // And the copy is restored there: the CLI resumes from it.
+    parley.stop().await;
+    std::fs::remove_dir_all(scratch.path("claude-config/projects")).unwrap();
+    let parley = Parley::start(&scratch, &db, &env).await;
+    assert_eq!(parley.turn(&id, "long directory again").await["status"], "completed");
+    let requests = anthropic.message_requests_for("long directory again");
+    assert!(requests.iter().all(|b| all_text(b).contains("long directory question")), "resumed: {requests:?}");
+    assert_eq!(parley.sessions(&id).await.len(), 1, "the same session");
+    parley.stop().await;
+}
