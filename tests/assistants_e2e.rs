@@ -1111,11 +1111,12 @@ impl Cli {
             Self::Codex => {
                 let items: Vec<&Value> = body["input"].as_array().into_iter().flatten().collect();
                 let called = items.iter().any(|i| {
-                    i["type"] == "function_call" && i["arguments"].as_str().is_some_and(|a| a.contains("hello-from-tool"))
+                    i["type"] == "function_call"
+                        && i["arguments"].as_str().is_some_and(|a| a.contains("hello-from-tool"))
                 });
-                let output = items
-                    .iter()
-                    .any(|i| i["type"] == "function_call_output" && i["output"].to_string().contains("hello-from-tool"));
+                let output = items.iter().any(|i| {
+                    i["type"] == "function_call_output" && i["output"].to_string().contains("hello-from-tool")
+                });
                 called && output
             }
         }
@@ -1147,10 +1148,8 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
     let anthropic = MockAnthropic::start().await;
     let openai = MockOpenAi::start().await;
     let db = TestDb::new().await;
-    let envs = [
-        cli.replica_env(&scratch, "a", &anthropic, &openai),
-        cli.replica_env(&scratch, "b", &anthropic, &openai),
-    ];
+    let envs =
+        [cli.replica_env(&scratch, "a", &anthropic, &openai), cli.replica_env(&scratch, "b", &anthropic, &openai)];
     let work = scratch.path("work");
     let mut conversation = None;
     let mut assistant_session: Option<String> = None;
@@ -1166,7 +1165,8 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
             None => parley.conversation(cli.name(), &work).await,
         };
         conversation = Some(id.clone());
-        let text = if turn_no == 1 { "SCN_TOOL turn-1 run the tool".to_owned() } else { format!("turn-{turn_no} go on") };
+        let text =
+            if turn_no == 1 { "SCN_TOOL turn-1 run the tool".to_owned() } else { format!("turn-{turn_no} go on") };
         let turn = parley.turn(&id, &text).await;
         assert_eq!(turn["status"], "completed", "turn {turn_no}: {turn}; log in {}", scratch.0.display());
         assert_eq!(turn["worker_id"], format!("replica-{}", ["a", "b"][replica]));
@@ -1298,7 +1298,10 @@ async fn a_transcript_over_the_size_limit_is_not_kept_and_the_other_replica_answ
     let requests = anthropic.message_requests_for("limit second question");
     assert!(requests.iter().any(|r| last_user_text(r).contains("limit first question")), "rebuilt from history");
     let kinds = event_kinds(&db, &id).await;
-    assert!(kinds.contains(&"session_reset".to_owned()) && !kinds.contains(&"session_restored".to_owned()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"session_reset".to_owned()) && !kinds.contains(&"session_restored".to_owned()),
+        "{kinds:?}"
+    );
     b.stop().await;
 }
 
@@ -1319,7 +1322,8 @@ async fn claude_transcript_path_of_a_long_directory_is_computed_as_the_cli_names
     assert_eq!(parley.turn(&id, "long directory question").await["status"], "completed");
     let sessions = parley.sessions(&id).await;
     let kept = &sessions[0]["transcript"];
-    let relative = kept["relative_path"].as_str().unwrap_or_else(|| panic!("the transcript was found and kept: {sessions:?}"));
+    let relative =
+        kept["relative_path"].as_str().unwrap_or_else(|| panic!("the transcript was found and kept: {sessions:?}"));
     let dir = Path::new(relative).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
     assert!(dir.len() > 201 && dir.as_bytes()[200] == b'-', "cut at 200 with a hash suffix: {dir}");
     assert!(dir.contains("dossier---v2"), "é and . became dashes: {dir}");

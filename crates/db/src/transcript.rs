@@ -104,8 +104,7 @@ pub async fn of_sessions(client: &impl GenericClient, session_ids: &[Uuid]) -> D
     if session_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt =
-        client.prepare_cached(&format!("select {COLUMNS} from transcript where session_id = any($1)")).await?;
+    let stmt = client.prepare_cached(&format!("select {COLUMNS} from transcript where session_id = any($1)")).await?;
     client.query(&stmt, &[&session_ids]).await?.iter().map(Transcript::try_from).collect()
 }
 

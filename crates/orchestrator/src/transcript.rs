@@ -71,8 +71,7 @@ pub struct Restored {
 /// The absolute working directory as stored with a transcript: canonical when it
 /// exists, empty when the assistant runs in Parley's own directory.
 fn cwd_key(cwd: Option<&Path>) -> String {
-    cwd.map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf()).display().to_string())
-        .unwrap_or_default()
+    cwd.map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf()).display().to_string()).unwrap_or_default()
 }
 
 /// SHA-256 of the bytes `[len - TAIL_BYTES, len)` (from 0 when shorter) of `file`.
@@ -156,8 +155,13 @@ pub async fn snapshot(
     match snapshot_inner(pool, assistant.name(), session, id, &file, cwd, worker_id, max_bytes).await {
         Ok(Some(mut stats)) => {
             stats.elapsed = started.elapsed();
-            debug!(bytes_written = stats.bytes_written, file_bytes = stats.file_bytes, whole = stats.whole,
-                elapsed_ms = stats.elapsed.as_millis(), "stored the assistant's session file");
+            debug!(
+                bytes_written = stats.bytes_written,
+                file_bytes = stats.file_bytes,
+                whole = stats.whole,
+                elapsed_ms = stats.elapsed.as_millis(),
+                "stored the assistant's session file"
+            );
             Some(stats)
         }
         Ok(None) => None,
@@ -293,7 +297,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// missing). Returns what was restored; `None` when nothing needed to be, there is no
 /// stored copy, or restoring failed (logged: the resume then goes on, and a stale
 /// session recovers from history).
-pub async fn restore(pool: &Pool, assistant: &dyn Assistant, session: &Session, cwd: Option<&Path>, worker_id: &str) -> Option<Restored> {
+pub async fn restore(
+    pool: &Pool,
+    assistant: &dyn Assistant,
+    session: &Session,
+    cwd: Option<&Path>,
+    worker_id: &str,
+) -> Option<Restored> {
     let id = session.assistant_session_id.as_deref()?;
     assistant.session_home()?;
     match restore_inner(pool, assistant, session, id, cwd, worker_id).await {
@@ -380,7 +390,7 @@ mod tests {
     #[test]
     fn a_file_is_compared_by_length_and_the_hash_of_the_stored_tail() {
         let dir = std::env::temp_dir().join(format!("parley-transcript-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test io");
         let path = dir.join("t.jsonl");
         let stored_bytes = b"{\"a\":1}\n{\"b\":2}\n".repeat(10_000);
         let stored = Transcript {
@@ -390,7 +400,7 @@ mod tests {
             assistant_session_id: "x".into(),
             cwd: String::new(),
             relative_path: "projects/x/x.jsonl".into(),
-            bytes: i64::try_from(stored_bytes.len()).unwrap(),
+            bytes: i64::try_from(stored_bytes.len()).expect("test io"),
             tail_sha256: tail_hash(&stored_bytes),
             stored_by: "w".into(),
             stored_at: Utc::now(),
@@ -398,23 +408,23 @@ mod tests {
             restored_by: None,
             restored_at: None,
         };
-        assert_eq!(compare(&path, &stored).unwrap(), Some(RestoreReason::Missing));
-        write_atomically(&path, &stored_bytes[..stored_bytes.len() - 1]).unwrap();
-        assert_eq!(compare(&path, &stored).unwrap(), Some(RestoreReason::Shorter));
+        assert_eq!(compare(&path, &stored).expect("test io"), Some(RestoreReason::Missing));
+        write_atomically(&path, &stored_bytes[..stored_bytes.len() - 1]).expect("test io");
+        assert_eq!(compare(&path, &stored).expect("test io"), Some(RestoreReason::Shorter));
         let mut longer = stored_bytes.clone();
         longer.extend_from_slice(b"{\"c\":3}\n");
-        write_atomically(&path, &longer).unwrap();
-        assert_eq!(compare(&path, &stored).unwrap(), None, "a longer file with the stored prefix is kept");
+        write_atomically(&path, &longer).expect("test io");
+        assert_eq!(compare(&path, &stored).expect("test io"), None, "a longer file with the stored prefix is kept");
         let mut changed = longer.clone();
         let at = stored_bytes.len() - 3;
         changed[at] = b'9';
-        write_atomically(&path, &changed).unwrap();
-        assert_eq!(compare(&path, &stored).unwrap(), Some(RestoreReason::Different));
+        write_atomically(&path, &changed).expect("test io");
+        assert_eq!(compare(&path, &stored).expect("test io"), Some(RestoreReason::Different));
 
         // A snapshot of the longer file appends exactly the new line.
-        write_atomically(&path, &longer).unwrap();
-        let prefix = Some((u64::try_from(stored.bytes).unwrap(), stored.tail_sha256.clone()));
-        match read_for_snapshot(&path, prefix.clone(), u64::MAX).unwrap() {
+        write_atomically(&path, &longer).expect("test io");
+        let prefix = Some((u64::try_from(stored.bytes).expect("test io"), stored.tail_sha256.clone()));
+        match read_for_snapshot(&path, prefix.clone(), u64::MAX).expect("test io") {
             Pending::Appended { start, data, len, tail } => {
                 assert_eq!(start, stored_bytes.len() as u64);
                 assert_eq!(data, b"{\"c\":3}\n");
@@ -424,9 +434,9 @@ mod tests {
             _ => panic!("expected an append"),
         }
         // A rewritten file is stored whole; one over the limit not at all.
-        write_atomically(&path, &changed).unwrap();
-        assert!(matches!(read_for_snapshot(&path, prefix.clone(), u64::MAX).unwrap(), Pending::Whole { .. }));
-        assert!(matches!(read_for_snapshot(&path, prefix, 100).unwrap(), Pending::TooLarge { .. }));
-        std::fs::remove_dir_all(&dir).unwrap();
+        write_atomically(&path, &changed).expect("test io");
+        assert!(matches!(read_for_snapshot(&path, prefix.clone(), u64::MAX).expect("test io"), Pending::Whole { .. }));
+        assert!(matches!(read_for_snapshot(&path, prefix, 100).expect("test io"), Pending::TooLarge { .. }));
+        std::fs::remove_dir_all(&dir).expect("test io");
     }
 }

@@ -175,8 +175,10 @@ pub const PROJECT_DIR_NAME_MAX: usize = 200;
 /// `Math.abs(hash).toString(36)`.)
 #[must_use]
 pub fn project_dir_name(cwd: &str) -> String {
-    let name: String =
-        cwd.encode_utf16().map(|u| if u < 128 && (u as u8).is_ascii_alphanumeric() { u as u8 as char } else { '-' }).collect();
+    let name: String = cwd
+        .encode_utf16()
+        .map(|u| if u < 128 && (u as u8).is_ascii_alphanumeric() { u as u8 as char } else { '-' })
+        .collect();
     if name.len() <= PROJECT_DIR_NAME_MAX {
         return name;
     }
@@ -273,7 +275,10 @@ impl Assistant for Claude {
             Some(name) => name.to_owned(),
             None => project_dir_name(cwd.to_str()?),
         };
-        Some(SessionFile { home, relative: Path::new("projects").join(dir).join(format!("{assistant_session_id}.jsonl")) })
+        Some(SessionFile {
+            home,
+            relative: Path::new("projects").join(dir).join(format!("{assistant_session_id}.jsonl")),
+        })
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {

@@ -64,7 +64,10 @@ async fn a_kept_file_grows_by_appends_that_check_the_stored_length() {
             .expect("late append")
     );
     let kept = transcript::get(&client, session_id).await.expect("get").expect("kept");
-    assert_eq!((kept.bytes, kept.tail_sha256.as_slice(), kept.stored_by.as_str()), (1_800_006, &b"t2"[..], "replica-a"));
+    assert_eq!(
+        (kept.bytes, kept.tail_sha256.as_slice(), kept.stored_by.as_str()),
+        (1_800_006, &b"t2"[..], "replica-a")
+    );
     let chunks: i64 = client
         .query_one("select count(*) from transcript_chunk where session_id = $1", &[&session_id])
         .await
@@ -98,7 +101,8 @@ async fn kept_files_go_with_their_session_and_their_conversation() {
 
     // Retention of ended sessions takes the old session's copy along.
     let tx = client.transaction().await.expect("tx");
-    let deleted = retention::delete_ended_sessions(&tx, Utc::now() + chrono::Duration::hours(1), 10).await.expect("retention");
+    let deleted =
+        retention::delete_ended_sessions(&tx, Utc::now() + chrono::Duration::hours(1), 10).await.expect("retention");
     tx.commit().await.expect("commit");
     assert_eq!(deleted.iter().map(|s| s.session_id).collect::<Vec<_>>(), vec![old]);
     assert_eq!(transcript::get(&client, old).await.expect("get"), None);
