@@ -34,6 +34,10 @@ pub struct TranscriptArgs {
     /// The `claude` executable (claude-code 2.1.329, `scripts/install-assistant-clis`).
     #[arg(long, default_value = ".tools/bin/claude")]
     claude_bin: PathBuf,
+    /// Also write each turn's appended bytes to `DIR/chunk-NNN.jsonl` (to compare other
+    /// compressors on the same pieces).
+    #[arg(long, value_name = "DIR")]
+    keep_chunks: Option<PathBuf>,
     /// PostgreSQL server for the scratch database (default: `PARLEY_TEST_DATABASE_URL`,
     /// else `postgres://postgres@127.0.0.1:5432/postgres`).
     #[arg(long)]
@@ -132,6 +136,16 @@ async fn measure(args: &TranscriptArgs, db: &ScratchDb) -> Result<()> {
     let file = claude
         .session_file(session.assistant_session_id.as_deref().unwrap_or_default(), Some(&cwd))
         .context("the transcript's path")?;
+    if let Some(dir) = &args.keep_chunks {
+        let bytes = std::fs::read(file.path())?;
+        std::fs::create_dir_all(dir)?;
+        let mut at = 0;
+        for (i, n) in written.iter().enumerate() {
+            let n = usize::try_from(*n)?;
+            std::fs::write(dir.join(format!("chunk-{:03}.jsonl", i + 1)), &bytes[at..at + n])?;
+            at += n;
+        }
+    }
     std::fs::remove_file(file.path())?;
     let restore_started = Instant::now();
     let restored = transcript::restore(&pool, claude.as_ref(), &session, Some(&cwd), "bench")
