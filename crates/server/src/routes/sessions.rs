@@ -84,6 +84,9 @@ pub struct SessionDetail {
     pub turns_next: Option<String>,
     /// Token and cost totals of its assistant messages.
     pub usage: UsageTotals,
+    /// The stored copy of the assistant's session file, with its restores; null when
+    /// none is kept (`docs/architecture.md#transcripts`).
+    pub transcript: Option<Transcript>,
 }
 
 /// How many turns `GET /api/sessions/{id}` shows; the rest are paged by
@@ -147,7 +150,7 @@ pub async fn index(
 }
 
 /// `GET /api/sessions/{id}` → the session with its first [`DETAIL_TURNS`] `turns`
-/// (`turns_next` pages the rest) and its `usage` totals.
+/// (`turns_next` pages the rest), its `usage` totals and its kept `transcript`.
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or one of another principal's
@@ -178,7 +181,8 @@ pub async fn show(
     let rows = turn::list_for_session(&client, id, None, first.fetch()).await?;
     let (turns, turns_next) = first.finish(rows, |t| Some(SessionTurns(turn::ListKey::of(t))));
     let usage = session::usage_totals(&client, id).await?;
-    Ok(Json(SessionDetail { session, turns, turns_next, usage }))
+    let transcript = transcript::get(&client, id).await?;
+    Ok(Json(SessionDetail { session, turns, turns_next, usage, transcript }))
 }
 
 /// `GET /api/sessions/{id}/turns?after=…&limit=…` → `{"turns": [...], "next": CURSOR|null}`:
