@@ -129,6 +129,8 @@ fn openai_env(openai: &MockOpenAi) -> Vec<(&'static str, String)> {
 struct Parley {
     child: Child,
     base: String,
+    /// The metrics listener's URL, when `PARLEY_METRICS_BIND` was set.
+    metrics: Option<String>,
     http: reqwest::Client,
 }
 
@@ -162,8 +164,12 @@ impl Parley {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let log = scratch.path("parley.log");
+        let mut metrics = None;
         let base = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("Parley serves metrics on ") {
+                    metrics = rest.split_whitespace().next().map(str::to_owned);
+                }
                 if let Some(rest) = line.strip_prefix("Parley is listening on ") {
                     return rest.split_whitespace().next().unwrap_or_default().to_owned();
                 }
@@ -174,7 +180,7 @@ impl Parley {
         .expect("parley did not start within 60 s");
         // Keep draining stdout so that a later print never meets a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base, http: reqwest::Client::new() }
+        Self { child, base, metrics, http: reqwest::Client::new() }
     }
 
     async fn stop(mut self) {
@@ -1069,6 +1075,7 @@ impl Cli {
             }
         };
         env.push(("PARLEY_WORKER_ID", format!("replica-{replica}")));
+        env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
         env
     }
 
@@ -1176,6 +1183,16 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
             None => assistant_session = Some(now),
             Some(first) => assert_eq!(&now, first, "turn {turn_no} kept the assistant session"),
         }
+        // Each replica process ran this one turn: a restore from turn 2 on, never a rebuild.
+        let scraped =
+            reqwest::get(parley.metrics.clone().expect("the metrics address")).await.unwrap().text().await.unwrap();
+        let counted = |path: &str| {
+            let series = format!("parley_stale_recoveries_total{{assistant=\"{}\",path=\"{path}\"}} ", cli.name());
+            scraped.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
+        };
+        let restored = if turn_no == 1 { "0" } else { "1" };
+        assert_eq!(counted("restored").as_deref(), Some(restored), "turn {turn_no}");
+        assert_eq!(counted("rebuilt").as_deref(), Some("0"), "turn {turn_no}");
         parley.stop().await;
     }
     let id = conversation.unwrap();
