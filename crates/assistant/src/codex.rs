@@ -512,3 +512,30 @@ fn mcp_output(result: &Value) -> String {
         .map(|parts| parts.iter().filter_map(|p| str_at(p, "text")).collect::<Vec<_>>().join("\n"))
         .unwrap_or_else(|| if result.is_null() { String::new() } else { result.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_rollout_is_found_by_its_id_and_remembered_while_it_exists() {
+        let home = std::env::temp_dir().join(format!("parley-codex-home-{}", uuid::Uuid::new_v4().simple()));
+        let thread = "01a22cf9-741d-7630-8257-d2f317fb0c32";
+        let day = home.join("sessions/2026/11/30");
+        std::fs::create_dir_all(&day).expect("dirs");
+        std::fs::write(day.join("rollout-2026-11-30T15-01-15-01a1fb60-8858-75e2-b443-e704c8a41807.jsonl"), "{}\n")
+            .expect("other thread");
+        let file = format!("rollout-2026-11-30T15-01-15-{thread}.jsonl");
+        std::fs::write(day.join(&file), "{}\n").expect("rollout");
+        assert_eq!(find_rollout(&home, thread), Some(PathBuf::from("sessions/2026/11/30").join(&file)));
+        assert_eq!(find_rollout(&home, "00000000-0000-0000-0000-000000000000"), None);
+
+        let codex = Codex::new(CodexConfig { home: Some(home.clone()), ..CodexConfig::default() });
+        let found = codex.session_file(thread, None).expect("found");
+        assert_eq!(found.path(), day.join(&file));
+        assert_eq!(codex.session_file("../etc", None), None, "not a thread ID");
+        std::fs::remove_file(day.join(&file)).expect("remove");
+        assert_eq!(codex.session_file(thread, None), None, "gone, and not remembered");
+        std::fs::remove_dir_all(&home).expect("cleanup");
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! ingest ──tx──▶ conversation locked + message(user) + turn(queued) ──wake──▶ workers
-//! worker: claim (queued → running, lease) ─▶ resolve session ─▶ run assistant ─▶ finish tx
+//! worker: claim (queued → running, lease) ─▶ resolve session ─▶ restore its file if missing
+//!         ─▶ run assistant ─▶ store what its file gained ─▶ finish tx
 //! ```
 //!
 //! [`Orchestrator`] is the handle every surface uses: the web API and the CLI call
