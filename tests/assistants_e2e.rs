@@ -1224,6 +1224,16 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
     assert_eq!(kept["restores"], 10, "the session listing shows the restores: {sessions:?}");
     assert_eq!(kept["restored_by"], "replica-a");
     assert!(kept["bytes"].as_i64().is_some_and(|b| b > 0), "{kept}");
+    // And `parley sessions show` says so.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["sessions", "show", sessions[0]["session_id"].as_str().unwrap()])
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("kept transcript:      {} bytes of", kept["bytes"])), "{shown}");
+    assert!(shown.contains("restored:             10 time(s), last by replica-a at"), "{shown}");
     parley.stop().await;
 
     // Restart again, with the stored copy damaged too: the history rebuild answers.
