@@ -53,7 +53,7 @@ async fn the_outline_reads_lengths_and_tool_previews_of_the_newest_messages_only
     assert_eq!((outline[0].tool_calls.len(), outline[0].tool_call_count), (0, 0), "a malformed list is ignored");
     assert!(outline[1].incomplete && !outline[2].incomplete);
     assert_eq!(outline[2].tool_call_count, 10);
-    assert_eq!(outline[2].tool_calls.len(), usize::try_from(TOOL_CALLS_PER_MESSAGE).unwrap());
+    assert_eq!(outline[2].tool_calls.len(), usize::try_from(TOOL_CALLS_PER_MESSAGE).expect("a count"));
     assert_eq!(outline[2].tool_calls[7]["input"], "echo 7");
     assert_eq!(outline[2].tool_calls[0]["is_error"], Value::Null, "no outcome stored");
     let write = &outline[1].tool_calls[0];
