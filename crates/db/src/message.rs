@@ -40,7 +40,9 @@ pub struct Message {
     pub content: String,
     /// Extra data: `command` for chat commands, `usage` and `cost_usd` from the
     /// assistant, `incomplete: true` for a cancelled or interrupted partial reply,
-    /// `tool_calls` for the tools the assistant used.
+    /// `tool_calls` for the tools the assistant used (`[{"id", "name", "input"}]`, each
+    /// with `is_error` and an `output` preview once its result came; replies stored
+    /// before Parley kept outcomes have neither).
     pub metadata: serde_json::Value,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
