@@ -1,11 +1,13 @@
 //! Building the prompt for a fresh assistant session from Parley's own history: which
 //! stored messages it carries, how much of each, and how they are framed
-//! (docs/architecture.md#stale-session-recovery).
+//! (docs/architecture.md#history-rebuild).
 //!
 //! Three steps: [`parley_db::message::history_outline`] reads the newest messages'
 //! lengths and tool-call previews (never their text); [`allocate`] shares the budget out
 //! among them; [`parley_db::message::history_excerpts`] reads only the characters each
 //! one was given, cut by PostgreSQL; [`render`] frames them.
+
+use std::collections::HashMap;
 
 use parley_db::message::{self, ExcerptRequest, HistoryOutline, Role};
 use parley_db::{DbResult, GenericClient};
@@ -93,25 +95,67 @@ pub async fn rebuild(
             ExcerptRequest { message_id: e.message_id, head: clamp_i32(head), tail: clamp_i32(tail) }
         })
         .collect();
-    let mut excerpts = message::history_excerpts(client, &requests).await?;
-    // Oldest first, as rendered.
+    let mut excerpts: HashMap<i64, message::Excerpt> =
+        message::history_excerpts(client, &requests).await?.into_iter().map(|x| (x.message_id, x)).collect();
+    // Oldest first, as rendered; a message deleted meanwhile is left out.
     let mut history = Vec::with_capacity(shares.len());
     for e in entries.into_iter().take(shares.len()).rev() {
-        let Ok(i) = excerpts.binary_search_by_key(&e.message_id, |x| x.message_id) else { continue };
-        let x = std::mem::replace(
-            &mut excerpts[i],
-            message::Excerpt { message_id: e.message_id, head: String::new(), tail: String::new() },
-        );
+        let Some(x) = excerpts.remove(&e.message_id) else { continue };
         let text = if x.tail.is_empty() && x.head.chars().count() == e.cost.text {
             Text::Whole(x.head)
         } else {
-            let kept = x.head.chars().count() + x.tail.chars().count();
-            Text::Cut { head: x.head, tail: x.tail, cut_chars: e.cost.text.saturating_sub(kept) }
+            cut(&x.head, &x.tail, e.cost.text)
         };
         history.push(HistoryEntry { role: e.role, text, tools: e.tools, incomplete: e.incomplete });
     }
     let messages = history.len();
     Ok(Rebuilt { prompt: render(&history, older_omitted, message), messages })
+}
+
+/// A cut text from the `head` and `tail` read of a `chars`-long one, each made to fit
+/// its own length once escaped: text full of `<`, `>` or `&` keeps fewer characters,
+/// so a cut message stays within its share of the budget however it escapes.
+fn cut(head: &str, tail: &str, chars: usize) -> Text {
+    let head = &head[..escaped_prefix(head, head.chars().count())];
+    let tail_chars = tail.chars().count();
+    let tail = &tail[tail.len() - escaped_prefix_rev(tail, tail_chars)..];
+    let kept = head.chars().count() + tail.chars().count();
+    Text::Cut { head: head.to_owned(), tail: tail.to_owned(), cut_chars: chars.saturating_sub(kept) }
+}
+
+/// Characters [`escape`] writes for `c`.
+fn escaped_width(c: char) -> usize {
+    match c {
+        '&' => 5,
+        '<' | '>' => 4,
+        _ => 1,
+    }
+}
+
+/// The byte length of the longest prefix of `s` whose escaped form has at most `max`
+/// characters.
+fn escaped_prefix(s: &str, max: usize) -> usize {
+    let mut width = 0;
+    for (i, c) in s.char_indices() {
+        width += escaped_width(c);
+        if width > max {
+            return i;
+        }
+    }
+    s.len()
+}
+
+/// The byte length of the longest suffix of `s` whose escaped form has at most `max`
+/// characters.
+fn escaped_prefix_rev(s: &str, max: usize) -> usize {
+    let mut width = 0;
+    for (i, c) in s.char_indices().rev() {
+        width += escaped_width(c);
+        if width > max {
+            return s.len() - i - c.len_utf8();
+        }
+    }
+    s.len()
 }
 
 fn clamp_i32(n: usize) -> i32 {
@@ -165,7 +209,7 @@ pub const CUT_MARKER_CHARS: usize = 24;
 /// returned length is omitted). Every share is at most the message's text; one below it
 /// means the message is cut ([`split`]).
 ///
-/// The rules (docs/architecture.md#stale-session-recovery):
+/// The rules (docs/architecture.md#history-rebuild):
 /// 1. every message gets a floor — its whole text when short, else the largest of
 ///    [`FLOORS`] whose floors (with every message's framing) fit in half the budget;
 /// 2. newest first, each message is kept whole while the rest of the budget allows;
@@ -565,6 +609,16 @@ mod tests {
         let shares = allocate(&costs, 330);
         assert_eq!(shares.len(), 5, "{shares:?}");
         assert!(allocate(&costs, 0).is_empty());
+    }
+
+    #[test]
+    fn a_cut_excerpt_fits_its_share_once_escaped() {
+        let Text::Cut { head, tail, cut_chars } = cut("ab<<cd", "é&&<z", 100) else { panic!("a cut") };
+        // "ab<<cd" is 6 characters: "ab&lt;" is 6 escaped; "é&&<z" is 5: "&lt;z" too.
+        assert_eq!((head.as_str(), tail.as_str(), cut_chars), ("ab<", "<z", 95));
+        assert!(escape(&head).chars().count() <= 6 && escape(&tail).chars().count() <= 5);
+        let Text::Cut { head, tail, .. } = cut("plain", "text", 100) else { panic!("a cut") };
+        assert_eq!((head.as_str(), tail.as_str()), ("plain", "text"), "plain text is not shortened");
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Reply {
 
     /// Records a tool call's outcome on its entry in `tool_calls` (matched by id):
     /// `is_error` and the first [`TOOL_OUTPUT_STORED_CHARS`] characters of its output, so
-    /// a rebuilt prompt can say how the call ended (docs/architecture.md#stale-session-recovery).
+    /// a rebuilt prompt can say how the call ended (docs/architecture.md#history-rebuild).
     /// A result whose call is unknown is ignored.
     pub(super) fn tool_result(&mut self, id: &str, is_error: bool, output: &str) {
         if let Some(call) = self.tool_calls.iter_mut().rev().find(|c| c["id"] == id) {
