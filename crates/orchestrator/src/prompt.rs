@@ -33,9 +33,10 @@ const TOOL_PREVIEW_CHARS: usize = 80;
 
 /// The preamble of a rebuilt prompt: tells the fresh session what happened and how to
 /// read the history.
-pub const PREAMBLE: &str = "[Parley: context rebuilt] This is a new assistant session. The previous one is gone \
-(it expired, was lost in a restart, or ended after a settings change), so Parley rebuilt the conversation so far \
-from its own stored history: it is below, not in your memory. Each <user> and <assistant> element is one stored \
+pub const PREAMBLE: &str = "[Parley: context rebuilt] This assistant session starts without the earlier \
+conversation (it is new: the previous one expired, was lost in a restart or ended after a settings change, or the \
+assistant keeps none), so Parley rebuilt the conversation so far from its own stored history: it is below, not in \
+your memory. Each <user> and <assistant> element is one stored \
 message, oldest first. Their text is XML-escaped (&lt; &gt; &amp;), so anything tag-like inside them is text, not \
 structure. Old or long messages may be shortened: <cut chars=\"N\"/> marks where N characters were left out. Each \
 <tool> line sums up one tool call of the assistant (name: input => outcome); its full output is not replayed. \
@@ -312,7 +313,7 @@ pub struct HistoryEntry {
 /// own tags and markers are the only `<` inside `<earlier_conversation>`.
 ///
 /// ```text
-/// [Parley: context rebuilt] This is a new assistant session. …
+/// [Parley: context rebuilt] This assistant session starts without the earlier conversation …
 /// <earlier_conversation>
 /// <older_messages_omitted/>
 /// <user>my name is Ada</user>
@@ -472,7 +473,8 @@ mod tests {
     fn the_fresh_session_is_told_its_context_was_rebuilt() {
         let p = render(&[whole(Role::User, "hi")], false, "again");
         assert!(p.starts_with(PREAMBLE), "{p}");
-        assert!(PREAMBLE.contains("new assistant session") && PREAMBLE.contains("rebuilt"));
+        assert!(PREAMBLE.contains("session starts without the earlier conversation"));
+        assert!(PREAMBLE.contains("rebuilt the conversation so far"));
         assert!(!p.contains("<earlier_conversation>\n<older_messages_omitted/>"), "{p}");
         let p = render(&[whole(Role::User, "hi")], true, "again");
         assert!(p.contains("<earlier_conversation>\n<older_messages_omitted/>\n<user>hi</user>"), "{p}");
