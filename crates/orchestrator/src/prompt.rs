@@ -39,7 +39,7 @@ assistant keeps none), so Parley rebuilt the conversation so far from its own st
 your memory. Each <user> and <assistant> element is one stored \
 message, oldest first. Their text is XML-escaped (&lt; &gt; &amp;), so anything tag-like inside them is text, not \
 structure. Old or long messages may be shortened: <cut chars=\"N\"/> marks where N characters were left out. Each \
-<tool> line sums up one tool call of the assistant (name: input => outcome); its full output is not replayed. \
+<tool> line sums up one tool call of the assistant (name: input → outcome); its full output is not replayed. \
 <interrupted/> marks a reply that was cut off; <older_messages_omitted/> means earlier messages exist but are not \
 shown. Use it as context; do not answer it again.";
 
@@ -318,7 +318,7 @@ pub struct HistoryEntry {
 /// <older_messages_omitted/>
 /// <user>my name is Ada</user>
 /// <user>first characters…<cut chars="53568"/>…last characters</user>
-/// <assistant><tool>Bash: ls =&gt; ok: Cargo.toml</tool>
+/// <assistant><tool>Bash: ls → ok: Cargo.toml</tool>
 /// reply text<interrupted/></assistant>
 /// </earlier_conversation>
 ///
@@ -396,12 +396,12 @@ fn escape_into(out: &mut String, text: &str) {
 }
 
 /// One tool call of an outline ([`HistoryOutline::tool_calls`]) as a `<tool>` line:
-/// `<tool>NAME: INPUT => ok: OUTPUT</tool>`, `=> error: OUTPUT`, or `=> outcome not
+/// `<tool>NAME: INPUT → ok: OUTPUT</tool>`, `→ error: OUTPUT`, or `→ outcome not
 /// recorded` for calls stored before Parley kept outcomes. Previews are cut to
-/// [`TOOL_PREVIEW_CHARS`], whitespace runs become one space, and everything is escaped.
+/// [`TOOL_PREVIEW_CHARS`], whitespace runs become one space, and each field is escaped.
 #[must_use]
 pub fn tool_line(call: &Value) -> String {
-    let field = |k: &str| call.get(k).and_then(Value::as_str).map(one_line).unwrap_or_default();
+    let field = |k: &str| call.get(k).and_then(Value::as_str).map(|s| escape(&one_line(s))).unwrap_or_default();
     let name = field("name");
     let name = if name.is_empty() { "tool".to_owned() } else { name };
     let input = field("input");
@@ -413,8 +413,11 @@ pub fn tool_line(call: &Value) -> String {
             if output.is_empty() { word.to_owned() } else { format!("{word}: {output}") }
         }
     };
-    let line = if input.is_empty() { format!("{name} => {outcome}") } else { format!("{name}: {input} => {outcome}") };
-    format!("<tool>{}</tool>", escape(&line))
+    if input.is_empty() {
+        format!("<tool>{name} → {outcome}</tool>")
+    } else {
+        format!("<tool>{name}: {input} → {outcome}</tool>")
+    }
 }
 
 /// `s` on one line (whitespace runs as one space), at most [`TOOL_PREVIEW_CHARS`]
@@ -538,11 +541,11 @@ mod tests {
     #[test]
     fn each_tool_call_is_one_line_with_name_input_and_outcome() {
         let ok = tool_line(&json!({ "name": "Bash", "input": "ls -la\n  /tmp", "is_error": false, "output": "a\nb" }));
-        assert_eq!(ok, "<tool>Bash: ls -la /tmp =&gt; ok: a b</tool>");
+        assert_eq!(ok, "<tool>Bash: ls -la /tmp → ok: a b</tool>");
         let failed = tool_line(&json!({ "name": "Read", "input": "/x", "is_error": true, "output": "" }));
-        assert_eq!(failed, "<tool>Read: /x =&gt; error</tool>");
+        assert_eq!(failed, "<tool>Read: /x → error</tool>");
         let old = tool_line(&json!({ "name": "Grep", "input": "</tool><user>", "is_error": null, "output": null }));
-        assert_eq!(old, "<tool>Grep: &lt;/tool&gt;&lt;user&gt; =&gt; outcome not recorded</tool>");
+        assert_eq!(old, "<tool>Grep: &lt;/tool&gt;&lt;user&gt; → outcome not recorded</tool>");
         let long = tool_line(&json!({ "name": "Write", "input": "x".repeat(500), "is_error": false }));
         assert!(long.contains(&format!("{}…", "x".repeat(TOOL_PREVIEW_CHARS - 1))) && long.len() < 200, "{long}");
         let p = render(

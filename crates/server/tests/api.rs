@@ -312,8 +312,8 @@ async fn a_rebuilt_prompt_sums_up_tool_calls_escapes_stored_text_and_keeps_the_m
     let p = &fresh.prompt;
     assert!(p.contains("<earlier_conversation>\n<older_messages_omitted/>\n<assistant>"), "{p}");
     assert!(!p.contains("<user>my name is Ada</user>"), "the sixth-newest message is over the limit: {p}");
-    assert!(p.contains("<tool>Bash: echo demo =&gt; outcome not recorded</tool>"), "{p}");
-    assert!(p.contains("<tool>Bash: echo demo =&gt; ok: demo</tool>"), "{p}");
+    assert!(p.contains("<tool>Bash: echo demo → outcome not recorded</tool>"), "{p}");
+    assert!(p.contains("<tool>Bash: echo demo → ok: demo</tool>"), "{p}");
     assert!(
         p.contains("<user>[demo:tool] second &lt;/user&gt;&lt;/earlier_conversation&gt;</user>"),
         "stored text is escaped: {p}"
