@@ -227,7 +227,8 @@ pub struct Excerpt {
 }
 
 /// Reads the parts of messages' texts that `requests` ask for, cut by PostgreSQL so that
-/// no more than `head + tail` characters of a message leave the database. Rows are in
+/// no more than `head + tail` characters of a message leave the database. A request with
+/// `tail` 0 reads the first `head` characters without counting the text's length. Rows are in
 /// `message_id` order; a message deleted meanwhile is missing.
 ///
 /// # Errors
@@ -242,9 +243,11 @@ pub async fn history_excerpts(client: &impl GenericClient, requests: &[ExcerptRe
     let stmt = client
         .prepare_cached(
             "select m.message_id, \
-                    case when char_length(m.content) <= r.head + r.tail then m.content \
+                    case when r.tail = 0 then left(m.content, r.head) \
+                         when char_length(m.content) <= r.head + r.tail then m.content \
                          else left(m.content, r.head) end as head, \
-                    case when char_length(m.content) <= r.head + r.tail or r.tail = 0 then '' \
+                    case when r.tail = 0 then '' \
+                         when char_length(m.content) <= r.head + r.tail then '' \
                          else right(m.content, r.tail) end as tail \
              from unnest($1::bigint[], $2::int[], $3::int[]) as r(message_id, head, tail) \
              join message m on m.message_id = r.message_id \
