@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Turns one conversation may have waiting before new messages are refused (0 = no limit).
     #[arg(long, env = "PARLEY_MAX_QUEUED_TURNS", default_value_t = 100)]
     max_queued_turns: usize,
+    /// The largest assistant session file (Claude transcript, Codex rollout) kept in the
+    /// database so another replica can restore it, in bytes (0 = keep none).
+    #[arg(long, env = "PARLEY_TRANSCRIPT_MAX_BYTES", default_value_t = Config::default().transcript_max_bytes)]
+    transcript_max_bytes: u64,
     /// Event streams (SSE) one principal may hold open on this replica (0 = no limit).
     #[arg(long, env = "PARLEY_MAX_EVENT_STREAMS", default_value_t = 16)]
     max_event_streams: usize,
@@ -655,6 +659,7 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         max_attempts: args.max_attempts.max(1),
         max_message_chars: args.max_message_chars.max(1),
         max_queued_turns: args.max_queued_turns,
+        transcript_max_bytes: args.transcript_max_bytes,
         workspace_root: Some(workspace_root),
         allowed_permission_modes: args.allowed_permission_modes.iter().filter(|m| !m.is_empty()).cloned().collect(),
         retention: args.retention.retention(),

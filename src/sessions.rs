@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 
 use clap::Subcommand;
 use parley_db::session::{self, StatusFilter};
-use parley_db::turn;
+use parley_db::{transcript, turn};
 use uuid::Uuid;
 
 use crate::Failure;
@@ -109,6 +109,21 @@ pub async fn run(db: &parley_db::DbConfig, cmd: SessionsCommand) -> Result<(), F
                 println!("ended:                {} ({})", ended, short(s.ended_reason.as_deref()));
             }
             println!("last error:           {}", short(s.last_error.as_deref()));
+            match transcript::get(&client, id).await? {
+                Some(t) => {
+                    println!(
+                        "kept transcript:      {} bytes of {} ({}), stored by {} at {}",
+                        t.bytes, t.assistant_session_id, t.relative_path, t.stored_by, t.stored_at
+                    );
+                    match (&t.restored_by, t.restored_at) {
+                        (Some(by), Some(at)) => {
+                            println!("restored:             {} time(s), last by {by} at {at}", t.restores);
+                        }
+                        _ => println!("restored:             never"),
+                    }
+                }
+                None => println!("kept transcript:      -"),
+            }
             println!("tokens:               {} in, {} out", usage.input_tokens, usage.output_tokens);
             println!("cost:                 ${:.4}", usage.cost_usd);
             println!("turns (oldest first):");

@@ -129,6 +129,8 @@ fn openai_env(openai: &MockOpenAi) -> Vec<(&'static str, String)> {
 struct Parley {
     child: Child,
     base: String,
+    /// The metrics listener's URL, when `PARLEY_METRICS_BIND` was set.
+    metrics: Option<String>,
     http: reqwest::Client,
 }
 
@@ -162,8 +164,12 @@ impl Parley {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let log = scratch.path("parley.log");
+        let mut metrics = None;
         let base = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("Parley serves metrics on ") {
+                    metrics = rest.split_whitespace().next().map(str::to_owned);
+                }
                 if let Some(rest) = line.strip_prefix("Parley is listening on ") {
                     return rest.split_whitespace().next().unwrap_or_default().to_owned();
                 }
@@ -174,7 +180,7 @@ impl Parley {
         .expect("parley did not start within 60 s");
         // Keep draining stdout so that a later print never meets a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base, http: reqwest::Client::new() }
+        Self { child, base, metrics, http: reqwest::Client::new() }
     }
 
     async fn stop(mut self) {
@@ -339,9 +345,12 @@ async fn claude_resumes_and_recovers_a_lost_transcript_after_a_restart() {
     let requests = anthropic.message_requests_for("second question beta");
     assert!(requests.iter().any(|b| all_text(b).contains("first question alpha")), "resumed context: {requests:?}");
 
-    // Container restart: the transcripts are gone.
+    // Container restart: the transcripts are gone, and so is Parley's copy (a restore
+    // from the copy is checked by `claude_keeps_one_session_across_alternating_replicas_and_restarts`).
     parley.stop().await;
     std::fs::remove_dir_all(&transcripts).unwrap();
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the transcript");
     let parley = Parley::start(&scratch, &db, &env).await;
     let turn = parley.turn(&id, "third question gamma").await;
     assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
@@ -797,11 +806,14 @@ async fn codex_resumes_its_thread_and_recovers_a_deleted_rollout() {
     let resumed = input_text(&requests[0]);
     assert!(resumed.contains("first question alpha") && resumed.contains(HELLO), "resumed context: {resumed}");
 
-    // Restart with the rollouts gone: answered fresh, with the history, in the same turn.
+    // Restart with the rollouts gone, and Parley's copy too: answered fresh, with the
+    // history, in the same turn.
     parley.stop().await;
     for p in walk(&sessions_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "jsonl")) {
         std::fs::remove_file(p).unwrap();
     }
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the rollout");
     let parley = Parley::start(&scratch, &db, &env).await;
     let turn = parley.turn(&id, "third question gamma").await;
     assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
@@ -1091,5 +1103,347 @@ async fn openai_sends_the_conversations_model_and_instructions() {
     let requests = openai.response_requests_for("question with settings");
     assert_eq!(requests[0]["model"], "gpt-settings-test");
     assert_eq!(requests[0]["instructions"], "Sign as IBEX-9.");
+    parley.stop().await;
+}
+
+/// Which real CLI a replica test drives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cli {
+    Claude,
+    Codex,
+}
+
+impl Cli {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Claude => "claude",
+            Self::Codex => "codex",
+        }
+    }
+
+    /// The environment of replica `replica` (`a`, `b`): its own CLI home in the scratch
+    /// directory (`claude-config-a`, `codex-home-b`…), the same workspace root.
+    fn replica_env(
+        self,
+        scratch: &Scratch,
+        replica: &str,
+        anthropic: &MockAnthropic,
+        openai: &MockOpenAi,
+    ) -> Vec<(&'static str, String)> {
+        let mut env = match self {
+            Self::Claude => {
+                let mut env = claude_env(scratch, anthropic);
+                let dir = scratch.path(&format!("claude-config-{replica}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                env.retain(|(k, _)| *k != "PARLEY_CLAUDE_CONFIG_DIR");
+                env.push(("PARLEY_CLAUDE_CONFIG_DIR", dir.display().to_string()));
+                env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(echo *)".into()));
+                env
+            }
+            Self::Codex => {
+                let mut env = codex_env(scratch, openai);
+                let home = scratch.path(&format!("codex-home-{replica}"));
+                std::fs::create_dir_all(&home).unwrap();
+                std::fs::copy(scratch.path("codex-home/config.toml"), home.join("config.toml")).unwrap();
+                env.retain(|(k, _)| *k != "PARLEY_CODEX_HOME");
+                env.push(("PARLEY_CODEX_HOME", home.display().to_string()));
+                env.push(("PARLEY_CODEX_SANDBOX", "danger-full-access".into()));
+                env
+            }
+        };
+        env.push(("PARLEY_WORKER_ID", format!("replica-{replica}")));
+        env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
+        env
+    }
+
+    /// The replica's CLI home (wiped by a "container restart").
+    fn home(self, scratch: &Scratch, replica: &str) -> PathBuf {
+        match self {
+            Self::Claude => scratch.path(&format!("claude-config-{replica}")),
+            Self::Codex => scratch.path(&format!("codex-home-{replica}")),
+        }
+    }
+
+    /// The text of the model request that carried `needle` as the user's newest text.
+    fn request_for(self, anthropic: &MockAnthropic, openai: &MockOpenAi, needle: &str) -> Vec<Value> {
+        match self {
+            Self::Claude => anthropic.message_requests_for(needle),
+            Self::Codex => openai.response_requests_for(needle),
+        }
+    }
+
+    /// True when a model request carries turn 1's tool call and its result: Anthropic
+    /// `tool_use` / `tool_result` blocks, Responses API `function_call` /
+    /// `function_call_output` items.
+    fn carries_the_first_tool_call(self, body: &Value) -> bool {
+        match self {
+            Self::Claude => {
+                let blocks: Vec<&Value> = body["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|m| m["content"].as_array().into_iter().flatten())
+                    .collect();
+                let used = blocks
+                    .iter()
+                    .any(|b| b["type"] == "tool_use" && b["input"].to_string().contains("echo hello-from-tool"));
+                let result = blocks
+                    .iter()
+                    .any(|b| b["type"] == "tool_result" && b["content"].to_string().contains("hello-from-tool"));
+                used && result
+            }
+            Self::Codex => {
+                let items: Vec<&Value> = body["input"].as_array().into_iter().flatten().collect();
+                let called = items.iter().any(|i| {
+                    i["type"] == "function_call"
+                        && i["arguments"].as_str().is_some_and(|a| a.contains("hello-from-tool"))
+                });
+                let output = items.iter().any(|i| {
+                    i["type"] == "function_call_output" && i["output"].to_string().contains("hello-from-tool")
+                });
+                called && output
+            }
+        }
+    }
+}
+
+/// The kinds of the conversation's stored events, oldest first.
+async fn event_kinds(db: &TestDb, conversation: &str) -> Vec<String> {
+    let client = db.pool.get().await.unwrap();
+    let id: uuid::Uuid = conversation.parse().unwrap();
+    client
+        .query("select kind from event where conversation_id = $1 order by seq", &[&id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Ten turns alternating between two replicas with separate CLI homes and no shared
+/// files (the conversation's directory is wiped before each turn), then a "container
+/// restart" (home and workspace wiped, same database), then the stored copy corrupted.
+async fn session_survives_replicas_and_restarts(cli: Cli) {
+    if skip(cli.name()) {
+        return;
+    }
+    let started = Instant::now();
+    let scratch = Scratch::new(&format!("{}-replicas", cli.name()));
+    let anthropic = MockAnthropic::start().await;
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let envs =
+        [cli.replica_env(&scratch, "a", &anthropic, &openai), cli.replica_env(&scratch, "b", &anthropic, &openai)];
+    let work = scratch.path("work");
+    let mut conversation = None;
+    let mut assistant_session: Option<String> = None;
+    for turn_no in 1..=10_usize {
+        let replica = (turn_no + 1) % 2;
+        let parley = Parley::start(&scratch, &db, &envs[replica]).await;
+        let id = match &conversation {
+            Some(id) => {
+                // No shared volume: this replica starts without the other's files.
+                let _ = std::fs::remove_dir_all(&work);
+                String::clone(id)
+            }
+            None => parley.conversation(cli.name(), &work).await,
+        };
+        conversation = Some(id.clone());
+        let text =
+            if turn_no == 1 { "SCN_TOOL turn-1 run the tool".to_owned() } else { format!("turn-{turn_no} go on") };
+        let turn = parley.turn(&id, &text).await;
+        assert_eq!(turn["status"], "completed", "turn {turn_no}: {turn}; log in {}", scratch.0.display());
+        assert_eq!(turn["worker_id"], format!("replica-{}", ["a", "b"][replica]));
+        let active = parley.active_session(&id).await;
+        let now = active["assistant_session_id"].as_str().expect("an assistant session ID").to_owned();
+        match &assistant_session {
+            None => assistant_session = Some(now),
+            Some(first) => assert_eq!(&now, first, "turn {turn_no} kept the assistant session"),
+        }
+        // Each replica process ran this one turn: a restore from turn 2 on, never a rebuild.
+        let scraped =
+            reqwest::get(parley.metrics.clone().expect("the metrics address")).await.unwrap().text().await.unwrap();
+        let counted = |path: &str| {
+            let series = format!("parley_stale_recoveries_total{{assistant=\"{}\",path=\"{path}\"}} ", cli.name());
+            scraped.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
+        };
+        let restored = if turn_no == 1 { "0" } else { "1" };
+        assert_eq!(counted("restored").as_deref(), Some(restored), "turn {turn_no}");
+        assert_eq!(counted("rebuilt").as_deref(), Some("0"), "turn {turn_no}");
+        parley.stop().await;
+    }
+    let id = conversation.unwrap();
+    let requests = cli.request_for(&anthropic, &openai, "turn-10 go on");
+    assert!(!requests.is_empty(), "turn 10 reached the model");
+    assert!(
+        requests.iter().all(|b| cli.carries_the_first_tool_call(b)),
+        "turn 10's request carries turn 1's tool call and result: {requests:?}"
+    );
+    let kinds = event_kinds(&db, &id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "session_restored").count(), 9, "turns 2-10 restored: {kinds:?}");
+    assert!(!kinds.iter().any(|k| k == "session_reset"), "{kinds:?}");
+
+    // Container restart: the replica's home and the workspace are gone, the database stays.
+    let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
+    let _ = std::fs::remove_dir_all(&work);
+    let envs_a = cli.replica_env(&scratch, "a", &anthropic, &openai);
+    let parley = Parley::start(&scratch, &db, &envs_a).await;
+    let turn = parley.turn(&id, "turn-11 after the restart").await;
+    assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], assistant_session.as_deref().unwrap());
+    let requests = cli.request_for(&anthropic, &openai, "turn-11 after the restart");
+    assert!(
+        !requests.is_empty() && requests.iter().all(|b| cli.carries_the_first_tool_call(b)),
+        "after the restart the request carries turn 1's tool call: {requests:?}"
+    );
+    let sessions = parley.sessions(&id).await;
+    let kept = &sessions[0]["transcript"];
+    assert_eq!(kept["restores"], 10, "the session listing shows the restores: {sessions:?}");
+    assert_eq!(kept["restored_by"], "replica-a");
+    assert!(kept["bytes"].as_i64().is_some_and(|b| b > 0), "{kept}");
+    // And `parley sessions show` says so.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["sessions", "show", sessions[0]["session_id"].as_str().unwrap()])
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("kept transcript:      {} bytes of", kept["bytes"])), "{shown}");
+    assert!(shown.contains("restored:             10 time(s), last by replica-a at"), "{shown}");
+    parley.stop().await;
+
+    // Restart again, with the stored copy damaged too: the history rebuild answers.
+    // Claude: the home is wiped and the stored chunks garbled. Codex: the stored copy is
+    // deleted and the local rollout corrupted (its first line, the session metadata).
+    let client = db.pool.get().await.unwrap();
+    let damaged = match cli {
+        Cli::Claude => {
+            let _ = std::fs::remove_dir_all(cli.home(&scratch, "a"));
+            let _ = std::fs::remove_dir_all(&work);
+            client.execute("update transcript_chunk set data = 'garbage'::bytea", &[]).await.unwrap()
+        }
+        Cli::Codex => {
+            let rollouts: Vec<PathBuf> = walk(&cli.home(&scratch, "a").join("sessions"))
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains(assistant_session.as_deref().unwrap()))
+                .collect();
+            assert_eq!(rollouts.len(), 1, "{rollouts:?}");
+            let text = std::fs::read_to_string(&rollouts[0]).unwrap();
+            let rest = text.split_once('\n').map(|(_, rest)| rest).unwrap_or_default();
+            std::fs::write(&rollouts[0], format!("{{\"not\":\"metadata\"}}\n{rest}")).unwrap();
+            client.execute("delete from transcript", &[]).await.unwrap()
+        }
+    };
+    assert!(damaged > 0);
+    let envs_a = cli.replica_env(&scratch, "a", &anthropic, &openai);
+    let parley = Parley::start(&scratch, &db, &envs_a).await;
+    let turn = parley.turn(&id, "turn-12 from history").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}; log in {}", scratch.0.display());
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "recovered through a fresh session: {sessions:?}"
+    );
+    let requests = cli.request_for(&anthropic, &openai, "turn-12 from history");
+    let rebuilt = requests.iter().any(|b| {
+        let text = match cli {
+            Cli::Claude => last_user_text(b),
+            Cli::Codex => mock_openai::last_user_text(b),
+        };
+        text.contains("turn-1 run the tool") && text.contains("turn-11 after the restart")
+    });
+    assert!(rebuilt, "the fresh session's prompt carries the history: {requests:?}");
+    let kinds = event_kinds(&db, &id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "session_reset").count(), 1, "{kinds:?}");
+    parley.stop().await;
+    eprintln!("{} replicas test took {:.1} s", cli.name(), started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn claude_keeps_one_session_across_alternating_replicas_and_restarts() {
+    session_survives_replicas_and_restarts(Cli::Claude).await;
+}
+
+#[tokio::test]
+async fn codex_keeps_one_thread_across_alternating_replicas_and_restarts() {
+    session_survives_replicas_and_restarts(Cli::Codex).await;
+}
+
+#[tokio::test]
+async fn a_transcript_over_the_size_limit_is_not_kept_and_the_other_replica_answers_from_history() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-over-limit");
+    let anthropic = MockAnthropic::start().await;
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let mut envs = [
+        Cli::Claude.replica_env(&scratch, "a", &anthropic, &openai),
+        Cli::Claude.replica_env(&scratch, "b", &anthropic, &openai),
+    ];
+    for env in &mut envs {
+        env.push(("PARLEY_TRANSCRIPT_MAX_BYTES", "100".into()));
+    }
+    let a = Parley::start(&scratch, &db, &envs[0]).await;
+    let id = a.conversation("claude", &scratch.path("work")).await;
+    assert_eq!(a.turn(&id, "limit first question").await["status"], "completed");
+    let first = a.active_session(&id).await["assistant_session_id"].clone();
+    assert!(a.sessions(&id).await[0]["transcript"].is_null(), "nothing kept over the limit");
+    a.stop().await;
+    let log = std::fs::read_to_string(scratch.path("parley.log")).unwrap();
+    assert!(log.contains("transcript-max-bytes"), "the skipped snapshot is logged");
+
+    let b = Parley::start(&scratch, &db, &envs[1]).await;
+    let turn = b.turn(&id, "limit second question").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_ne!(b.active_session(&id).await["assistant_session_id"], first, "a fresh session");
+    let requests = anthropic.message_requests_for("limit second question");
+    assert!(requests.iter().any(|r| last_user_text(r).contains("limit first question")), "rebuilt from history");
+    let kinds = event_kinds(&db, &id).await;
+    assert!(
+        kinds.contains(&"session_reset".to_owned()) && !kinds.contains(&"session_restored".to_owned()),
+        "{kinds:?}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn claude_transcript_path_of_a_long_directory_is_computed_as_the_cli_names_it() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-long-cwd");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let env = claude_env(&scratch, &anthropic);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    // Over 200 characters once absolute, with characters the CLI replaces (`.`, `_`, `é`).
+    let cwd = format!("dossier-é.v2/{}/{}", "a_b".repeat(30), "c.d".repeat(30));
+    let created = parley.post("/conversations", json!({ "assistant": "claude", "cwd": cwd })).await;
+    let id = created["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(parley.turn(&id, "long directory question").await["status"], "completed");
+    let sessions = parley.sessions(&id).await;
+    let kept = &sessions[0]["transcript"];
+    let relative =
+        kept["relative_path"].as_str().unwrap_or_else(|| panic!("the transcript was found and kept: {sessions:?}"));
+    let dir = Path::new(relative).parent().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(dir.len() > 201 && dir.as_bytes()[200] == b'-', "cut at 200 with a hash suffix: {dir}");
+    assert!(dir.contains("dossier---v2"), "é and . became dashes: {dir}");
+    let on_disk = walk(&scratch.path("claude-config/projects"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect::<Vec<_>>();
+    assert_eq!(on_disk, vec![scratch.path("claude-config").join(relative)], "the CLI wrote it where Parley looked");
+
+    // And the copy is restored there: the CLI resumes from it.
+    parley.stop().await;
+    std::fs::remove_dir_all(scratch.path("claude-config/projects")).unwrap();
+    let parley = Parley::start(&scratch, &db, &env).await;
+    assert_eq!(parley.turn(&id, "long directory again").await["status"], "completed");
+    let requests = anthropic.message_requests_for("long directory again");
+    assert!(requests.iter().all(|b| all_text(b).contains("long directory question")), "resumed: {requests:?}");
+    assert_eq!(parley.sessions(&id).await.len(), 1, "the same session");
     parley.stop().await;
 }

@@ -3,7 +3,7 @@
 // conversation.js, its settings panel in settings.js.
 
 import { api, ApiError, onUnauthorized, setToken, token } from './api.js';
-import { h, clear, relativeTime } from './dom.js';
+import { h, clear, formatBytes, relativeTime } from './dom.js';
 import { ConversationView } from './conversation.js';
 import { SettingsPanel } from './settings.js';
 
@@ -261,6 +261,19 @@ async function refreshSessions() {
           s.ended_reason ? [h('dt', {}, 'Ended'), h('dd', {}, REASONS[s.ended_reason] || s.ended_reason)] : null,
           h('dt', {}, 'Assistant session'),
           h('dd', {}, h('code', { title: s.assistant_session_id || '' }, shortId(s.assistant_session_id))),
+          s.transcript
+            ? [
+                h('dt', {}, 'Kept transcript'),
+                h(
+                  'dd',
+                  { class: 'session-transcript' },
+                  `${formatBytes(s.transcript.bytes)}, stored by ${s.transcript.stored_by}`,
+                  s.transcript.restores
+                    ? `; restored ${s.transcript.restores}× (last by ${s.transcript.restored_by})`
+                    : '',
+                ),
+              ]
+            : null,
           s.last_error ? [h('dt', {}, 'Last error'), h('dd', { class: 'error-text' }, s.last_error)] : null,
         ),
       ),

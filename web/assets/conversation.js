@@ -20,7 +20,7 @@
 //    clears its text: a re-run answers in full.
 
 import { api, randomKey } from './api.js';
-import { h, clear, formatElapsed } from './dom.js';
+import { h, clear, formatBytes, formatElapsed } from './dom.js';
 import { renderMarkdown } from './markdown.js';
 
 // Every `EventKind` of the server (crates/db/src/event.rs), in its order: a Rust test
@@ -32,12 +32,20 @@ const EVENT_KINDS = [
   'tool_use',
   'tool_result',
   'session_reset',
+  'session_restored',
   'turn_completed',
   'turn_failed',
   'turn_cancelled',
   'turn_interrupted',
 ];
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+// Why a `session_restored` event wrote the stored session file back.
+const RESTORE_REASONS = {
+  missing: 'the file was missing on this replica',
+  shorter: 'the file on this replica was shorter',
+  different: 'the file on this replica differed',
+};
+
 const INF = Number.MAX_SAFE_INTEGER;
 
 /** Compares two sort keys `[a, b, c]` lexicographically. */
@@ -288,6 +296,10 @@ export class ConversationView {
         this.addSegment(a, { type: 'notice', data: d });
         this.onChanged?.();
         break;
+      case 'session_restored':
+        this.addSegment(a, { type: 'restored', data: d });
+        this.onChanged?.();
+        break;
       case 'turn_completed':
         this.finishAttempt(a, 'completed', { messageId: d.message_id, usage: d.usage });
         break;
@@ -428,6 +440,27 @@ export class ConversationView {
             { class: 'notice-detail' },
             d.old_assistant_session_id ? [h('dt', {}, 'Expired session'), h('dd', {}, h('code', {}, d.old_assistant_session_id))] : null,
             d.detail ? [h('dt', {}, 'Assistant said'), h('dd', {}, d.detail)] : null,
+          ),
+        ),
+      );
+    } else if (seg.type === 'restored') {
+      const d = seg.data;
+      clear(el).append(
+        h(
+          'details',
+          { class: 'session-notice session-restored' },
+          h(
+            'summary',
+            {},
+            h('span', { class: 'activity-icon', 'aria-hidden': 'true' }, '⤓'),
+            `Assistant session restored from Parley's copy (${formatBytes(d.bytes)}), then resumed.`,
+          ),
+          h(
+            'dl',
+            { class: 'notice-detail' },
+            d.assistant_session_id ? [h('dt', {}, 'Assistant session'), h('dd', {}, h('code', {}, d.assistant_session_id))] : null,
+            d.reason ? [h('dt', {}, 'Why'), h('dd', {}, RESTORE_REASONS[d.reason] || d.reason)] : null,
+            d.stored_by ? [h('dt', {}, 'Stored by'), h('dd', {}, d.stored_by)] : null,
           ),
         ),
       );

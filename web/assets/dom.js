@@ -77,3 +77,11 @@ export async function copyText(text) {
   ta.remove();
   return ok;
 }
+
+/** `n` bytes for people: 812 B, 14.2 KiB, 3.1 MiB. */
+export function formatBytes(n) {
+  const v = Number(n ?? 0);
+  if (v < 1024) return `${v} B`;
+  if (v < 1024 * 1024) return `${(v / 1024).toFixed(1)} KiB`;
+  return `${(v / 1024 / 1024).toFixed(1)} MiB`;
+}

@@ -322,6 +322,47 @@ test('after a server restart the next message is answered and the recovery notic
   assert.equal(await chain.locator('.session-item').count(), sessions.length);
 });
 
+test('the session panel shows the kept transcript of a session and how often it was restored', async () => {
+  const id = conversationIdOf(page);
+  // The demo assistant keeps no session file: the listing is given one, as a claude
+  // session's would look after two restores on another replica.
+  const kept = {
+    session_id: null,
+    conversation_id: id,
+    assistant: 'claude',
+    assistant_session_id: 'b1c2d3e4-0000-4000-8000-000000000001',
+    cwd: '/data/workspaces/w',
+    relative_path: 'projects/-data-workspaces-w/b1c2d3e4-0000-4000-8000-000000000001.jsonl',
+    bytes: 3 * 1024 * 1024 + 200 * 1024,
+    stored_by: 'replica-b',
+    stored_at: new Date().toISOString(),
+    restores: 2,
+    restored_by: 'replica-a',
+    restored_at: new Date().toISOString(),
+  };
+  const listing = (url) => url.pathname === '/api/sessions';
+  await page.route(listing, async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    const last = body.sessions[body.sessions.length - 1];
+    last.transcript = { ...kept, session_id: last.session_id };
+    await route.fulfill({ response, json: body });
+  });
+  try {
+    await page.getByRole('button', { name: 'Show the session chain' }).click();
+    const item = page.locator('#session-chain .session-item.active');
+    await item.locator('.session-transcript').waitFor();
+    const text = normalize(await item.locator('.session-transcript').innerText());
+    assert.match(text, /3\.2 MiB, stored by replica-b; restored 2× \(last by replica-a\)/);
+    // A session without a kept copy says nothing about one.
+    const ended = page.locator('#session-chain .session-item:not(.active)');
+    if ((await ended.count()) > 0) assert.equal(await ended.first().locator('.session-transcript').count(), 0);
+    await page.getByRole('button', { name: 'Close the session panel' }).click();
+  } finally {
+    await page.unroute(listing);
+  }
+});
+
 test('HTML in messages renders as text, Markdown renders, and no script runs', async () => {
   await page.evaluate(() => {
     window.__xss = undefined;

@@ -11,9 +11,10 @@
 //! `web_search`, `todo_list`, `error`; `turn.completed {usage}`, `turn.failed {error}`,
 //! and `error {message}` (`Reconnecting... n/5` ones are progress, not failures).
 //!
-//! Stale (exactly): a resume whose stderr says "no rollout found for thread id" or
-//! "rollout … is empty", or whose `thread.started.thread_id` differs from the ID resumed
-//! (codex 0.169.0 silently starts a new thread for an unknown thread *name*).
+//! Stale (exactly): a resume whose stderr says "no rollout found for thread id",
+//! "rollout … is empty" or "rollout … does not start with session metadata", or whose
+//! `thread.started.thread_id` differs from the ID resumed (codex 0.169.0 silently starts
+//! a new thread for an unknown thread *name*).
 //!
 //! `turn.completed.usage` is a running total for the whole thread: it is reported as is,
 //! never added up across turns.
@@ -24,8 +25,10 @@
 //! `-c developer_instructions="…"` (a TOML string; the config key of codex-cli 0.169.0
 //! for instructions added to its own).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -33,7 +36,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, Usage};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, SessionFile, Usage};
 
 /// Environment name prefixes the Codex CLI inherits from Parley's environment.
 pub const CODEX_ENV_PREFIXES: &[&str] = &["OPENAI_", "CODEX_"];
@@ -128,14 +131,47 @@ impl CodexConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Codex {
     config: CodexConfig,
+    /// Rollouts found by [`Assistant::session_file`], by thread ID (paths under the home).
+    rollouts: Arc<Mutex<HashMap<String, PathBuf>>>,
 }
 
 impl Codex {
     /// A Codex assistant with these settings.
     #[must_use]
     pub fn new(config: CodexConfig) -> Self {
-        Self { config }
+        Self { config, rollouts: Arc::default() }
     }
+}
+
+/// Finds the rollout of `thread_id` under `home`: `sessions/YYYY/MM/DD/rollout-<local
+/// time>-<thread ID>.jsonl` (codex-cli 0.169.0), newest day first. Returns its path
+/// relative to `home`.
+#[must_use]
+pub fn find_rollout(home: &Path, thread_id: &str) -> Option<PathBuf> {
+    let suffix = format!("-{thread_id}.jsonl");
+    let sorted_dirs = |dir: &Path| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.sort_unstable_by(|a, b| b.cmp(a));
+        dirs
+    };
+    let sessions = home.join("sessions");
+    for year in sorted_dirs(&sessions) {
+        for month in sorted_dirs(&year) {
+            for day in sorted_dirs(&month) {
+                let Ok(entries) = std::fs::read_dir(&day) else { continue };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.starts_with("rollout-") && name.ends_with(&suffix) {
+                        return entry.path().strip_prefix(home).ok().map(Path::to_path_buf);
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 impl Assistant for Codex {
@@ -145,6 +181,39 @@ impl Assistant for Codex {
 
     fn permission_modes(&self) -> &'static [&'static str] {
         CODEX_SANDBOX_MODES
+    }
+
+    /// `CODEX_HOME` as the CLI gets it ([`CodexConfig::home`], else Parley's
+    /// environment), else `$HOME/.codex` (codex-cli 0.169.0).
+    fn session_home(&self) -> Option<PathBuf> {
+        self.config
+            .home
+            .clone()
+            .or_else(|| std::env::var_os("CODEX_HOME").map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".codex")))
+    }
+
+    /// The thread's rollout ([`find_rollout`]); a path found once is remembered while
+    /// the file exists, so a turn's lookup costs one `stat`.
+    fn session_file(&self, assistant_session_id: &str, _cwd: Option<&Path>) -> Option<SessionFile> {
+        if assistant_session_id.is_empty()
+            || !assistant_session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let home = self.session_home()?;
+        let mut known = self.rollouts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(relative) = known.get(assistant_session_id)
+            && home.join(relative).is_file()
+        {
+            return Some(SessionFile { home, relative: relative.clone() });
+        }
+        let relative = find_rollout(&home, assistant_session_id)?;
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(assistant_session_id.to_owned(), relative.clone());
+        Some(SessionFile { home, relative })
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
@@ -413,9 +482,13 @@ impl CodexStream {
     }
 }
 
-/// Codex 0.169.0 stderr for a thread whose rollout is gone or unreadable.
+/// Codex 0.169.0 stderr for a thread whose rollout is gone or unreadable: "no rollout
+/// found for thread id", "rollout at … is empty", "rollout at … does not start with
+/// session metadata" (a damaged first line).
 fn is_missing_rollout(stderr: &str) -> bool {
-    stderr.contains("no rollout found for thread id") || (stderr.contains("rollout") && stderr.contains("is empty"))
+    stderr.contains("no rollout found for thread id")
+        || (stderr.contains("rollout")
+            && (stderr.contains("is empty") || stderr.contains("does not start with session metadata")))
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -438,4 +511,31 @@ fn mcp_output(result: &Value) -> String {
         .and_then(Value::as_array)
         .map(|parts| parts.iter().filter_map(|p| str_at(p, "text")).collect::<Vec<_>>().join("\n"))
         .unwrap_or_else(|| if result.is_null() { String::new() } else { result.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_rollout_is_found_by_its_id_and_remembered_while_it_exists() {
+        let home = std::env::temp_dir().join(format!("parley-codex-home-{}", uuid::Uuid::new_v4().simple()));
+        let thread = "01a22cf9-741d-7630-8257-d2f317fb0c32";
+        let day = home.join("sessions/2026/11/30");
+        std::fs::create_dir_all(&day).expect("dirs");
+        std::fs::write(day.join("rollout-2026-11-30T15-01-15-01a1fb60-8858-75e2-b443-e704c8a41807.jsonl"), "{}\n")
+            .expect("other thread");
+        let file = format!("rollout-2026-11-30T15-01-15-{thread}.jsonl");
+        std::fs::write(day.join(&file), "{}\n").expect("rollout");
+        assert_eq!(find_rollout(&home, thread), Some(PathBuf::from("sessions/2026/11/30").join(&file)));
+        assert_eq!(find_rollout(&home, "00000000-0000-0000-0000-000000000000"), None);
+
+        let codex = Codex::new(CodexConfig { home: Some(home.clone()), ..CodexConfig::default() });
+        let found = codex.session_file(thread, None).expect("found");
+        assert_eq!(found.path(), day.join(&file));
+        assert_eq!(codex.session_file("../etc", None), None, "not a thread ID");
+        std::fs::remove_file(day.join(&file)).expect("remove");
+        assert_eq!(codex.session_file(thread, None), None, "gone, and not remembered");
+        std::fs::remove_dir_all(&home).expect("cleanup");
+    }
 }

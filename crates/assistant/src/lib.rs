@@ -18,7 +18,7 @@ pub mod process;
 pub mod run_marker;
 mod sse;
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -297,6 +297,47 @@ pub trait Assistant: Send + Sync + 'static {
     fn permission_modes(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// The directory this assistant keeps its own session files under (Claude's config
+    /// directory, `CODEX_HOME`); `None` for an assistant without session files. A stored
+    /// [`SessionFile::relative`] is restored under it (see `docs/architecture.md#transcripts`).
+    fn session_home(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Where the session file of `assistant_session_id` is (Claude's transcript, Codex's
+    /// rollout) when the CLI runs in `cwd` (`None`: Parley's own working directory).
+    /// `None` when this assistant keeps no such file, or (Codex, which names the file by
+    /// its creation time) when it cannot be found on this machine. The file may not exist
+    /// yet (Claude's path is computed). Cheap enough to call once per turn.
+    fn session_file(&self, _assistant_session_id: &str, _cwd: Option<&Path>) -> Option<SessionFile> {
+        None
+    }
+}
+
+/// An assistant's own file of one session: its transcript (Claude Code) or rollout
+/// (Codex), append-only JSON lines that the CLI resumes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFile {
+    /// The assistant's home: [`Assistant::session_home`].
+    pub home: PathBuf,
+    /// The file's path under `home`: plain names only (see [`is_plain_relative`]).
+    pub relative: PathBuf,
+}
+
+impl SessionFile {
+    /// The file's absolute path.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        self.home.join(&self.relative)
+    }
+}
+
+/// True when `path` is relative and made of plain names only (no `..`, `.` or root), so
+/// that joined to a directory it stays inside it.
+#[must_use]
+pub fn is_plain_relative(path: &Path) -> bool {
+    path.components().next().is_some() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// A secret string (an API key, a platform token), held in a [`secrecy::SecretString`]

@@ -19,6 +19,7 @@ mod pgstat;
 mod scale;
 mod server;
 mod stats;
+mod transcripts;
 mod webhook;
 
 use std::collections::HashMap;
@@ -58,6 +59,9 @@ enum Mode {
     /// Latency of each API operation as the data grows (1k–100k conversations, one
     /// conversation of 100–50,000 turns), for one server or a baseline and a server.
     Scale(scale::ScaleArgs),
+    /// The per-turn cost of keeping the assistant's session file in PostgreSQL: a
+    /// conversation of tool-calling turns with the real Claude CLI and the mock API.
+    Transcripts(transcripts::TranscriptArgs),
 }
 
 /// Options of the load benchmark.
@@ -185,6 +189,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let args = match cli.mode {
         Some(Mode::Scale(scale)) => return scale::run(scale).await,
+        Some(Mode::Transcripts(t)) => return transcripts::run(t).await,
         None => cli.load,
     };
     let nofile = server::raise_nofile().unwrap_or(0);

@@ -41,6 +41,11 @@ vocabulary! {
         ToolResult,
         /// The stale assistant session was replaced by a fresh one rebuilt from history.
         SessionReset,
+        /// The assistant's session file was missing (or shorter, or different) on the
+        /// replica that runs the turn and was written back from the stored copy before the
+        /// resume: `bytes`, `reason`, `stored_by`, `stored_at`, `assistant_session_id`,
+        /// `session_id`.
+        SessionRestored,
         /// The turn answered: `usage`, `cost_usd`, `duration_ms`, `message_id`.
         TurnCompleted,
         /// The turn failed: `error`, `message_id` of the partial reply (or null).

@@ -75,6 +75,7 @@ mod pool;
 pub mod retention;
 pub mod run_lock;
 pub mod session;
+pub mod transcript;
 pub mod turn;
 
 /// A connection taken from a [`Pool`] (returned to it when dropped).

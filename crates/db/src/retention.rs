@@ -59,8 +59,9 @@ pub async fn delete_deliveries(client: &impl GenericClient, cutoff: DateTime<Utc
     Ok(client.execute(&stmt, &[&cutoff, &limit]).await?)
 }
 
-/// A session deleted by [`delete_ended_sessions`]: what a store of assistant transcripts
-/// needs to delete its own copy.
+/// A session deleted by [`delete_ended_sessions`]: what a store kept outside the
+/// database needs to delete its own copy (the kept transcripts in `transcript` go by
+/// their foreign key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedSession {
     /// The session's id.
@@ -76,8 +77,9 @@ pub struct DeletedSession {
 /// Deletes up to `limit` sessions that ended before `cutoff`, except each conversation's
 /// newest session. Their turns keep their messages (`turn.session_id` becomes NULL) and
 /// later sessions lose their parent link, as with `DELETE /api/sessions/{id}`. Returns
-/// the deleted sessions. Run it in a transaction together with whatever else must go
-/// with them (stored transcripts), so they go together or not at all.
+/// the deleted sessions; their kept transcripts ([`crate::transcript`]) go with them
+/// (on delete cascade). Run it in a transaction together with whatever else must go
+/// with them, so they go together or not at all.
 ///
 /// # Errors
 /// [`crate::DbError::Unavailable`] / [`crate::DbError::Other`] only.

@@ -3,7 +3,7 @@
 //! (`listings`); the turn queue's enqueue, claim and lease sweep (`queue`); the
 //! constraint names callers branch on (`constraint`); the history a rebuilt prompt reads
 //! (`history`); a session's usage totals kept as replies are stored (`usage`); the
-//! vocabulary enums against the schema (`vocabulary`).
+//! vocabulary enums against the schema (`vocabulary`); kept session files (`transcript`).
 
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ mod listings;
 mod migrations;
 #[path = "store/queue.rs"]
 mod queue;
+#[path = "store/transcript.rs"]
+mod transcript;
 #[path = "store/usage.rs"]
 mod usage;
 #[path = "store/vocabulary.rs"]

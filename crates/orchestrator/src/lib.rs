@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! ingest ──tx──▶ conversation locked + message(user) + turn(queued) ──wake──▶ workers
-//! worker: claim (queued → running, lease) ─▶ resolve session ─▶ run assistant ─▶ finish tx
+//! worker: claim (queued → running, lease) ─▶ resolve session ─▶ restore its file if missing
+//!         ─▶ run assistant ─▶ store what its file gained ─▶ finish tx
 //! ```
 //!
 //! [`Orchestrator`] is the handle every surface uses: the web API and the CLI call
@@ -34,6 +35,7 @@ pub mod prompt;
 pub mod retention;
 pub mod settings;
 pub mod sink;
+pub mod transcript;
 mod webhook;
 mod worker;
 pub mod workspace;
@@ -99,6 +101,10 @@ pub struct Config {
     pub allowed_permission_modes: Vec<String>,
     /// How long old rows are kept ([`retention`]).
     pub retention: retention::Retention,
+    /// The largest assistant session file (Claude transcript, Codex rollout) kept in
+    /// the database, in bytes ([`transcript`]); a larger one is not stored and its
+    /// session recovers from history when the file is lost. 0: none is kept.
+    pub transcript_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -120,6 +126,7 @@ impl Default for Config {
             workspace_root: None,
             allowed_permission_modes: settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned).to_vec(),
             retention: retention::Retention::default(),
+            transcript_max_bytes: transcript::DEFAULT_MAX_BYTES,
         }
     }
 }

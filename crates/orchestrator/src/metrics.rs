@@ -105,8 +105,9 @@ impl TurnOutcome {
 pub enum RecoveryPath {
     /// A fresh assistant session, its prompt rebuilt from Parley's own history.
     Rebuilt,
-    /// The assistant's transcript restored from a copy Parley kept. Reserved: Parley
-    /// keeps no transcripts yet, so nothing records it.
+    /// The assistant's session file (transcript, rollout) was missing, shorter or
+    /// different on this replica and was restored from the copy Parley keeps before the
+    /// resume (`docs/architecture.md#transcripts`).
     Restored,
 }
 
@@ -181,8 +182,9 @@ pub fn describe(assistants: &[&str], platforms: &[&'static str]) {
         STALE_RECOVERIES,
         Unit::Count,
         "Stale assistant sessions recovered from, by assistant and path: rebuilt = a fresh session whose \
-         prompt carries Parley's own history; restored = the assistant's transcript restored from a kept \
-         copy (reserved: Parley keeps no transcripts yet, so it stays 0)."
+         prompt carries Parley's own history; restored = the assistant's session file (transcript, \
+         rollout) was missing or behind on this replica and was restored from the copy kept in the database \
+         before the resume."
     );
     describe_gauge!(
         process::PROCESSES_LIVE,

@@ -16,9 +16,11 @@
 //!   repeat with the first answer. After this age a repeat counts as new, so keep it
 //!   longer than any platform redelivers (GitHub lets a delivery be redelivered for 3
 //!   days).
-//! - **ended sessions**: the session chain and, through [`RetentionHook`], whatever
-//!   is stored with a session (assistant transcripts). Each conversation's newest
-//!   session stays: the next session starts from it.
+//! - **ended sessions**: the session chain with the assistant session files kept for
+//!   them (`transcript`, deleted with their session by its foreign key, in the same
+//!   statement; `docs/architecture.md#transcripts`) and, through [`RetentionHook`],
+//!   anything else stored with a session. Each conversation's newest session stays: the
+//!   next session starts from it.
 
 use std::time::Duration;
 
@@ -87,8 +89,8 @@ pub struct RetentionReport {
 }
 
 /// Runs whenever retention deletes ended sessions, inside the transaction that deletes
-/// them: the place for a store of assistant transcripts (or anything else kept per
-/// session) to delete its copies, so they go with their session. An error rolls the
+/// them: the place for anything kept per session outside the database's foreign keys
+/// to be deleted with its session (kept transcripts need none: they cascade). An error rolls the
 /// batch back; it is tried again at the next pass.
 pub trait RetentionHook: Send + Sync + 'static {
     /// `sessions` were deleted in `tx`, which commits when this returns `Ok`.

@@ -13,7 +13,8 @@
 //! ([`MockOpenAi::forget_responses`] simulates expiry). Scenario keywords in the last
 //! user message's text:
 //! - (none) — text "Hello! How can I help you today?";
-//! - `SCN_TOOL` — a `shell_command` function call (`echo hello-from-tool`), then, once
+//! - `SCN_TOOL` — an `exec_command` function call (`{"cmd": "echo hello-from-tool"}`:
+//!   the shell tool codex-cli 0.169.0 offers; it refuses `shell_command`), then, once
 //!   the request carries its `function_call_output`, "The command printed `…`.";
 //! - `SCN_PREVNF` — HTTP 400 `previous_response_not_found`; `SCN_TERSE` — the terse
 //!   "Invalid `previous_response_id`." 400;
@@ -241,8 +242,8 @@ async fn responses(State(state): State<Arc<MockState>>, OriginalUri(uri): Origin
     let output = if text.contains("SCN_TOOL") && function_output(&body).is_none() {
         let fc_id = format!("fc_{}", uuid::Uuid::new_v4().simple());
         let call_id = format!("call_{}", uuid::Uuid::new_v4().simple());
-        let args = r#"{"command": "echo hello-from-tool"}"#;
-        let added = json!({"id":fc_id,"type":"function_call","status":"in_progress","arguments":"","call_id":call_id,"name":"shell_command"});
+        let args = r#"{"cmd": "echo hello-from-tool"}"#;
+        let added = json!({"id":fc_id,"type":"function_call","status":"in_progress","arguments":"","call_id":call_id,"name":"exec_command"});
         push("response.output_item.added", json!({"output_index":0,"item":added}), false);
         push("response.function_call_arguments.delta", json!({"item_id":fc_id,"output_index":0,"delta":args}), false);
         push(
@@ -250,7 +251,7 @@ async fn responses(State(state): State<Arc<MockState>>, OriginalUri(uri): Origin
             json!({"item_id":fc_id,"output_index":0,"arguments":args}),
             false,
         );
-        let done = json!({"id":fc_id,"type":"function_call","status":"completed","arguments":args,"call_id":call_id,"name":"shell_command"});
+        let done = json!({"id":fc_id,"type":"function_call","status":"completed","arguments":args,"call_id":call_id,"name":"exec_command"});
         push("response.output_item.done", json!({"output_index":0,"item":done.clone()}), false);
         json!([done])
     } else {

@@ -29,7 +29,7 @@
 pub mod stream;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -37,7 +37,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret};
+use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, SessionFile};
 pub use stream::ClaudeStream;
 
 /// Environment name prefixes the Claude CLI inherits from Parley's environment.
@@ -162,6 +162,58 @@ impl ClaudeConfig {
     }
 }
 
+/// The longest project directory name claude-code 2.1.329 uses as is; longer names are
+/// cut to this many characters and given a hash suffix ([`project_dir_name`]).
+pub const PROJECT_DIR_NAME_MAX: usize = 200;
+
+/// The name of the directory under `$CLAUDE_CONFIG_DIR/projects` where claude-code
+/// 2.1.329 keeps the transcripts of sessions run in `cwd` (an absolute path): every
+/// UTF-16 code unit of `cwd` that is not an ASCII letter or digit becomes `-`; a name
+/// longer than [`PROJECT_DIR_NAME_MAX`] is cut to that length and followed by `-` and
+/// the base-36 absolute value of the 32-bit string hash `h = h * 31 + unit` of `cwd`.
+/// (From the CLI's bundled JavaScript: `replace(/[^a-zA-Z0-9]/g, "-")`, `slice(0, 200)`,
+/// `Math.abs(hash).toString(36)`.)
+#[must_use]
+pub fn project_dir_name(cwd: &str) -> String {
+    let name: String = cwd
+        .encode_utf16()
+        .map(|u| if u < 128 && (u as u8).is_ascii_alphanumeric() { u as u8 as char } else { '-' })
+        .collect();
+    if name.len() <= PROJECT_DIR_NAME_MAX {
+        return name;
+    }
+    let hash = cwd.encode_utf16().fold(0_i32, |h, u| h.wrapping_shl(5).wrapping_sub(h).wrapping_add(i32::from(u)));
+    format!("{}-{}", &name[..PROJECT_DIR_NAME_MAX], base36(i64::from(hash).unsigned_abs()))
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[usize::try_from(n % 36).unwrap_or(0)]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The value of `CLAUDE_CODE_PROJECT_DIR_NAME` that claude-code 2.1.329 obeys (only
+/// with `CLAUDE_CONFIG_DIR` set): 1 to 64 of `[A-Za-z0-9_-]`, not a reserved Windows
+/// device name.
+fn project_dir_override(value: Option<&str>) -> Option<&str> {
+    let v = value?;
+    let valid = (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let lower = v.to_ascii_lowercase();
+    let reserved = ["con", "prn", "aux", "nul"].contains(&lower.as_str())
+        || ((lower.starts_with("com") || lower.starts_with("lpt"))
+            && lower.len() == 4
+            && lower.as_bytes()[3].is_ascii_digit());
+    (valid && !reserved).then_some(v)
+}
+
 /// The `claude` assistant.
 #[derive(Debug, Clone, Default)]
 pub struct Claude {
@@ -189,6 +241,44 @@ impl Assistant for Claude {
 
     fn permission_modes(&self) -> &'static [&'static str] {
         CLAUDE_PERMISSION_MODES
+    }
+
+    /// `CLAUDE_CONFIG_DIR` as the CLI gets it ([`ClaudeConfig::config_dir`], else
+    /// Parley's environment), else `$HOME/.claude` (claude-code 2.1.329).
+    fn session_home(&self) -> Option<PathBuf> {
+        self.config
+            .config_dir
+            .clone()
+            .or_else(|| std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".claude")))
+    }
+
+    /// `projects/<project dir name>/<session ID>.jsonl` under [`Self::session_home`]: the
+    /// project directory is [`project_dir_name`] of the canonical `cwd` (the CLI names it
+    /// after its `getcwd`, where links are resolved), or `CLAUDE_CODE_PROJECT_DIR_NAME`
+    /// when that is set together with a configuration directory.
+    fn session_file(&self, assistant_session_id: &str, cwd: Option<&Path>) -> Option<SessionFile> {
+        if assistant_session_id.is_empty()
+            || !assistant_session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let home = self.session_home()?;
+        let cwd = match cwd {
+            Some(cwd) => cwd.to_path_buf(),
+            None => std::env::current_dir().ok()?,
+        };
+        let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+        let configured_dir = self.config.config_dir.is_some() || std::env::var_os("CLAUDE_CONFIG_DIR").is_some();
+        let override_name = std::env::var("CLAUDE_CODE_PROJECT_DIR_NAME").ok();
+        let dir = match project_dir_override(override_name.as_deref().filter(|_| configured_dir)) {
+            Some(name) => name.to_owned(),
+            None => project_dir_name(cwd.to_str()?),
+        };
+        Some(SessionFile {
+            home,
+            relative: Path::new("projects").join(dir).join(format!("{assistant_session_id}.jsonl")),
+        })
     }
 
     fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
@@ -274,5 +364,34 @@ mod tests {
         assert!(args.contains(&"--append-system-prompt=-p Answer in French.\nAlways.".to_owned()), "{args:?}");
         assert!(!args.contains(&"sonnet".to_owned()) && !args.contains(&"acceptEdits".to_owned()), "{args:?}");
         assert_eq!(args[args.len() - 2..], ["--resume", "abc"]);
+    }
+
+    #[test]
+    fn project_directory_names_follow_claude_code() {
+        assert_eq!(project_dir_name("/tmp/parley-e2e/work_1.x"), "-tmp-parley-e2e-work-1-x");
+        // A character outside the BMP is two UTF-16 units, so two dashes.
+        assert_eq!(project_dir_name("/a/\u{1F600}b"), "-a---b");
+        assert_eq!(project_dir_name("/a/é"), "-a--");
+        // Cut at 200 with the JavaScript string hash, in base 36 (value computed with
+        // node: Math.abs(h).toString(36) for h = (h << 5) - h + charCode | 0).
+        let long = format!("/{}", "x".repeat(250));
+        let name = project_dir_name(&long);
+        assert_eq!(name.len(), 200 + 1 + name[201..].len());
+        assert!(name.starts_with(&format!("-{}", "x".repeat(199))), "{name}");
+        assert_eq!(&name[200..201], "-");
+        assert_eq!(&name[201..], JS_HASH_OF_LONG);
+    }
+
+    /// `node -e 'let e=0,t="/"+"x".repeat(250);for(let n=0;n<t.length;n++)e=(e<<5)-e+t.charCodeAt(n)|0;console.log(Math.abs(e).toString(36))'`
+    const JS_HASH_OF_LONG: &str = "v734pd";
+
+    #[test]
+    fn the_project_directory_override_is_checked_like_claude_code_checks_it() {
+        assert_eq!(project_dir_override(Some("my-project_1")), Some("my-project_1"));
+        assert_eq!(project_dir_override(Some("a/b")), None);
+        assert_eq!(project_dir_override(Some("")), None);
+        assert_eq!(project_dir_override(Some("COM1")), None);
+        assert_eq!(project_dir_override(Some(&"a".repeat(65))), None);
+        assert_eq!(project_dir_override(None), None);
     }
 }

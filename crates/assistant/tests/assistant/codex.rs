@@ -67,6 +67,7 @@ const CASES: &[(&str, Option<&str>, Expect)] = &[
     ("codex-resume-missing.txt", Some("00000000-0000-0000-0000-000000000000"), Expect::Stale),
     ("codex-resume-deleted-rollout.txt", Some("01a1fb60-8129-7a61-bff4-4c332c649b3d"), Expect::Stale),
     ("codex-resume-corrupt-rollout.txt", Some("01a1fb60-8858-75e2-b443-e704c8a41807"), Expect::Stale),
+    ("codex-resume-rollout-without-metadata.txt", Some("01a22cf9-741d-7630-8257-d2f317fb0c32"), Expect::Stale),
     ("codex-resume-missing-offline-nokey.txt", Some("00000000-0000-0000-0000-000000000000"), Expect::Stale),
     (
         "codex-resume-missing-no-skip-git.txt",

@@ -230,7 +230,7 @@ async fn openai_failures_fail_the_turn_with_readable_messages() {
         "{busy:?}"
     );
     let tool = run(&assistant, "SCN_TOOL run it", None).await;
-    assert!(tool.iter().any(|c| matches!(c, Ok(Chunk::ToolUse { name, .. }) if name == "shell_command")), "{tool:?}");
+    assert!(tool.iter().any(|c| matches!(c, Ok(Chunk::ToolUse { name, .. }) if name == "exec_command")), "{tool:?}");
     // Nothing listens on port 9.
     let down = OpenAi::new(OpenAiConfig { base_url: "http://127.0.0.1:9/v1".into(), ..OpenAiConfig::default() });
     let unreachable = run(&down, "hi", None).await;

@@ -10,7 +10,9 @@
 //!   recovery;
 //! - [`emit`]: the turn's events — numbering, live publication, batched writes;
 //! - [`reply`]: what the assistant said so far and how it is sent to a platform sink;
-//! - [`finish`]: storing how the turn ended.
+//! - [`finish`]: storing how the turn ended;
+//! - [`keep`]: the assistant's session file restored before a resume and stored after
+//!   the run (`docs/architecture.md#transcripts`).
 //!
 //! This module holds what they share: a running turn's stop switch ([`TurnControl`]).
 
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 mod emit;
 mod finish;
+mod keep;
 mod lease;
 mod pool;
 mod reply;

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use parley_db::session::{self, Session, StatusFilter, UsageTotals};
+use parley_db::transcript::{self, Transcript};
 use parley_db::turn::{self, Turn};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -48,11 +49,23 @@ pub enum SessionStatus {
     All,
 }
 
+/// A session as listed: its fields and what Parley keeps of its assistant's own session
+/// file (`docs/architecture.md#transcripts`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// The stored copy of the assistant's session file (Claude transcript, Codex
+    /// rollout) with how often a replica restored it; null when none is kept.
+    pub transcript: Option<Transcript>,
+}
+
 /// Body of `GET /api/sessions`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     /// Oldest first.
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<ListedSession>,
     /// The `after` of the next page; null on the last page. Opaque: pass it back as is.
     pub next: Option<String>,
 }
@@ -71,6 +84,9 @@ pub struct SessionDetail {
     pub turns_next: Option<String>,
     /// Token and cost totals of its assistant messages.
     pub usage: UsageTotals,
+    /// The stored copy of the assistant's session file, with its restores; null when
+    /// none is kept (`docs/architecture.md#transcripts`).
+    pub transcript: Option<Transcript>,
 }
 
 /// How many turns `GET /api/sessions/{id}` shows; the rest are paged by
@@ -125,11 +141,16 @@ pub async fn index(
     let owner = principal.owner_filter();
     let rows = session::list(&client, status, conversation_id, owner, page.after, page.fetch()).await?;
     let (sessions, next) = page.finish(rows, |s| Some(session::ListKey::of(s)));
+    let ids: Vec<uuid::Uuid> = sessions.iter().map(|s| s.session_id).collect();
+    let mut kept: std::collections::HashMap<uuid::Uuid, Transcript> =
+        transcript::of_sessions(&client, &ids).await?.into_iter().map(|t| (t.session_id, t)).collect();
+    let sessions =
+        sessions.into_iter().map(|s| ListedSession { transcript: kept.remove(&s.session_id), session: s }).collect();
     Ok(Json(SessionList { sessions, next }))
 }
 
 /// `GET /api/sessions/{id}` → the session with its first [`DETAIL_TURNS`] `turns`
-/// (`turns_next` pages the rest) and its `usage` totals.
+/// (`turns_next` pages the rest), its `usage` totals and its kept `transcript`.
 ///
 /// # Errors
 /// 400 for a malformed id, 404 for an unknown one (or one of another principal's
@@ -160,7 +181,8 @@ pub async fn show(
     let rows = turn::list_for_session(&client, id, None, first.fetch()).await?;
     let (turns, turns_next) = first.finish(rows, |t| Some(SessionTurns(turn::ListKey::of(t))));
     let usage = session::usage_totals(&client, id).await?;
-    Ok(Json(SessionDetail { session, turns, turns_next, usage }))
+    let transcript = transcript::get(&client, id).await?;
+    Ok(Json(SessionDetail { session, turns, turns_next, usage, transcript }))
 }
 
 /// `GET /api/sessions/{id}/turns?after=…&limit=…` → `{"turns": [...], "next": CURSOR|null}`:
