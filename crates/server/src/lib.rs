@@ -67,7 +67,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub struct Timeouts {
     /// From the start of a request until its headers are complete; a connection that
     /// takes longer is closed (HTTP/1). Also how long an idle keep-alive connection
-    /// waits for its next request.
+    /// waits for its next request, and how long a new connection may stay silent
+    /// before its first byte (then it is closed, whatever its protocol).
     pub header_read: Duration,
     /// Longest pause while a request body arrives; a body that stalls longer answers
     /// `408 request_timeout`. Responses (SSE streams) are not limited.
