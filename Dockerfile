@@ -14,6 +14,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Build dependencies first so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
+# jemalloc's build-time options (docs/architecture.md#idle-event-streams).
+COPY .cargo .cargo
 COPY crates crates
 COPY src src
 COPY migrations migrations

@@ -21,6 +21,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of the system's malloc: its background threads return the pages of
+/// freed memory to the system, so the memory of closed connections (thousands of SSE
+/// streams) comes back (see `docs/architecture.md#idle-event-streams`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Default database: the local server, database `parley`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/parley";
 

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `parley-bench scale` measures instead how each API operation's latency grows with the
-//! stored data (see [`scale`]).
+//! stored data (see [`scale`]); `parley-bench idle` only the server's memory per idle SSE
+//! stream and after they close (see [`idle`]).
 
 #![forbid(unsafe_code)]
 
@@ -26,7 +27,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use parley_test_support::process::Parley;
 use uuid::Uuid;
@@ -62,6 +63,9 @@ enum Mode {
     /// The per-turn cost of keeping the assistant's session file in PostgreSQL: a
     /// conversation of tool-calling turns with the real Claude CLI and the mock API.
     Transcripts(transcripts::TranscriptArgs),
+    /// Server memory per idle SSE stream (1,000 and 10,000 streams, each on its own
+    /// conversation) and after they close, for one server or a baseline and a server.
+    Idle(idle::IdleArgs),
 }
 
 /// Options of the load benchmark.
@@ -155,7 +159,7 @@ struct Results {
     relay_note: String,
     errors: usize,
     webhook: Option<Samples>,
-    rss: Vec<(usize, u64, u64, usize)>,
+    idle: Option<idle::IdleReport>,
     rss_note: String,
     commits: Option<CommitReport>,
 }
@@ -172,10 +176,12 @@ struct CommitReport {
 }
 
 fn admin_url(args: &Args) -> String {
-    args.database_url
-        .clone()
-        .or_else(|| std::env::var("PARLEY_TEST_DATABASE_URL").ok())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    args.database_url.clone().unwrap_or_else(default_admin_url)
+}
+
+/// `PARLEY_TEST_DATABASE_URL`, then `postgres://postgres@127.0.0.1:5432/postgres`.
+fn default_admin_url() -> String {
+    std::env::var("PARLEY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn loadavg() -> String {
@@ -190,6 +196,10 @@ async fn main() -> Result<()> {
     let args = match cli.mode {
         Some(Mode::Scale(scale)) => return scale::run(scale).await,
         Some(Mode::Transcripts(t)) => return transcripts::run(t).await,
+        Some(Mode::Idle(idle)) => {
+            let admin = idle.database_url.clone().unwrap_or_else(default_admin_url);
+            return idle::run(idle, &admin).await;
+        }
         None => cli.load,
     };
     let nofile = server::raise_nofile().unwrap_or(0);
@@ -377,7 +387,9 @@ async fn run(
     if args.skip_idle {
         results.rss_note = "skipped (--skip-idle)".into();
     } else if let Some(pid) = pid {
-        idle_memory(args, &targets[0], pid, &mut results).await?;
+        let settle = Duration::from_secs(5);
+        results.idle = Some(idle::measure(&targets[0], pid, &args.sse_idle, settle).await?);
+        results.rss_note = "each stream follows a different new conversation; raw HTTP/1.1 sockets, not read".into();
     } else {
         results.rss_note = "needs --server-pid with --url".into();
     }
@@ -458,33 +470,7 @@ async fn wait_idle(parley_db_url: Option<&str>) {
     }
 }
 
-/// Opens idle SSE streams, each to a different new conversation, in steps up to each
-/// `--sse-idle` level, and reads the server's RSS at each.
-async fn idle_memory(args: &Args, target: &Target, pid: u32, results: &mut Results) -> Result<()> {
-    let mut levels = args.sse_idle.clone();
-    levels.sort_unstable();
-    levels.dedup();
-    let Some(&max) = levels.last() else { return Ok(()) };
-    eprintln!("idle SSE: creating {max} conversations");
-    let conversations = target.create_conversations(max, 32).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let base = server::rss_kib(pid)?;
-    let mut streams = Vec::with_capacity(max);
-    for level in levels {
-        eprintln!("idle SSE: opening streams up to {level}");
-        let more = idle::open_many(target, &conversations[streams.len()..level], 64)
-            .await
-            .with_context(|| format!("opening idle SSE stream {} of {level}", streams.len()))?;
-        streams.extend(more);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = server::rss_kib(pid)?;
-        let closed = idle::closed_count(&mut streams).await;
-        results.rss.push((level, base, rss, closed));
-    }
-    results.rss_note = "each stream follows a different new conversation; raw HTTP/1.1 sockets, not read".into();
-    Ok(())
-}
-
+/// `met`, `NOT met` or `-` (no target).
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "met",
@@ -547,18 +533,18 @@ fn print_table(args: &Args, r: &Results, nofile: u64, load_before: &str, load_af
         ),
         None => row("Webhook ack (Telegram)", "skipped".into(), "", None),
     }
-    if r.rss.is_empty() {
-        row("Server RSS per idle SSE stream", r.rss_note.clone(), "<= 64 KiB @ 10,000", None);
-    }
-    for &(level, base, rss, closed) in &r.rss {
-        let per = (rss.saturating_sub(base)) as f64 / level as f64;
-        let closed = if closed > 0 { format!(", {closed} closed by server") } else { String::new() };
-        row(
-            &format!("Server RSS per idle SSE stream @ {level}"),
-            format!("{per:.1} KiB  ({} -> {} MiB{closed})", base / 1024, rss / 1024),
-            if level >= 10_000 { "<= 64 KiB @ 10,000" } else { "" },
-            (level >= 10_000).then_some(per <= 64.0),
-        );
+    match &r.idle {
+        Some(idle) => {
+            for (m, v, t, ok) in idle.rows() {
+                row(&m, v, &t, ok);
+            }
+        }
+        None => row(
+            "Server RSS per idle SSE stream",
+            r.rss_note.clone(),
+            &format!("<= {:.0} KiB @ 10,000", idle::TARGET_KIB_PER_STREAM),
+            None,
+        ),
     }
     if let Some(c) = &r.commits {
         let pt = c.parley_turns.max(1) as f64;
@@ -611,14 +597,7 @@ fn print_table(args: &Args, r: &Results, nofile: u64, load_before: &str, load_af
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         elapsed.as_secs_f64()
     );
-    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
-    let w2 = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0).max(6);
-    println!("| {:<w0$} | {:<w1$} | {:<w2$} | {:<7} |", "metric", "value", "target", "");
-    println!("|{}|{}|{}|{}|", "-".repeat(w0 + 2), "-".repeat(w1 + 2), "-".repeat(w2 + 2), "-".repeat(9));
-    for (m, v, t, ok) in &rows {
-        println!("| {m:<w0$} | {v:<w1$} | {t:<w2$} | {ok:<7} |");
-    }
+    print_rows(&rows);
     if r.errors > 0 {
         println!("failed or timed-out turns: {}", r.errors);
     }
@@ -627,5 +606,17 @@ fn print_table(args: &Args, r: &Results, nofile: u64, load_before: &str, load_af
     }
     if !r.rss_note.is_empty() {
         println!("idle SSE: {}", r.rss_note);
+    }
+}
+
+/// Prints a Markdown table of metric, value, target and verdict rows.
+fn print_rows(rows: &[(String, String, String, &str)]) {
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+    let w2 = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0).max(6);
+    println!("| {:<w0$} | {:<w1$} | {:<w2$} | {:<7} |", "metric", "value", "target", "");
+    println!("|{}|{}|{}|{}|", "-".repeat(w0 + 2), "-".repeat(w1 + 2), "-".repeat(w2 + 2), "-".repeat(9));
+    for (m, v, t, ok) in rows {
+        println!("| {m:<w0$} | {v:<w1$} | {t:<w2$} | {ok:<7} |");
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::Stream;
+use futures::future::BoxFuture;
 use parley_db::event::{self, Event, EventKind};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +39,7 @@ impl Orchestrator {
                 subscription.generation.borrow_and_update();
                 let pending = subscription.pending();
                 loop {
-                    let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
-                    let page = event::list_after(&client, conversation_id, last, PAGE).await?;
-                    drop(client);
+                    let page = read_after(&orch, conversation_id, last).await?;
                     let full = page.len() as i64 == PAGE;
                     for e in page {
                         last = e.seq;
@@ -75,9 +74,7 @@ impl Orchestrator {
                                 // Every event of earlier turns was committed before this
                                 // turn could be claimed, but another replica's may still
                                 // be on its way here: read them from the database first.
-                                let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
-                                let earlier = event::list_after(&client, conversation_id, last, PAGE).await?;
-                                drop(client);
+                                let earlier = read_after(&orch, conversation_id, last).await?;
                                 for before in earlier.into_iter().filter(|b| b.seq < e.seq) {
                                     yield Arc::new(before);
                                 }
@@ -94,4 +91,20 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// Up to [`PAGE`] stored events of the conversation with `seq > after`, oldest first.
+///
+/// Boxed: a follower spends its life waiting for live events, and its stream's state is
+/// as large as the largest future it awaits; the pool checkout and the query are only
+/// allocated while they run (see `docs/architecture.md#idle-event-streams`).
+fn read_after(
+    orch: &Orchestrator,
+    conversation_id: Uuid,
+    after: i64,
+) -> BoxFuture<'_, Result<Vec<Event>, OrchestratorError>> {
+    Box::pin(async move {
+        let client = orch.pool().get().await.map_err(parley_db::DbError::from)?;
+        Ok(event::list_after(&client, conversation_id, after, PAGE).await?)
+    })
 }

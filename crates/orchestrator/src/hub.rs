@@ -152,6 +152,12 @@ impl EventHub {
             let idle = channel.tx.receiver_count() == 0 && lock(&channel.pending).is_empty();
             if idle {
                 channels.remove(&conversation_id);
+                // Give back the table's memory once most followers have left (after thousands
+                // of idle streams closed, see docs/architecture.md#idle-event-streams).
+                let len = channels.len();
+                if channels.capacity() > 1024 && len * 4 < channels.capacity() {
+                    channels.shrink_to(len * 2);
+                }
             }
         }
     }
@@ -160,5 +166,22 @@ impl EventHub {
     #[must_use]
     pub fn channel_count(&self) -> usize {
         lock(&self.channels).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_table_gives_its_memory_back_when_the_followers_leave() {
+        let hub = Arc::new(EventHub::default());
+        let followers: Vec<Subscription> = (0..5000).map(|_| hub.subscribe(Uuid::new_v4())).collect();
+        let grown = lock(&hub.channels).capacity();
+        assert!(grown >= 5000, "{grown}");
+        drop(followers);
+        assert_eq!(hub.channel_count(), 0);
+        let left = lock(&hub.channels).capacity();
+        assert!(left < grown / 4, "capacity {left} of {grown} kept after every follower left");
     }
 }

@@ -67,7 +67,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub struct Timeouts {
     /// From the start of a request until its headers are complete; a connection that
     /// takes longer is closed (HTTP/1). Also how long an idle keep-alive connection
-    /// waits for its next request.
+    /// waits for its next request, and how long a new connection may stay silent
+    /// before its first byte (then it is closed, whatever its protocol).
     pub header_read: Duration,
     /// Longest pause while a request body arrives; a body that stalls longer answers
     /// `408 request_timeout`. Responses (SSE streams) are not limited.
@@ -176,7 +177,10 @@ pub fn app(state: AppState) -> Router {
 /// ends SSE streams and waits up to `drain` for open requests.
 ///
 /// Connections are served by hyper (HTTP/1 and HTTP/2) with the header read timeout of
-/// `state.timeouts` on a Tokio timer, which `axum::serve` does not set.
+/// `state.timeouts` on a Tokio timer, which `axum::serve` does not set. Each connection's
+/// protocol is told from its first bytes, peeked without reading them (see [`Version`]),
+/// so hyper reads the request into one buffer of its initial size: every open SSE stream
+/// keeps that buffer (see `docs/architecture.md#idle-event-streams`).
 ///
 /// # Errors
 /// None in practice: accept errors (too many open files, a reset connection) are
@@ -202,11 +206,36 @@ pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> s
         let service = TowerToHyperService::new(
             router.clone().map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(Body::new)),
         );
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read);
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let version = tokio::select! {
+                () = shutdown.cancelled() => return,
+                version = tokio::time::timeout(header_read, Version::peek(&stream)) => match version {
+                    Ok(Ok(version)) => version,
+                    // Nothing sent within the header read timeout, or the peer is gone.
+                    Ok(Err(_)) | Err(_) => return,
+                },
+            };
+            // Each connection boxed: the task then holds only what its own protocol needs,
+            // not the largest of the two.
+            let io = TokioIo::new(stream);
+            let ended = match version {
+                Version::Http1 => {
+                    let mut http1 = hyper::server::conn::http1::Builder::new();
+                    http1.timer(TokioTimer::new()).header_read_timeout(header_read);
+                    let connection = http1.serve_connection(io, service);
+                    Box::pin(watcher.watch(connection)).await.map_err(Into::into)
+                }
+                Version::Http2 | Version::Unknown => {
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read);
+                    let builder = if version == Version::Http2 { builder.http2_only() } else { builder };
+                    let connection = builder.serve_connection(io, service).into_owned();
+                    Box::pin(watcher.watch(connection)).await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -216,4 +245,62 @@ pub async fn serve(listener: TcpListener, state: AppState, drain: Duration) -> s
         tracing::warn!(?drain, "open requests did not finish in time; closing them");
     }
     Ok(())
+}
+
+/// The HTTP version a connection speaks, told from its first bytes before hyper reads it.
+///
+/// hyper-util's automatic detection reads the first bytes itself and hands them back to
+/// hyper's HTTP/1 parser, whose read buffer then grows from its initial 8 KiB to 16 KiB
+/// (hyper 1.x, hyper-util 0.1): a buffer every open SSE stream keeps for its whole life.
+/// Peeking leaves the bytes in the socket, so a plain HTTP/1 or HTTP/2 connection is
+/// served without that detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// Anything that does not start with the HTTP/2 connection preface.
+    Http1,
+    /// The HTTP/2 connection preface (RFC 9113 section 3.4): HTTP/2 with prior knowledge.
+    Http2,
+    /// Only part of the preface has arrived: hyper-util's detection decides.
+    Unknown,
+}
+
+impl Version {
+    /// The client connection preface of HTTP/2 (RFC 9113 section 3.4).
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// Waits for the connection's first bytes and tells its version from them.
+    ///
+    /// # Errors
+    /// The socket's error.
+    async fn peek(stream: &tokio::net::TcpStream) -> std::io::Result<Self> {
+        let mut buf = [0u8; Self::PREFACE.len()];
+        let n = stream.peek(&mut buf).await?;
+        Ok(Self::of(&buf[..n]))
+    }
+
+    /// The version of a connection whose first bytes are `first`.
+    fn of(first: &[u8]) -> Self {
+        if !Self::PREFACE.starts_with(first) || first.is_empty() {
+            Self::Http1
+        } else if first.len() == Self::PREFACE.len() {
+            Self::Http2
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Version;
+
+    #[test]
+    fn version_is_told_from_the_first_bytes() {
+        assert_eq!(Version::of(b"GET /api/conversations HTTP/1.1\r\n"), Version::Http1);
+        assert_eq!(Version::of(b"POST /api/conv"), Version::Http1);
+        assert_eq!(Version::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Version::Http2);
+        assert_eq!(Version::of(b"PRI * HTTP/2"), Version::Unknown);
+        assert_eq!(Version::of(b"P"), Version::Unknown);
+        assert_eq!(Version::of(b""), Version::Http1);
+    }
 }

@@ -823,6 +823,39 @@ async fn a_stalled_request_body_answers_408_a_stalled_header_is_closed_and_sse_o
 }
 
 #[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_read_timeout_and_http2_with_prior_knowledge_is_served() {
+    use tokio::io::AsyncReadExt;
+    let timeouts = parley_server::Timeouts { header_read: Duration::from_secs(1), body_read: Duration::from_secs(1) };
+    let app =
+        TestApp::spawn_full(TestDb::new().await, fast_demo(), parley_server::access::Access::local(), timeouts, |_| {})
+            .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // A connection that never sends a byte: closed once the header read timeout passes.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "a silent connection is closed: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed only after the timeout");
+
+    // HTTP/2 with prior knowledge (the connection preface first) is still served.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    drop(sender);
+    driver.abort();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn each_conversation_runs_in_its_own_directory_under_the_workspace_root_and_cannot_leave_it() {
     let scratch = Scratch::new();
     let root = scratch.0.join("workspaces");
