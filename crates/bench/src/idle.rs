@@ -252,6 +252,7 @@ pub async fn run(args: IdleArgs, admin_url: &str) -> Result<()> {
                 extra: args.serve_arg.clone(),
                 telegram_api: telegram_api.clone(),
                 log: std::env::temp_dir().join(format!("parley-bench-{}-idle-{name}.log", std::process::id())),
+                log_level: "info",
             };
             eprintln!("idle SSE: {name}: {}", bin.display());
             let measured = async {

@@ -243,6 +243,7 @@ async fn main() -> Result<()> {
                     extra: args.serve_arg.clone(),
                     telegram_api: telegram_api.clone(),
                     log: std::env::temp_dir().join(format!("parley-bench-{}-{r}.log", std::process::id())),
+                    log_level: "warn",
                 };
                 let p = tokio::task::spawn_blocking(move || server::spawn(&options)).await??;
                 targets.push(Target::new(&p.base, None)?);

@@ -234,6 +234,7 @@ async fn measure_level(
             extra: Vec::new(),
             telegram_api: telegram_api.to_owned(),
             log: std::env::temp_dir().join(format!("parley-bench-{}-scale-{name}.log", std::process::id())),
+            log_level: "warn",
         };
         let process = tokio::task::spawn_blocking(move || server::spawn(&options)).await??;
         let start = spawning.elapsed();

@@ -30,6 +30,9 @@ pub struct SpawnOptions {
     pub telegram_api: String,
     /// Where its stderr goes.
     pub log: PathBuf,
+    /// Its `RUST_LOG`: `warn` where logging would only add noise to a throughput
+    /// figure, `info` (what a deployment runs) where memory is measured.
+    pub log_level: &'static str,
 }
 
 /// Settings the bench gives `parley serve` when it knows them: no authentication
@@ -70,7 +73,7 @@ pub fn spawn(o: &SpawnOptions) -> Result<Parley> {
     let mut child = Command::new(&o.bin)
         .args(&args)
         .env("DATABASE_URL", &o.database_url)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", o.log_level)
         .env("PARLEY_TELEGRAM_SECRET_TOKEN", TELEGRAM_SECRET)
         .env("PARLEY_TELEGRAM_BOT_TOKEN", "123456:BENCH")
         .env("PARLEY_TELEGRAM_API_BASE", &o.telegram_api)

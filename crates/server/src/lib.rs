@@ -145,6 +145,23 @@ pub fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
 }
 
+/// The matched path of the events stream (`GET`, server-sent events).
+const EVENTS_PATH: &str = "/api/conversations/{id}/events";
+
+/// A request's span, named by its matched route (low cardinality).
+///
+/// An events stream's span lives as long as the stream, and the tracing registry keeps
+/// the slots of its busiest moment for good, so it is a `debug` span: at the default
+/// level (`info`) it is never created and 10,000 idle streams leave nothing behind once
+/// they close (docs/architecture.md#idle-event-streams). Every other route's is `info`.
+fn request_span(method: &axum::http::Method, path: &str) -> tracing::Span {
+    if path == EVENTS_PATH {
+        tracing::debug_span!("request", %method, path)
+    } else {
+        tracing::info_span!("request", %method, path)
+    }
+}
+
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
     let (documented, _) = documented_routes().split_for_parts();
@@ -160,7 +177,7 @@ pub fn app(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(state.timeouts.body_read))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let path = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-            tracing::info_span!("request", method = %req.method(), path)
+            request_span(req.method(), path)
         }))
         .layer(CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
@@ -292,7 +309,7 @@ impl Version {
 
 #[cfg(test)]
 mod tests {
-    use super::Version;
+    use super::{EVENTS_PATH, Version, documented_routes, request_span};
 
     #[test]
     fn version_is_told_from_the_first_bytes() {
@@ -302,5 +319,21 @@ mod tests {
         assert_eq!(Version::of(b"PRI * HTTP/2"), Version::Unknown);
         assert_eq!(Version::of(b"P"), Version::Unknown);
         assert_eq!(Version::of(b""), Version::Http1);
+    }
+
+    #[test]
+    fn an_events_streams_span_is_not_made_at_the_default_level_and_other_requests_are() {
+        let (_, openapi) = documented_routes().split_for_parts();
+        assert!(openapi.paths.paths.contains_key(EVENTS_PATH), "the events route is {EVENTS_PATH}");
+        let info = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::sink).finish();
+        tracing::subscriber::with_default(info, || {
+            let get = axum::http::Method::GET;
+            assert!(request_span(&get, EVENTS_PATH).is_disabled(), "no span per events stream at info");
+            assert!(!request_span(&get, "/api/conversations/{id}/messages").is_disabled());
+        });
+        let debug = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(std::io::sink).finish();
+        tracing::subscriber::with_default(debug, || {
+            assert!(!request_span(&axum::http::Method::GET, EVENTS_PATH).is_disabled(), "kept at debug");
+        });
     }
 }
