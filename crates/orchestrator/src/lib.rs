@@ -98,6 +98,10 @@ pub struct Config {
     pub allowed_permission_modes: Vec<String>,
     /// How long old rows are kept ([`retention`]).
     pub retention: retention::Retention,
+    /// How long other replicas leave a new turn to the replica that holds its
+    /// conversation's warm assistant process (`docs/architecture.md#warm-processes`);
+    /// zero: no preference.
+    pub warm_claim_window: Duration,
 }
 
 impl Default for Config {
@@ -119,6 +123,7 @@ impl Default for Config {
             workspace_root: None,
             allowed_permission_modes: settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned).to_vec(),
             retention: retention::Retention::default(),
+            warm_claim_window: Duration::from_millis(200),
         }
     }
 }

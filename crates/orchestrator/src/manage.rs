@@ -23,7 +23,9 @@ impl Orchestrator {
     /// [`OrchestratorError::Db`] when the store fails (a constraint on the row included).
     pub async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation, OrchestratorError> {
         let client = self.pool().get().await.map_err(DbError::from)?;
-        Ok(conversation::create(&client, new).await?)
+        let created = conversation::create(&client, new).await?;
+        self.warm_up(created.conversation_id);
+        Ok(created)
     }
 
     /// Deletes a conversation with its messages, turns, sessions and events. Its running

@@ -27,18 +27,21 @@
 //! the model only in a fresh session; Parley starts one when it changes.
 
 pub mod stream;
+pub mod warm;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tracing::warn;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret};
+use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, WarmKey};
+use std::sync::Arc;
 pub use stream::ClaudeStream;
+pub use warm::{WarmConfig, WarmPool};
 
 /// Environment name prefixes the Claude CLI inherits from Parley's environment.
 pub const CLAUDE_ENV_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"];
@@ -81,6 +84,9 @@ pub struct ClaudeConfig {
     pub assign_session_id: bool,
     /// Process limits.
     pub limits: ProcessLimits,
+    /// Warm processes: one live CLI per active conversation
+    /// (`docs/architecture.md#warm-processes`).
+    pub warm: WarmConfig,
 }
 
 impl Default for ClaudeConfig {
@@ -99,6 +105,7 @@ impl Default for ClaudeConfig {
             extra_args: Vec::new(),
             assign_session_id: true,
             limits: ProcessLimits::default(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -166,13 +173,58 @@ impl ClaudeConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Claude {
     config: ClaudeConfig,
+    /// Its warm processes; `None` when [`WarmConfig::max_processes`] is 0.
+    warm: Option<Arc<WarmPool>>,
 }
 
 impl Claude {
     /// A Claude Code assistant with these settings.
     #[must_use]
     pub fn new(config: ClaudeConfig) -> Self {
-        Self { config }
+        let warm = (config.warm.max_processes > 0).then(|| WarmPool::new(config.warm.clone()));
+        Self { config, warm }
+    }
+
+    /// Its warm processes, when it keeps them.
+    #[must_use]
+    pub fn warm_pool(&self) -> Option<&Arc<WarmPool>> {
+        self.warm.as_ref()
+    }
+
+    /// A run on the conversation's warm process: the idle one when it still fits, else a
+    /// new one (a cold start, resuming the session with `--resume`) that is kept after
+    /// the turn.
+    fn run_warm(
+        &self,
+        pool: Arc<WarmPool>,
+        key: WarmKey,
+        request: RunRequest,
+    ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let config = self.config.clone();
+        async_stream::stream! {
+            let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
+            let process = match pool.take(&key, &fingerprint, request.resume.as_deref()) {
+                Some(process) => {
+                    crate::metrics::warm_reused("claude");
+                    debug!(conversation_id = %key.conversation_id, "reusing the warm claude process");
+                    process
+                }
+                None => {
+                    let assigned = (config.assign_session_id && request.resume.is_none())
+                        .then(|| Uuid::new_v4().to_string());
+                    match warm::WarmProcess::start(&config, &request.settings, request.cwd.clone(), request.resume.clone(), assigned).await {
+                        Ok(p) => p,
+                        Err(e) => { yield Err(e); return; }
+                    }
+                }
+            };
+            crate::run_marker::serve_with_warm(request.run_id, process.run_id());
+            let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel));
+            while let Some(item) = turn.next().await {
+                yield item;
+            }
+        }
+        .boxed()
     }
 
     /// Its settings.
@@ -191,7 +243,54 @@ impl Assistant for Claude {
         CLAUDE_PERMISSION_MODES
     }
 
-    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+    fn keeps_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    fn prewarm(&self, prewarm: Prewarm) {
+        let Some(pool) = self.warm.clone() else { return };
+        if pool.holds(prewarm.conversation_id) || !pool.has_room() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let config = self.config.clone();
+        runtime.spawn(async move {
+            let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
+            match warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await {
+                // A run that started meanwhile keeps its own process.
+                Ok(process) if !pool.holds(prewarm.conversation_id) => {
+                    debug!(conversation_id = %prewarm.conversation_id, "started a warm claude process ahead of a message");
+                    pool.put(prewarm.conversation_id, process);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not start a warm claude process ahead of a message"),
+            }
+        });
+    }
+
+    fn is_warm(&self, conversation_id: Uuid) -> bool {
+        self.warm.as_ref().is_some_and(|pool| pool.holds(conversation_id))
+    }
+
+    fn forget_warm(&self, conversation_id: Uuid) {
+        if let Some(pool) = &self.warm {
+            pool.forget(conversation_id);
+        }
+    }
+
+    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
+        let pool = self.warm.clone();
+        Box::pin(async move {
+            if let Some(pool) = pool {
+                pool.stop_all().await;
+            }
+        })
+    }
+
+    fn run(&self, mut request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if let (Some(pool), Some(key)) = (self.warm.clone(), request.warm.take()) {
+            return self.run_warm(pool, key, request);
+        }
         let assigned = (self.config.assign_session_id && request.resume.is_none()).then(|| Uuid::new_v4().to_string());
         let spec = ProcessSpec {
             program: self.config.binary.clone(),

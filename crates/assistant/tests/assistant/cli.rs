@@ -53,6 +53,7 @@ pub fn request(prompt: &str, resume: Option<&str>, cwd: Option<PathBuf>) -> RunR
         cancel: CancellationToken::new(),
         run_id: uuid::Uuid::new_v4(),
         settings: parley_assistant::RunSettings::default(),
+        warm: None,
     }
 }
 
