@@ -332,9 +332,12 @@ pub trait Assistant: Send + Sync + 'static {
     }
 
     /// Starts a conversation's process before its next message arrives, when the adapter
-    /// keeps warm processes and has room (in the background; never fails).
-    fn prewarm(&self, prewarm: Prewarm) {
+    /// keeps warm processes, has room, and neither holds one for the conversation nor
+    /// runs one of its turns; the future ends once the process was started and kept
+    /// (never fails: a failure is logged).
+    fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
         let _ = prewarm;
+        Box::pin(std::future::ready(()))
     }
 
     /// True when the conversation has an idle warm process here.

@@ -168,8 +168,8 @@ pub async fn claim_warm(
                  where turn_id = ( \
                      select t.turn_id from turn t join conversation c using (conversation_id) \
                      where t.status = 'queued' and not c.paused \
-                       and (c.warm_worker_id is null or c.warm_worker_id = $1 or $4 <= 0 \
-                            or t.created_at <= now() - make_interval(secs => $4)) \
+                       and (c.warm_worker_id is null or c.warm_worker_id = $1 or $4::float8 <= 0 \
+                            or t.created_at <= now() - make_interval(secs => $4::float8)) \
                        and not exists (select 1 from turn r where r.conversation_id = t.conversation_id \
                                        and r.status = 'running') \
                        and not exists (select 1 from turn e where e.conversation_id = t.conversation_id \
@@ -214,6 +214,23 @@ pub async fn claim_warm(
             if err.is_conflict_on(crate::constraint::TURN_ONE_RUNNING) { Ok(None) } else { Err(err) }
         }
     }
+}
+
+/// Whether the conversation has a queued or running turn, and which worker holds its
+/// warm assistant process (`conversation.warm_worker_id`, see [`claim_warm`]): what
+/// decides whether a process may be started ahead of its next message.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn warm_state(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<(bool, Option<String>)> {
+    let row = client
+        .query_one(
+            "select exists (select 1 from turn where conversation_id = $1 and status in ('queued', 'running')), \
+                    (select warm_worker_id from conversation where conversation_id = $1)",
+            &[&conversation_id],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// A running turn taken from its worker by [`requeue_expired`] or [`requeue_owned`]:

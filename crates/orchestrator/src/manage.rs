@@ -24,7 +24,8 @@ impl Orchestrator {
     pub async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation, OrchestratorError> {
         let client = self.pool().get().await.map_err(DbError::from)?;
         let created = conversation::create(&client, new).await?;
-        self.warm_up(created.conversation_id);
+        // Before the answer, so that its first message finds the process.
+        self.prewarm(&created, None).await;
         Ok(created)
     }
 

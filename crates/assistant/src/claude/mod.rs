@@ -202,6 +202,7 @@ impl Claude {
     ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let config = self.config.clone();
         async_stream::stream! {
+            let _busy = pool.run_started(key.conversation_id);
             let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
             let process = match pool.take(&key, &fingerprint, request.resume.as_deref()) {
                 Some(process) => {
@@ -247,25 +248,25 @@ impl Assistant for Claude {
         self.warm.is_some()
     }
 
-    fn prewarm(&self, prewarm: Prewarm) {
-        let Some(pool) = self.warm.clone() else { return };
-        if pool.holds(prewarm.conversation_id) || !pool.has_room() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
+        let Some(pool) = self.warm.clone() else { return Box::pin(std::future::ready(())) };
         let config = self.config.clone();
-        runtime.spawn(async move {
+        Box::pin(async move {
+            let conversation_id = prewarm.conversation_id;
+            if pool.holds(conversation_id) || pool.busy(conversation_id) || !pool.has_room() {
+                return;
+            }
             let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
             match warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await {
                 // A run that started meanwhile keeps its own process.
-                Ok(process) if !pool.holds(prewarm.conversation_id) => {
-                    debug!(conversation_id = %prewarm.conversation_id, "started a warm claude process ahead of a message");
-                    pool.put(prewarm.conversation_id, process);
+                Ok(process) if !pool.holds(conversation_id) && !pool.busy(conversation_id) => {
+                    debug!(%conversation_id, "started a warm claude process ahead of a message");
+                    pool.put(conversation_id, process);
                 }
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "could not start a warm claude process ahead of a message"),
             }
-        });
+        })
     }
 
     fn is_warm(&self, conversation_id: Uuid) -> bool {

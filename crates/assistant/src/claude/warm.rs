@@ -35,6 +35,7 @@ use tokio::process::ChildStdin;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
+
 use uuid::Uuid;
 
 use super::ClaudeConfig;
@@ -140,9 +141,12 @@ impl Drop for WarmRun {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             // The process group is stopped by the process's own guard; this also reaches
             // whatever left the group.
-            handle.spawn(async move {
-                run_marker::kill_run(run_id, Duration::from_secs(10)).await;
-            });
+            handle.spawn(
+                async move {
+                    run_marker::kill_run(run_id, Duration::from_secs(10)).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 }
@@ -258,8 +262,11 @@ impl WarmProcess {
     /// Writes one message.
     pub(crate) async fn send(&mut self, prompt: &str) -> std::io::Result<()> {
         self.process.rearm();
-        self.stdin.write_all(user_line(prompt).as_bytes()).await?;
-        self.stdin.flush().await
+        let line = user_line(prompt);
+        self.stdin.write_all(line.as_bytes()).await?;
+        self.stdin.flush().await?;
+        debug!(bytes = line.len(), "wrote the prompt to the CLI's stdin");
+        Ok(())
     }
 
     /// The next stdout line; only timeouts stop the process here (cancellation is the
@@ -339,14 +346,47 @@ impl WarmProcess {
 pub struct WarmPool {
     config: WarmConfig,
     idle: Mutex<HashMap<Uuid, WarmProcess>>,
+    /// Conversations with a run in progress (and how many), which no process started
+    /// ahead of a message may join.
+    busy: Mutex<HashMap<Uuid, usize>>,
     reaper: OnceLock<()>,
+}
+
+/// A run in progress on a conversation ([`WarmPool::run_started`]); ends when dropped.
+#[derive(Debug)]
+pub(crate) struct Busy {
+    pool: Arc<WarmPool>,
+    conversation_id: Uuid,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self.pool.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = busy.get_mut(&self.conversation_id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.conversation_id);
+            }
+        }
+    }
 }
 
 impl WarmPool {
     /// An empty pool with these limits.
     #[must_use]
     pub fn new(config: WarmConfig) -> Arc<Self> {
-        Arc::new(Self { config, idle: Mutex::default(), reaper: OnceLock::new() })
+        Arc::new(Self { config, idle: Mutex::default(), busy: Mutex::default(), reaper: OnceLock::new() })
+    }
+
+    /// Marks a run of the conversation in progress until the returned guard is dropped.
+    pub(crate) fn run_started(self: &Arc<Self>, conversation_id: Uuid) -> Busy {
+        *self.busy.lock().unwrap_or_else(PoisonError::into_inner).entry(conversation_id).or_default() += 1;
+        Busy { pool: Arc::clone(self), conversation_id }
+    }
+
+    /// True while a run of the conversation is in progress.
+    pub(crate) fn busy(&self, conversation_id: Uuid) -> bool {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&conversation_id)
     }
 
     /// Its limits.
@@ -465,7 +505,7 @@ impl WarmPool {
                     drop(evicted);
                 }
             }
-            .in_current_span(),
+            .instrument(tracing::info_span!(parent: None, "warm_pool", assistant = "claude")),
         );
     }
 

@@ -6,7 +6,7 @@ use parley_assistant::{Prewarm, WarmKey};
 use parley_db::conversation::Conversation;
 use parley_db::session::Session;
 use parley_db::turn::{Claimed, WarmClaim};
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, info_span};
 use uuid::Uuid;
 
 use crate::Orchestrator;
@@ -60,9 +60,10 @@ impl Orchestrator {
     }
 
     /// Starts the conversation's assistant process ahead of its next message, in the
-    /// background, when its assistant keeps warm processes, has room, and holds none for
-    /// it yet: called when a conversation is created and when its events are followed
-    /// (`docs/architecture.md#warm-processes`). Never fails; a failure is logged.
+    /// background, when its assistant keeps warm processes and has room, no turn of it
+    /// is queued or running, and no other replica holds its warm process: called when
+    /// its events are followed (`docs/architecture.md#warm-processes`). Never fails; a
+    /// failure is logged.
     pub fn warm_up(&self, conversation_id: Uuid) {
         if !self.inner.assistants.values().any(|a| a.keeps_warm() && !a.is_warm(conversation_id)) {
             return;
@@ -72,23 +73,18 @@ impl Orchestrator {
             async move {
                 let read = async {
                     let client = orch.pool().get().await?;
+                    let (busy, holder) = parley_db::turn::warm_state(&client, conversation_id).await?;
+                    if busy || holder.is_some_and(|h| h != orch.config().worker_id) {
+                        return Ok(None);
+                    }
                     let conversation = parley_db::conversation::get(&client, conversation_id).await?;
                     let active = parley_db::session::active(&client, conversation_id).await?;
-                    Ok::<_, parley_db::DbError>((conversation, active))
+                    Ok::<_, parley_db::DbError>(Some((conversation, active)))
                 };
-                let (conversation, active) = match read.await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        debug!(error = %e, "not warming the conversation's assistant up");
-                        return;
-                    }
-                };
-                if conversation.paused {
-                    return;
-                }
-                match orch.working_directory(&conversation).await {
-                    Ok(cwd) => orch.prewarm(&conversation, active.as_ref(), cwd),
-                    Err(e) => debug!(error = %e, "not warming up: the working directory is refused"),
+                match read.await {
+                    Ok(Some((conversation, active))) => orch.prewarm(&conversation, active.as_ref()).await,
+                    Ok(None) => {}
+                    Err(e) => debug!(error = %e, "not warming the conversation's assistant up"),
                 }
             }
             .in_current_span(),
@@ -97,21 +93,32 @@ impl Orchestrator {
 
     /// Starts the conversation's process ahead of its next message, when its assistant
     /// keeps warm processes and has room (`active`: its active session, if any).
-    fn prewarm(&self, conversation: &Conversation, active: Option<&Session>, cwd: Option<std::path::PathBuf>) {
+    pub(crate) async fn prewarm(&self, conversation: &Conversation, active: Option<&Session>) {
         let Some(assistant) = self.inner.assistants.get(&conversation.assistant) else { return };
-        if !assistant.keeps_warm() || assistant.is_warm(conversation.conversation_id) {
+        if conversation.paused || !assistant.keeps_warm() || assistant.is_warm(conversation.conversation_id) {
             return;
         }
+        let cwd = match self.working_directory(conversation).await {
+            Ok(cwd) => cwd,
+            Err(e) => {
+                debug!(error = %e, "not warming up: the working directory is refused");
+                return;
+            }
+        };
         let resume = active
             .filter(|s| {
                 s.assistant == conversation.assistant && crate::settings::session_change(s, conversation).is_none()
             })
             .and_then(|s| s.assistant_session_id.clone());
-        assistant.prewarm(Prewarm {
-            conversation_id: conversation.conversation_id,
-            resume,
-            cwd,
-            settings: self.run_settings(conversation),
-        });
+        let span = info_span!("warm_up", conversation_id = %conversation.conversation_id);
+        assistant
+            .prewarm(Prewarm {
+                conversation_id: conversation.conversation_id,
+                resume,
+                cwd,
+                settings: self.run_settings(conversation),
+            })
+            .instrument(span)
+            .await;
     }
 }
