@@ -1027,6 +1027,14 @@ fn cli_pids(marker: &str, cwd: &Path) -> Vec<u32> {
     snapshot(marker, cwd).clis.iter().map(|p| pid_of(p)).collect()
 }
 
+/// The pids of the test's Claude CLIs alive now that work in `cwd`.
+fn cli_pids_in(marker: &str, cwd: &Path) -> Vec<u32> {
+    cli_pids(marker, cwd)
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == cwd))
+        .collect()
+}
+
 /// The command line of process `pid`, its arguments separated by spaces.
 fn cmdline_of(pid: u32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
@@ -1185,20 +1193,24 @@ async fn claude_warm_processes_are_evicted_least_recently_used_and_killed_when_i
     let (cwd_a, cwd_b) = (scratch.path("a"), scratch.path("b"));
     let a = parley.conversation("claude", &cwd_a).await;
     assert_eq!(parley.turn(&a, "hello from a").await["status"], "completed");
-    let warm_a = cli_pids(&marker, &cwd_a);
+    let warm_a = cli_pids_in(&marker, &cwd_a);
     assert_eq!(warm_a.len(), 1, "{warm_a:?}");
 
     let b = parley.conversation("claude", &cwd_b).await;
     assert_eq!(parley.turn(&b, "hello from b").await["status"], "completed");
-    wait_for(&marker, &cwd_a, Duration::from_secs(5), "a's CLI evicted for b's (at most one kept)", |s| {
-        s.clis.is_empty()
-    })
-    .await;
-    let warm_b = cli_pids(&marker, &cwd_b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&warm_a).is_empty() {
+        assert!(Instant::now() < deadline, "a's CLI evicted for b's (at most one kept)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warm_b = cli_pids_in(&marker, &cwd_b);
     assert_eq!(warm_b.len(), 1, "b's CLI is kept: {warm_b:?}");
 
     let idle_since = Instant::now();
-    wait_for(&marker, &cwd_b, Duration::from_secs(10), "b's idle CLI killed", |s| s.clis.is_empty()).await;
+    while !alive(&warm_b).is_empty() {
+        assert!(idle_since.elapsed() < Duration::from_secs(10), "b's idle CLI killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(idle_since.elapsed() >= Duration::from_secs(2), "killed for being idle, not at once");
     // And b's next message starts cold, resuming its session.
     assert_eq!(parley.turn(&b, "hello again from b").await["status"], "completed");
