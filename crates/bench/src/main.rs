@@ -19,6 +19,7 @@ mod pgstat;
 mod scale;
 mod server;
 mod stats;
+mod warm;
 mod webhook;
 
 use std::collections::HashMap;
@@ -58,6 +59,9 @@ enum Mode {
     /// Latency of each API operation as the data grows (1k–100k conversations, one
     /// conversation of 100–50,000 turns), for one server or a baseline and a server.
     Scale(scale::ScaleArgs),
+    /// Follow-up latency of the real Claude CLI, cold and warm, against the mock
+    /// Anthropic API, beside a bare warm CLI (`docs/performance.md`).
+    ClaudeWarm(warm::WarmArgs),
 }
 
 /// Options of the load benchmark.
@@ -185,6 +189,10 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let args = match cli.mode {
         Some(Mode::Scale(scale)) => return scale::run(scale).await,
+        Some(Mode::ClaudeWarm(warm)) => {
+            let admin = warm.admin_url();
+            return warm::run(warm, &admin).await;
+        }
         None => cli.load,
     };
     let nofile = server::raise_nofile().unwrap_or(0);
