@@ -129,6 +129,8 @@ fn openai_env(openai: &MockOpenAi) -> Vec<(&'static str, String)> {
 struct Parley {
     child: Child,
     base: String,
+    /// `http://ADDR/metrics` when started with `PARLEY_METRICS_BIND`.
+    metrics: Option<String>,
     http: reqwest::Client,
 }
 
@@ -162,8 +164,12 @@ impl Parley {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let log = scratch.path("parley.log");
+        let mut metrics = None;
         let base = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("Parley serves metrics on ") {
+                    metrics = rest.split_whitespace().next().map(str::to_owned);
+                }
                 if let Some(rest) = line.strip_prefix("Parley is listening on ") {
                     return rest.split_whitespace().next().unwrap_or_default().to_owned();
                 }
@@ -174,7 +180,7 @@ impl Parley {
         .expect("parley did not start within 60 s");
         // Keep draining stdout so that a later print never meets a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base, http: reqwest::Client::new() }
+        Self { child, base, metrics, http: reqwest::Client::new() }
     }
 
     async fn stop(mut self) {
@@ -1053,7 +1059,9 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     let scratch = Scratch::new("claude-warm");
     let anthropic = MockAnthropic::start().await;
     let db = TestDb::new().await;
-    let parley = Parley::start(&scratch, &db, &claude_env(&scratch, &anthropic)).await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
+    let parley = Parley::start(&scratch, &db, &env).await;
     let cwd = scratch.path("work");
     let marker = claude_marker(&scratch);
     let id = parley.conversation("claude", &cwd).await;
@@ -1084,6 +1092,14 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     let sessions = parley.sessions(&id).await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0]["assistant_session_id"], claude_session.as_str());
+    // Three runs served by one process, started once ahead of the first message.
+    let url = parley.metrics.clone().expect("the metrics listener");
+    let scraped = parley.http.get(url).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| {
+        scraped.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    assert_eq!(value("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 3.0, "{scraped}");
+    assert_eq!(value("parley_assistant_processes_cold_starts_total{assistant=\"claude\"}"), 1.0, "{scraped}");
     parley.stop().await;
 }
 
