@@ -1306,3 +1306,61 @@ async fn claude_warm_processes_end_with_the_server_however_it_stops() {
 
     drop(parley);
 }
+
+#[tokio::test]
+async fn claude_turn_taken_by_another_replica_kills_the_holders_warm_process() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-replicas");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let marker = claude_marker(&scratch);
+    let env = claude_env(&scratch, &anthropic);
+    let with = |worker: &str, workers: &str| {
+        let mut env = env.clone();
+        env.extend([("PARLEY_WORKER_ID", worker.to_owned()), ("PARLEY_WORKERS", workers.to_owned())]);
+        env
+    };
+    // Replica A alone: conversation X answered, its CLI kept warm on A.
+    let a = Parley::start(&scratch, &db, &with("rep-a", "1")).await;
+    let (cwd_x, cwd_y) = (scratch.path("x"), scratch.path("y"));
+    let x = a.conversation("claude", &cwd_x).await;
+    assert_eq!(a.turn(&x, "first question alpha").await["status"], "completed");
+    let held = cli_pids_in(&marker, &cwd_x);
+    assert_eq!(held.len(), 1, "{held:?}");
+    // A's only worker is kept busy by a slow turn of conversation Y.
+    let y = a.conversation("claude", &cwd_y).await;
+    let slow = a.send(&y, "SCN_SLOW keep replica a busy").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while anthropic.message_requests_for("SCN_SLOW").is_empty() {
+        assert!(Instant::now() < deadline, "the slow turn never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Replica B takes X's next turn once A's window passed, and A drops its process.
+    let b = Parley::start(&scratch, &db, &with("rep-b", "2")).await;
+    let turn = b.turn(&x, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(turn["worker_id"], "rep-b", "{turn}");
+    let requests = anthropic.message_requests_for("second question beta");
+    assert!(requests.iter().any(|r| all_text(r).contains("first question alpha")), "resumed on B: {requests:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&held).is_empty() {
+        assert!(Instant::now() < deadline, "A kept its warm process after B took the conversation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = cli_pids_in(&marker, &cwd_x);
+    assert_eq!(now.len(), 1, "one CLI for the conversation, B's: {now:?}");
+
+    // B, now the holder, answers the next message with its warm process.
+    let turn = b.turn(&x, "third question gamma").await;
+    assert_eq!(turn["worker_id"], "rep-b", "{turn}");
+    assert_eq!(cli_pids_in(&marker, &cwd_x), now, "B's warm process answered");
+
+    let cancelled = a.post(&format!("/conversations/{y}/messages"), json!({ "text": "/cancel" })).await;
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+    a.wait_turn(&slow).await;
+    a.stop().await;
+    b.stop().await;
+}
