@@ -154,9 +154,12 @@ async fn conversation(target: &Target, dir: &str) -> Result<Uuid> {
 }
 
 /// Posts messages to each conversation in turn (`1 + follow_ups` each) and returns the
-/// POST → first `text` times of the follow-ups.
-async fn drive(server: &Server, label: &str, conversations: usize, follow_ups: usize) -> Result<Samples> {
+/// POST → first `text` times of the follow-ups, and the mean time a conversation waited
+/// between the end of one of its turns and the next message.
+async fn drive(server: &Server, label: &str, conversations: usize, follow_ups: usize) -> Result<(Samples, Duration)> {
     let mut samples = Samples::default();
+    let mut ended: Vec<Option<Instant>> = vec![None; conversations];
+    let (mut gaps, mut gap_count) = (Duration::ZERO, 0u32);
     let mut followed = Vec::new();
     for n in 0..conversations {
         let id = conversation(&server.target, &format!("{label}-{n}")).await?;
@@ -164,9 +167,13 @@ async fn drive(server: &Server, label: &str, conversations: usize, follow_ups: u
         followed.push((id, events));
     }
     for round in 0..=follow_ups {
-        for (id, events) in &mut followed {
+        for (n, (id, events)) in followed.iter_mut().enumerate() {
             while events.try_recv().is_ok() {}
             let posted = Instant::now();
+            if let Some(end) = ended[n] {
+                gaps += posted - end;
+                gap_count += 1;
+            }
             let turn = server.target.post_message(*id, &format!("Benchmark message {round}: hello")).await?;
             let mut first_text = None;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -181,7 +188,10 @@ async fn drive(server: &Server, label: &str, conversations: usize, follow_ups: u
                     "text" => {
                         first_text.get_or_insert(e.at - posted);
                     }
-                    "turn_completed" => break,
+                    "turn_completed" => {
+                        ended[n] = Some(e.at);
+                        break;
+                    }
                     "turn_failed" | "turn_cancelled" | "turn_interrupted" => bail!("turn {turn} ended as {}", e.kind),
                     _ => {}
                 }
@@ -191,7 +201,7 @@ async fn drive(server: &Server, label: &str, conversations: usize, follow_ups: u
             }
         }
     }
-    Ok(samples)
+    Ok((samples, gaps / gap_count.max(1)))
 }
 
 /// The resident memory of the warm CLIs of `scratch` (processes whose environment
@@ -210,9 +220,16 @@ fn warm_cli_rss(scratch: &Scratch) -> Vec<u64> {
         .collect()
 }
 
-/// One bare warm CLI: `messages` stream-json lines after a first one, each timed to
+/// One bare warm CLI: `messages` stream-json lines after a first one, `gap` apart (after
+/// each `result`, as a warm conversation's CLI waited between its turns), each timed to
 /// its first `text_delta`.
-async fn bare(claude: &PathBuf, scratch: &Scratch, mock: &MockAnthropic, messages: usize) -> Result<Samples> {
+async fn bare(
+    claude: &PathBuf,
+    scratch: &Scratch,
+    mock: &MockAnthropic,
+    messages: usize,
+    gap: Duration,
+) -> Result<Samples> {
     let cwd = scratch.0.join("work").join("bare");
     std::fs::create_dir_all(&cwd)?;
     let mut child = tokio::process::Command::new(claude)
@@ -260,8 +277,8 @@ async fn bare(claude: &PathBuf, scratch: &Scratch, mock: &MockAnthropic, message
         if n > 0 {
             samples.push(first.ok_or_else(|| anyhow!("no text_delta"))?);
         }
-        // Parley's turns come one after another too; let the CLI settle as between them.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A CLI answers later after a longer wait: wait as long as Parley's did.
+        tokio::time::sleep(gap).await;
     }
     drop(stdin);
     let _ = child.kill().await;
@@ -286,24 +303,25 @@ pub async fn run(args: WarmArgs, admin_url: &str) -> Result<()> {
     let db = ScratchDb::create(admin_url, "warm").await?;
     let result = async {
         let cold_server = start_server(&bin, &claude, &db.url, &scratch, &mock, false).await?;
-        let cold = drive(&cold_server, "cold", args.conversations, args.follow_ups).await?;
+        let (cold, _) = drive(&cold_server, "cold", args.conversations, args.follow_ups).await?;
         drop(cold_server);
         let warm_server = start_server(&bin, &claude, &db.url, &scratch, &mock, true).await?;
-        let warm = drive(&warm_server, "warm", args.conversations, args.follow_ups).await?;
+        let (warm, gap) = drive(&warm_server, "warm", args.conversations, args.follow_ups).await?;
         let rss = warm_cli_rss(&scratch);
-        let bare = bare(&claude, &scratch, &mock, args.bare_messages).await?;
+        let bare = bare(&claude, &scratch, &mock, args.bare_messages, gap).await?;
         let mut server = warm_server;
         let _ = server.child.kill().await;
-        Ok::<_, anyhow::Error>((cold, warm, bare, rss))
+        Ok::<_, anyhow::Error>((cold, warm, bare, rss, gap))
     }
     .await;
     db.drop_now().await;
-    let (cold, warm, bare, rss) = result?;
+    let (cold, warm, bare, rss, gap) = result?;
     let p50 = |s: &Samples| s.percentile_ms(50.0).unwrap_or(f64::NAN);
     println!("Claude follow-up messages, POST → first `text` event (real claude CLI, mock Anthropic API)");
     println!("  {:<34} {}", "cold (new CLI per turn, --resume)", cold.p50_p99());
     println!("  {:<34} {}", "warm (the conversation's live CLI)", warm.p50_p99());
     println!("  {:<34} {}", "bare warm CLI (stdin → first text)", bare.p50_p99());
+    println!("  (the bare CLI waited {} ms between messages, as the warm conversations did)", gap.as_millis());
     println!("  warm / bare p50: {:.2}×   cold / warm p50: {:.1}×", p50(&warm) / p50(&bare), p50(&cold) / p50(&warm));
     let rss_mib: Vec<String> =
         rss.iter().map(|kib| fmt_ms(f64::from(u32::try_from(*kib).unwrap_or(u32::MAX)) / 1024.0)).collect();

@@ -599,3 +599,68 @@ pub(crate) fn turn(
         yield parser.finish(exit.code, &exit.stderr);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_one_stream_json_user_line() {
+        let line = user_line("two\nlines \"quoted\"");
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "user",
+                "message": { "role": "user", "content": "two\nlines \"quoted\"" },
+                "parent_tool_use_id": null,
+            })
+        );
+    }
+
+    #[test]
+    fn the_transcript_lies_under_the_config_dir_in_the_cwds_project() {
+        let fingerprint = Fingerprint {
+            args: Vec::new(),
+            cwd: Some(PathBuf::from("/home/dev/capture/work.dir_x y")),
+            env: vec![("CLAUDE_CONFIG_DIR".into(), "/cfg".into()), ("HOME".into(), "/home/dev".into())],
+        };
+        // claude-code 2.1.329: every non-alphanumeric character of the cwd becomes '-'
+        // (`tests/fixtures/claude-input-stream-json-two-turns.jsonl` names
+        // `projects/-home-dev-capture-work` for `/home/dev/capture/work`).
+        assert_eq!(
+            fingerprint.transcript_path("abc"),
+            Some(PathBuf::from("/cfg/projects/-home-dev-capture-work-dir-x-y/abc.jsonl"))
+        );
+        let home_only = Fingerprint { env: vec![("HOME".into(), "/home/dev".into())], ..fingerprint };
+        assert_eq!(
+            home_only.transcript_path("abc"),
+            Some(PathBuf::from("/home/dev/.claude/projects/-home-dev-capture-work-dir-x-y/abc.jsonl"))
+        );
+    }
+
+    #[test]
+    fn a_transcript_changes_when_gone_replaced_or_shorter_not_when_it_grows() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("parley-warm-transcript-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("s.jsonl");
+        std::fs::write(&path, "one\ntwo\n").expect("write");
+        let seen = Transcript::read(path.clone()).expect("stat");
+        assert_eq!(seen.changed(), None);
+        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| f.write_all(b"three\n")).expect("append");
+        assert_eq!(seen.changed(), None, "the CLI may append after its result");
+        std::fs::write(&path, "one\n").expect("truncate");
+        assert!(seen.changed().is_some_and(|why| why.contains("shorter")));
+        // A restored copy is a new file (another inode), even when it is longer.
+        let grown = Transcript::read(path.clone()).expect("stat");
+        let copy = dir.join("copy");
+        std::fs::write(&copy, "one\ntwo\nthree\nfour\n").expect("write");
+        std::fs::rename(&copy, &path).expect("rename");
+        assert!(grown.changed().is_some_and(|why| why.contains("inode")));
+        std::fs::remove_file(&path).expect("remove");
+        assert!(grown.changed().is_some_and(|why| why.contains("gone")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
