@@ -1061,6 +1061,7 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     let db = TestDb::new().await;
     let mut env = claude_env(&scratch, &anthropic);
     env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
+    env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(echo *)".into()));
     let parley = Parley::start(&scratch, &db, &env).await;
     let cwd = scratch.path("work");
     let marker = claude_marker(&scratch);
@@ -1076,14 +1077,20 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     assert_eq!(first["status"], "completed", "{first}; log in {}", scratch.0.display());
     let claude_session = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
     assert!(cmdline_of(pid).contains(&format!("--session-id {claude_session}")), "{}", cmdline_of(pid));
-    for question in ["second question beta", "third question gamma"] {
+    // A turn that runs a tool (whose process the end of the turn reaps), then plain ones.
+    let turn = parley.turn(&id, "SCN_TOOL second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let reply = parley.last_assistant_message(&id).await["content"].as_str().unwrap_or_default().to_owned();
+    assert!(reply.contains("hello-from-tool"), "the tool ran on the warm CLI: {reply}");
+    assert_eq!(cli_pids(&marker, &cwd), vec![pid], "the same CLI answered the tool turn");
+    for question in ["third question gamma", "fourth question delta"] {
         let turn = parley.turn(&id, question).await;
         assert_eq!(turn["status"], "completed", "{turn}");
         assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
         assert_eq!(cli_pids(&marker, &cwd), vec![pid], "the same CLI answered {question:?}");
     }
-    // The warm CLI kept the context: the third request carries the first two exchanges.
-    let requests = anthropic.message_requests_for("third question gamma");
+    // The warm CLI kept the context: the fourth request carries the earlier exchanges.
+    let requests = anthropic.message_requests_for("fourth question delta");
     let carried = requests.iter().any(|b| {
         let text = all_text(b);
         text.contains("first question alpha") && text.contains("second question beta")
@@ -1092,13 +1099,13 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     let sessions = parley.sessions(&id).await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0]["assistant_session_id"], claude_session.as_str());
-    // Three runs served by one process, started once ahead of the first message.
+    // Four runs served by one process, started once ahead of the first message.
     let url = parley.metrics.clone().expect("the metrics listener");
     let scraped = parley.http.get(url).send().await.unwrap().text().await.unwrap();
     let value = |name: &str| {
         scraped.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
     };
-    assert_eq!(value("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 3.0, "{scraped}");
+    assert_eq!(value("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 4.0, "{scraped}");
     assert_eq!(value("parley_assistant_processes_cold_starts_total{assistant=\"claude\"}"), 1.0, "{scraped}");
     parley.stop().await;
 }
