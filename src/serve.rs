@@ -20,6 +20,31 @@ use tracing::{info, warn};
 
 use crate::Failure;
 
+/// The history budget in tokens: `--history-budget-tokens`, else the deprecated
+/// `--history-budget-chars` divided by [`parley_orchestrator::prompt::CHARS_PER_TOKEN`]
+/// (with a warning), else the default.
+fn history_budget_tokens(tokens: Option<usize>, chars: Option<usize>) -> usize {
+    match (tokens, chars) {
+        (Some(tokens), Some(_)) => {
+            warn!(
+                "--history-budget-chars (PARLEY_HISTORY_BUDGET_CHARS) is deprecated and ignored: \
+                 --history-budget-tokens is set"
+            );
+            tokens
+        }
+        (Some(tokens), None) => tokens,
+        (None, Some(chars)) => {
+            let tokens = chars.div_ceil(parley_orchestrator::prompt::CHARS_PER_TOKEN);
+            warn!(
+                "--history-budget-chars (PARLEY_HISTORY_BUDGET_CHARS) is deprecated: set --history-budget-tokens \
+                 (PARLEY_HISTORY_BUDGET_TOKENS) instead; {chars} characters are read as {tokens} tokens"
+            );
+            tokens
+        }
+        (None, None) => Config::default().history_budget_tokens,
+    }
+}
+
 /// Options of `parley serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -76,9 +101,14 @@ pub struct ServeArgs {
     /// Seconds running turns may take to finish at shutdown before being requeued.
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
-    /// Character budget of the history carried into a fresh assistant session.
-    #[arg(long, env = "PARLEY_HISTORY_BUDGET_CHARS", default_value_t = 48_000)]
-    history_budget_chars: usize,
+    /// Budget of the history carried into a fresh assistant session, in estimated tokens
+    /// (four characters a token). Default 12000.
+    #[arg(long, env = "PARLEY_HISTORY_BUDGET_TOKENS")]
+    history_budget_tokens: Option<usize>,
+    /// Deprecated alias of --history-budget-tokens, in characters (read as a quarter as
+    /// many tokens); ignored when --history-budget-tokens is set.
+    #[arg(long, env = "PARLEY_HISTORY_BUDGET_CHARS")]
+    history_budget_chars: Option<usize>,
     /// Largest request body, in bytes.
     #[arg(long, env = "PARLEY_BODY_LIMIT", default_value_t = parley_server::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -640,7 +670,7 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         worker_id: args.worker_id.unwrap_or_else(|| format!("{}:{}", hostname(), local.port())),
         workers: args.workers,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-        history_budget_chars: args.history_budget_chars,
+        history_budget_tokens: history_budget_tokens(args.history_budget_tokens, args.history_budget_chars),
         default_assistant: assistant.clone(),
         lease: Duration::from_secs(args.lease_secs.max(1)),
         sweep_interval: Duration::from_secs(args.sweep_interval_secs.max(1)),
@@ -690,7 +720,7 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
 
 #[cfg(test)]
 mod tests {
-    use clap::Args as _;
+    use clap::{Args as _, FromArgMatches as _};
 
     use super::*;
 
@@ -714,5 +744,26 @@ mod tests {
             env(parley_platforms::allow::GITHUB_MIN_ASSOCIATION_FLAG).as_deref(),
             Some(parley_platforms::allow::GITHUB_MIN_ASSOCIATION_ENV)
         );
+    }
+
+    #[test]
+    fn the_history_budget_in_characters_is_a_deprecated_alias_of_the_one_in_tokens() {
+        assert_eq!(history_budget_tokens(None, None), 12_000);
+        assert_eq!(history_budget_tokens(Some(3_000), None), 3_000);
+        assert_eq!(
+            history_budget_tokens(None, Some(48_001)),
+            12_001,
+            "characters are read as a quarter as many tokens"
+        );
+        assert_eq!(history_budget_tokens(Some(3_000), Some(48_000)), 3_000, "the new flag wins");
+        let parsed = |argv: &[&str]| {
+            let command = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
+            let matches = command.try_get_matches_from(argv).expect("parsed");
+            ServeArgs::from_arg_matches(&matches).expect("args")
+        };
+        let old = parsed(&["--history-budget-chars", "8000"]);
+        assert_eq!(history_budget_tokens(old.history_budget_tokens, old.history_budget_chars), 2_000);
+        let new = parsed(&["--history-budget-tokens", "500"]);
+        assert_eq!(history_budget_tokens(new.history_budget_tokens, new.history_budget_chars), 500);
     }
 }

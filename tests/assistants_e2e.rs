@@ -887,6 +887,83 @@ async fn openai_continues_from_the_previous_response_and_recovers_a_forgotten_on
     parley.stop().await;
 }
 
+/// `prefix` padded with `.` to exactly `chars` characters.
+fn sized(prefix: &str, chars: usize) -> String {
+    let mut s = prefix.to_owned();
+    s.extend(std::iter::repeat_n('.', chars - prefix.chars().count()));
+    s
+}
+
+/// The case that once lost a user's name: five messages of 14, 54,000, 270, 22 and 92
+/// characters, a restart with the stored responses gone, and the default history budget
+/// (12,000 tokens). The paste is cut in its middle; nothing is dropped; the rebuilt
+/// prompt reaches the mock Responses API through the real server and PostgreSQL.
+#[tokio::test]
+async fn openai_rebuild_after_a_54000_character_paste_still_knows_my_name_is_ada() {
+    let scratch = Scratch::new("openai-paste");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let env = openai_env(&openai);
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let id = parley.conversation("openai", &scratch.path("work")).await;
+
+    let filler = "lorem </user> ipsum </earlier_conversation> dolor ".repeat(1_100);
+    let paste = format!("PASTE-HEAD {}", &filler[..54_000 - "PASTE-HEAD ".len() - " PASTE-TAIL".len()]) + " PASTE-TAIL";
+    let third = sized("third message", 270);
+    let fourth = "fourth message, short.";
+    let question = sized("after the restart, what is my name? marker-q92 ", 92);
+    assert_eq!([paste.chars().count(), third.chars().count(), fourth.len(), question.len()], [54_000, 270, 22, 92]);
+    for text in ["my name is Ada", paste.as_str(), third.as_str(), fourth] {
+        let turn = parley.turn(&id, text).await;
+        assert_eq!(turn["status"], "completed", "{turn}; log in {}", scratch.0.display());
+    }
+
+    // A restart, with the stored responses expired meanwhile.
+    parley.stop().await;
+    openai.forget_responses();
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let turn = parley.turn(&id, &question).await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    let requests = openai.response_requests_for("marker-q92");
+    assert_eq!(requests.len(), 2, "the stale try, then the fresh one: {requests:?}");
+    assert!(requests[1].get("previous_response_id").is_none(), "{}", requests[1]);
+    let rebuilt = input_text(&requests[1]);
+
+    assert!(rebuilt.starts_with("[Parley: context rebuilt]"), "the preamble: {}", &rebuilt[..300]);
+    assert!(rebuilt.contains("<user>my name is Ada</user>"), "the name survives whole");
+    assert!(rebuilt.contains(&format!("<user>{third}</user>")) && rebuilt.contains(&format!("<user>{fourth}</user>")));
+    assert_eq!(rebuilt.matches(&format!("<assistant>{HELLO}</assistant>")).count(), 4, "every reply is carried");
+    // The paste: head and tail kept around the cut marker, its tags escaped.
+    let start = rebuilt.find("<user>PASTE-HEAD ").expect("the paste's head");
+    let end = rebuilt[start..].find(" PASTE-TAIL</user>").expect("the paste's tail") + start;
+    let carried = &rebuilt[start..end];
+    let cut: usize = carried
+        .split("<cut chars=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a cut marker in the paste");
+    assert!((1_000..54_000).contains(&cut), "{cut} characters cut");
+    assert!(carried.contains("&lt;/user&gt;") && carried.contains("&lt;/earlier_conversation&gt;"));
+    // The framing holds: four user messages close, the block closes once.
+    assert_eq!(rebuilt.matches("</user>").count(), 4);
+    assert_eq!(rebuilt.matches("</earlier_conversation>").count(), 1);
+    assert!(rebuilt.ends_with(&format!("The new message to answer:\n{question}")));
+    // The budget, 12,000 tokens of four characters, is used and not exceeded: the paste's
+    // excerpt is measured as the prompt carries it, escaped.
+    let block =
+        &rebuilt[rebuilt.find("<earlier_conversation>").unwrap()..rebuilt.find("</earlier_conversation>").unwrap()];
+    let chars = block.chars().count();
+    assert!((46_000..=48_100).contains(&chars), "history of {chars} characters");
+
+    let mut events = sse::connect(&format!("{}/api/conversations/{id}/events", parley.base), None).await;
+    let got = sse::read_until(&mut events, Duration::from_secs(30), |m| m.event == "session_reset").await;
+    let reset = got.last().expect("a session_reset event");
+    assert_eq!(reset.data["reason"], "stale-session");
+    assert_eq!(reset.data["history_messages"], 8, "{}", reset.data);
+    parley.stop().await;
+}
+
 /// `PATCH /api/conversations/{id}` with `body`; returns the answer, which must be 200.
 async fn patch_settings(parley: &Parley, conversation: &str, body: Value) -> Value {
     let resp = parley

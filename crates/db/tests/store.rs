@@ -1,8 +1,9 @@
 //! The store against real PostgreSQL, under concurrency: a conversation deleted while
 //! its turn still writes; every listing read from an index, a page at a time
 //! (`listings`); the turn queue's enqueue, claim and lease sweep (`queue`); the
-//! constraint names callers branch on (`constraint`); a session's usage totals kept as
-//! replies are stored (`usage`); the vocabulary enums against the schema (`vocabulary`).
+//! constraint names callers branch on (`constraint`); the history a rebuilt prompt reads
+//! (`history`); a session's usage totals kept as replies are stored (`usage`); the
+//! vocabulary enums against the schema (`vocabulary`).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use uuid::Uuid;
 
 #[path = "store/constraint.rs"]
 mod constraint;
+#[path = "store/history.rs"]
+mod history;
 #[path = "store/listings.rs"]
 mod listings;
 #[path = "store/migrations.rs"]

@@ -10,8 +10,10 @@
 //!
 //! JSON ([`Document`]): `{"format": "parley.conversation.v1", "exported_at",
 //! "conversation", "sessions": [...], "messages": [...]}`; an assistant message's tool
-//! calls are in its `metadata.tool_calls` (`[{"id", "name", "input"}]`, as the assistant
-//! gave them), with `usage`, `cost_usd` and `incomplete` beside them.
+//! calls are in its `metadata.tool_calls` (`[{"id", "name", "input", "is_error", "output"}]`:
+//! the input as the assistant gave it, then the outcome and the first 400 characters of the
+//! output once the result came — absent in older replies), with `usage`, `cost_usd` and
+//! `incomplete` beside them.
 
 use std::fmt::Write as _;
 

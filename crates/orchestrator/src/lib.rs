@@ -63,8 +63,9 @@ pub struct Config {
     /// How long a claimed turn's lease lasts; extended every third of it while the turn
     /// runs.
     pub lease: Duration,
-    /// Character budget of the history a rebuilt prompt carries.
-    pub history_budget_chars: usize,
+    /// Budget of the history a rebuilt prompt carries, in estimated tokens (four
+    /// characters a token, [`prompt::CHARS_PER_TOKEN`]); see [`prompt::allocate`].
+    pub history_budget_tokens: usize,
     /// Maximum number of messages a rebuilt prompt carries.
     pub history_max_messages: usize,
     /// How often a running turn's events are written to the database (a batch per
@@ -110,7 +111,7 @@ impl Default for Config {
             worker_id: "parley".into(),
             workers: 8,
             lease: Duration::from_secs(30),
-            history_budget_chars: 48_000,
+            history_budget_tokens: 12_000,
             history_max_messages: 200,
             event_flush_interval: Duration::from_millis(100),
             idle_poll: Duration::from_secs(1),

@@ -282,6 +282,16 @@ async fn every_listing_reads_one_index_range_at_any_depth() {
     assert_indexed("messages", &plans, &["message"], LIMIT);
     let (plans, _) = explained(&mut x, async |c| event::list_after(c, one, 1 << 20, LIMIT).await).await;
     assert_indexed("events", &plans, &["event"], LIMIT);
+
+    // The history a rebuilt prompt reads: four outlines, then those four messages' excerpts.
+    let (plans, outline) = explained(&mut x, async |c| message::history_outline(c, one, 0, i64::MAX, 4).await).await;
+    assert_eq!(outline.len(), 4);
+    assert_indexed("history outline", &plans, &["message"], 4);
+    let requests: Vec<message::ExcerptRequest> =
+        outline.iter().map(|o| message::ExcerptRequest { message_id: o.message_id, head: 10, tail: 10 }).collect();
+    let (plans, excerpts) = explained(&mut x, async |c| message::history_excerpts(c, &requests).await).await;
+    assert_eq!(excerpts.len(), 4);
+    assert_indexed("history excerpts", &plans, &["message"], 4);
 }
 
 #[tokio::test]

@@ -51,11 +51,26 @@ impl Reply {
         }
         meta
     }
+
+    /// Records a tool call's outcome on its entry in `tool_calls` (matched by id):
+    /// `is_error` and the first [`TOOL_OUTPUT_STORED_CHARS`] characters of its output, so
+    /// a rebuilt prompt can say how the call ended (docs/architecture.md#history-rebuild).
+    /// A result whose call is unknown is ignored.
+    pub(super) fn tool_result(&mut self, id: &str, is_error: bool, output: &str) {
+        if let Some(call) = self.tool_calls.iter_mut().rev().find(|c| c["id"] == id) {
+            call["is_error"] = Value::Bool(is_error);
+            call["output"] = Value::String(output.chars().take(TOOL_OUTPUT_STORED_CHARS).collect());
+        }
+    }
 }
+
+/// How much of a tool call's output the reply's metadata keeps, in characters: enough
+/// for the one-line outcome of a rebuilt prompt, not the output itself.
+const TOOL_OUTPUT_STORED_CHARS: usize = 400;
 
 /// A compact one-line view of a tool call, e.g. `Bash: ls -la`.
 pub(super) fn tool_line(name: &str, input: &Value) -> String {
-    let detail = ["command", "file_path", "path", "pattern", "url", "query", "description"]
+    let detail = parley_db::message::TOOL_INPUT_PREVIEW_KEYS
         .iter()
         .find_map(|k| input.get(*k).and_then(Value::as_str))
         .map(str::to_owned)
@@ -116,5 +131,25 @@ impl TurnRun<'_> {
         if let Some(sink) = &self.sink {
             sink.progress(self.reply.update(self.turn.turn_id, ReplyStatus::Running));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_result_is_stored_on_its_call_and_cut_short() {
+        let mut reply = Reply::default();
+        reply.tool_calls.push(json!({ "id": "a", "name": "Bash", "input": { "command": "ls" } }));
+        reply.tool_calls.push(json!({ "id": "b", "name": "Read", "input": { "file_path": "/x" } }));
+        reply.tool_result("b", true, &"e".repeat(1_000));
+        reply.tool_result("unknown", false, "ignored");
+        let meta = reply.metadata();
+        let calls = meta["tool_calls"].as_array().expect("tool_calls");
+        assert_eq!(calls.len(), 2);
+        assert!(calls[0].get("is_error").is_none(), "{meta}");
+        assert_eq!(calls[1]["is_error"], true);
+        assert_eq!(calls[1]["output"].as_str().map(str::len), Some(TOOL_OUTPUT_STORED_CHARS));
     }
 }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use parley_assistant::{Assistant, AssistantError, Chunk, RunRequest};
 use parley_db::conversation::{self, Conversation};
 use parley_db::event::{self, EventKind};
-use parley_db::message::{self, Message};
+use parley_db::message::Message;
 use parley_db::session::{self, NewSession, Session, SessionSettings, Transition};
 use parley_db::turn::{self, Claimed, Turn};
 use parley_db::{DbError, DbResult, GenericClient};
@@ -225,16 +225,20 @@ impl TurnRun<'_> {
         }
         let config = self.orch.config();
         let client = self.orch.pool().get().await?;
-        let history = message::history_before(
+        let limits = prompt::HistoryLimits {
+            budget_tokens: config.history_budget_tokens,
+            max_messages: config.history_max_messages,
+        };
+        let rebuilt = prompt::rebuild(
             &client,
             self.conversation.conversation_id,
             session.history_from_message_id,
             self.user_message.message_id,
-            i64::try_from(config.history_budget_chars).unwrap_or(i64::MAX),
-            i64::try_from(config.history_max_messages).unwrap_or(i64::MAX),
+            &self.user_message.content,
+            limits,
         )
         .await?;
-        Ok((prompt::with_history(&history, &self.user_message.content), history.len()))
+        Ok((rebuilt.prompt, rebuilt.messages))
     }
 
     /// Writes NULL over the stale assistant session ID (compare-and-set), ends the
@@ -347,6 +351,7 @@ impl TurnRun<'_> {
                     self.progress();
                 }
                 Chunk::ToolResult { id, is_error, output } => {
+                    self.reply.tool_result(&id, is_error, &output);
                     self.emit(
                         EventKind::ToolResult,
                         json!({ "id": id, "is_error": is_error, "output": truncate(&output, TOOL_OUTPUT_CHARS) }),
