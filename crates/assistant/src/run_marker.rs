@@ -74,8 +74,9 @@ pub(crate) fn note_spawned(run_id: Uuid) {
 /// of its own, which outlives the turns it answers.
 #[derive(Debug, Default)]
 struct WarmRuns {
-    /// Turn run → the warm run that served it (until [`end_run`]).
-    served: HashMap<Uuid, Uuid>,
+    /// Turn run → the warm run that served it, and whether the turn called a tool
+    /// (until [`end_run`]).
+    served: HashMap<Uuid, (Uuid, bool)>,
     /// Warm run → its CLI's PID, while the process is kept for the next turn.
     kept: HashMap<Uuid, i32>,
 }
@@ -89,7 +90,16 @@ fn warm_runs() -> &'static Mutex<WarmRuns> {
 /// [`end_run`] of the turn then ends the warm run's other processes (the tools it
 /// started), and the warm process itself unless it was kept ([`keep_warm`]).
 pub fn serve_with_warm(run_id: Uuid, warm_run_id: Uuid) {
-    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.insert(run_id, warm_run_id);
+    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.insert(run_id, (warm_run_id, false));
+}
+
+/// Records that turn run `run_id`, served by a warm process, called a tool: its
+/// [`end_run`] then looks for the tool's processes. A turn without tool calls started no
+/// process, so ending it costs no `/proc` scan while its warm process is kept.
+pub fn warm_turn_used_tools(run_id: Uuid) {
+    if let Some((_, tools)) = warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.get_mut(&run_id) {
+        *tools = true;
+    }
 }
 
 /// Records that the warm process `pid` of run `warm_run_id` is kept alive between
@@ -206,7 +216,7 @@ async fn kill_matching_except(
 /// warm process down with it: a run killed from outside (an expired lease) cannot leave
 /// its session's process alive.
 pub async fn kill_run(run_id: Uuid, wait: Duration) -> usize {
-    let warm = warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.get(&run_id).copied();
+    let warm = warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.get(&run_id).map(|(w, _)| *w);
     let mut killed = kill_run_only(run_id, None, wait).await;
     if let Some(warm) = warm {
         release_warm(warm);
@@ -259,11 +269,13 @@ pub async fn end_run(run_id: Uuid, wait: Duration) -> usize {
     let had_processes = spawned().lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
     let warm = {
         let mut runs = warm_runs().lock().unwrap_or_else(PoisonError::into_inner);
-        runs.served.remove(&run_id).map(|warm| (warm, runs.kept.get(&warm).copied()))
+        runs.served.remove(&run_id).map(|(warm, tools)| (warm, tools, runs.kept.get(&warm).copied()))
     };
     let mut killed = if had_processes { kill_run_only(run_id, None, wait).await } else { 0 };
-    if let Some((warm, kept)) = warm {
-        killed += kill_run_only(warm, kept, wait).await;
+    match warm {
+        // Kept, and no tool was called: nothing of the turn can be left.
+        Some((_, false, Some(_))) | None => {}
+        Some((warm, _, kept)) => killed += kill_run_only(warm, kept, wait).await,
     }
     killed
 }

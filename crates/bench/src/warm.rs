@@ -115,14 +115,18 @@ async fn start_server(
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("LANG", "C.UTF-8")
         .env("DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("PARLEY_BENCH_SERVER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
         .env("PARLEY_CLAUDE_BIN", claude)
         .env("PARLEY_CLAUDE_CONFIG_DIR", scratch.0.join("claude-config"))
         .env("PARLEY_WORKSPACE_ROOT", scratch.0.join("work"))
         .envs(claude_env(scratch, mock))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .kill_on_drop(true);
+    // `PARLEY_BENCH_SERVER_LOG=FILE` keeps the servers' logs (else they are dropped).
+    match std::env::var_os("PARLEY_BENCH_SERVER_LOG") {
+        Some(path) => cmd.stderr(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        None => cmd.stderr(Stdio::null()),
+    };
     let mut child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
     let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
     let base = tokio::time::timeout(Duration::from_secs(60), async {

@@ -220,7 +220,7 @@ impl Claude {
                 }
             };
             crate::run_marker::serve_with_warm(request.run_id, process.run_id());
-            let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel));
+            let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel, request.run_id));
             while let Some(item) = turn.next().await {
                 yield item;
             }

@@ -533,8 +533,10 @@ pub(crate) fn turn(
     mut warm: WarmProcess,
     prompt: String,
     cancel: CancellationToken,
+    turn_run_id: Uuid,
 ) -> impl futures::Stream<Item = Result<Chunk, AssistantError>> + Send + 'static {
     async_stream::stream! {
+        let run_id = turn_run_id;
         let mut parser = match (warm.assigned(), warm.session()) {
             (Some(id), _) => {
                 yield Ok(Chunk::SessionStarted { id: id.to_owned() });
@@ -563,6 +565,9 @@ pub(crate) fn turn(
             match out {
                 Ok(Output::Line(line)) => {
                     for chunk in parser.line(&line) {
+                        if matches!(chunk, Chunk::ToolUse { .. }) {
+                            run_marker::warm_turn_used_tools(run_id);
+                        }
                         yield Ok(chunk);
                     }
                     if parser.has_result() {
