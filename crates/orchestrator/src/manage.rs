@@ -54,7 +54,11 @@ impl Orchestrator {
             }
             .await;
             match deleted {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Its warm process here (another replica's goes at its idle timeout).
+                    self.forget_warm(conversation_id);
+                    return Ok(());
+                }
                 Err(e @ DbError::Retryable(_)) if attempt < DELETE_ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "deleting the conversation lost a race; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
