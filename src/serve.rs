@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use parley_assistant::{
     Claude, ClaudeConfig, Codex, CodexConfig, Demo, DemoConfig, OpenAi, OpenAiChat, OpenAiChatConfig, OpenAiConfig,
-    ProcessLimits, Secret,
+    ProcessLimits, Secret, WarmConfig,
 };
 use parley_db::api_token;
 use parley_orchestrator::Config;
@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// database so another replica can restore it, in bytes (0 = keep none).
     #[arg(long, env = "PARLEY_TRANSCRIPT_MAX_BYTES", default_value_t = Config::default().transcript_max_bytes)]
     transcript_max_bytes: u64,
+    /// Milliseconds other replicas leave a new turn to the replica that holds its
+    /// conversation's warm assistant process (0: no preference).
+    #[arg(long, env = "PARLEY_WARM_CLAIM_WINDOW_MS", default_value_t = 200)]
+    warm_claim_window_ms: u64,
     /// Event streams (SSE) one principal may hold open on this replica (0 = no limit).
     #[arg(long, env = "PARLEY_MAX_EVENT_STREAMS", default_value_t = 16)]
     max_event_streams: usize,
@@ -447,6 +451,18 @@ struct AssistantArgs {
     /// Stream Claude's reply token by token (`--include-partial-messages`).
     #[arg(long, env = "PARLEY_CLAUDE_PARTIAL_MESSAGES", default_value_t = true, action = clap::ArgAction::Set)]
     claude_partial_messages: bool,
+    /// Most idle warm Claude processes (one live CLI per active conversation, reused for
+    /// its next message); the least recently used is killed first. 0 turns warm
+    /// processes off: every turn starts its own CLI.
+    #[arg(long, env = "PARLEY_CLAUDE_WARM_PROCESSES", default_value_t = 32)]
+    claude_warm_processes: usize,
+    /// Seconds a warm Claude process may wait for its conversation's next message.
+    #[arg(long, env = "PARLEY_CLAUDE_WARM_IDLE_SECS", default_value_t = 600)]
+    claude_warm_idle_secs: u64,
+    /// Most resident memory of all idle warm Claude processes together, in MiB (from
+    /// /proc); over it the least recently used are killed. 0: no ceiling.
+    #[arg(long, env = "PARLEY_CLAUDE_WARM_MAX_RSS_MB", default_value_t = 8192)]
+    claude_warm_max_rss_mb: u64,
     /// The Codex CLI.
     #[arg(long, env = "PARLEY_CODEX_BIN", default_value = "codex")]
     codex_bin: PathBuf,
@@ -514,6 +530,12 @@ impl AssistantArgs {
             max_turns: self.claude_max_turns,
             partial_messages: self.claude_partial_messages,
             limits: self.limits(),
+            warm: WarmConfig {
+                max_processes: self.claude_warm_processes,
+                idle_timeout: Duration::from_secs(self.claude_warm_idle_secs.max(1)),
+                max_rss_bytes: self.claude_warm_max_rss_mb.saturating_mul(1024 * 1024),
+                ..WarmConfig::default()
+            },
             ..ClaudeConfig::default()
         }
     }
@@ -660,6 +682,7 @@ pub async fn run(mut db: parley_db::DbConfig, args: ServeArgs) -> Result<(), Fai
         max_message_chars: args.max_message_chars.max(1),
         max_queued_turns: args.max_queued_turns,
         transcript_max_bytes: args.transcript_max_bytes,
+        warm_claim_window: Duration::from_millis(args.warm_claim_window_ms),
         workspace_root: Some(workspace_root),
         allowed_permission_modes: args.allowed_permission_modes.iter().filter(|m| !m.is_empty()).cloned().collect(),
         retention: args.retention.retention(),

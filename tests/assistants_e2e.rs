@@ -1050,8 +1050,13 @@ async fn claude_runs_with_the_conversations_settings_and_each_line_of_a_turn_car
         lines.iter().filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("parley_assistant"))).collect();
     assert!(!adapter.is_empty(), "the adapter logged: {log}");
     for line in &adapter {
-        let span = line["spans"]
-            .as_array()
+        let spans = line["spans"].as_array();
+        // A warm process started ahead of the first message logs in the conversation's `warm_up`.
+        if let Some(span) = spans.and_then(|s| s.iter().find(|s| s["name"] == "warm_up")) {
+            assert!(span["conversation_id"] == id.as_str(), "{line}");
+            continue;
+        }
+        let span = spans
             .and_then(|s| s.iter().find(|s| s["name"] == "turn"))
             .unwrap_or_else(|| panic!("outside a turn: {line}"));
         assert!(span["conversation_id"] == id.as_str() && span["turn_id"].is_string(), "{line}");
@@ -1446,4 +1451,348 @@ async fn claude_transcript_path_of_a_long_directory_is_computed_as_the_cli_names
     assert!(requests.iter().all(|b| all_text(b).contains("long directory question")), "resumed: {requests:?}");
     assert_eq!(parley.sessions(&id).await.len(), 1, "the same session");
     parley.stop().await;
+}
+
+/// The pids of the test's Claude CLIs alive now (see [`snapshot`]).
+fn cli_pids(marker: &str, cwd: &Path) -> Vec<u32> {
+    snapshot(marker, cwd).clis.iter().map(|p| pid_of(p)).collect()
+}
+
+/// The pids of the test's Claude CLIs alive now that work in `cwd`.
+fn cli_pids_in(marker: &str, cwd: &Path) -> Vec<u32> {
+    cli_pids(marker, cwd)
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == cwd))
+        .collect()
+}
+
+/// The command line of process `pid`, its arguments separated by spaces.
+fn cmdline_of(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+/// The marker of the test's processes: its `CLAUDE_CONFIG_DIR`.
+fn claude_marker(scratch: &Scratch) -> String {
+    format!("CLAUDE_CONFIG_DIR={}", scratch.path("claude-config").display())
+}
+
+#[tokio::test]
+async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
+    env.push(("PARLEY_CLAUDE_ALLOWED_TOOLS", "Bash(echo *)".into()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let cwd = scratch.path("work");
+    let marker = claude_marker(&scratch);
+    let id = parley.conversation("claude", &cwd).await;
+    // Started with the conversation, before its first message.
+    let started =
+        wait_for(&marker, &cwd, Duration::from_secs(10), "a warm CLI for the new conversation", |s| s.clis.len() == 1)
+            .await;
+    let pid = pid_of(&started.clis[0]);
+    assert!(cmdline_of(pid).contains("--input-format stream-json"), "{}", cmdline_of(pid));
+
+    let first = parley.turn(&id, "first question alpha").await;
+    assert_eq!(first["status"], "completed", "{first}; log in {}", scratch.0.display());
+    let claude_session = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+    assert!(cmdline_of(pid).contains(&format!("--session-id {claude_session}")), "{}", cmdline_of(pid));
+    // A turn that runs a tool (whose process the end of the turn reaps), then plain ones.
+    let turn = parley.turn(&id, "SCN_TOOL second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let reply = parley.last_assistant_message(&id).await["content"].as_str().unwrap_or_default().to_owned();
+    assert!(reply.contains("hello-from-tool"), "the tool ran on the warm CLI: {reply}");
+    assert_eq!(cli_pids(&marker, &cwd), vec![pid], "the same CLI answered the tool turn");
+    for question in ["third question gamma", "fourth question delta"] {
+        let turn = parley.turn(&id, question).await;
+        assert_eq!(turn["status"], "completed", "{turn}");
+        assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+        assert_eq!(cli_pids(&marker, &cwd), vec![pid], "the same CLI answered {question:?}");
+    }
+    // The warm CLI kept the context: the fourth request carries the earlier exchanges.
+    let requests = anthropic.message_requests_for("fourth question delta");
+    let carried = requests.iter().any(|b| {
+        let text = all_text(b);
+        text.contains("first question alpha") && text.contains("second question beta")
+    });
+    assert!(carried, "{requests:?}");
+    let sessions = parley.sessions(&id).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["assistant_session_id"], claude_session.as_str());
+    // Four runs served by one process, started once ahead of the first message.
+    let url = parley.metrics.clone().expect("the metrics listener");
+    let scraped = parley.http.get(url).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| {
+        scraped.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    assert_eq!(value("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 4.0, "{scraped}");
+    assert_eq!(value("parley_assistant_processes_cold_starts_total{assistant=\"claude\"}"), 1.0, "{scraped}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_warm_process_whose_transcript_was_deleted_is_replaced_and_the_session_recovered() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-stale");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &claude_env(&scratch, &anthropic)).await;
+    let cwd = scratch.path("work");
+    let marker = claude_marker(&scratch);
+    let id = parley.conversation("claude", &cwd).await;
+    assert_eq!(parley.turn(&id, "first question alpha").await["status"], "completed");
+    assert_eq!(parley.turn(&id, "second question beta").await["status"], "completed");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "one warm CLI: {warm:?}");
+    let old_session = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+
+    // The transcripts disappear while the CLI lives (a wiped volume, another replica).
+    std::fs::remove_dir_all(scratch.path("claude-config/projects")).unwrap();
+    let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    assert!(turn["error"].is_null(), "{turn}");
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    assert!(alive(&warm).is_empty(), "the warm CLI that kept the lost session in memory was killed");
+    let sessions = parley.sessions(&id).await;
+    assert!(
+        sessions.iter().any(|s| s["transition_reason"] == "stale-session" && s["active"] == true),
+        "the stale session was found and recovered as without warm processes: {sessions:?}"
+    );
+    let active = parley.active_session(&id).await;
+    assert!(active["assistant_session_id"].is_string() && active["assistant_session_id"] != old_session.as_str());
+    let requests = anthropic.message_requests_for("third question gamma");
+    let rebuilt = requests.iter().any(|b| {
+        let text = last_user_text(b);
+        text.contains("first question alpha") && text.contains("second question beta")
+    });
+    assert!(rebuilt, "history-rebuilt prompt: {requests:?}");
+    // The fresh session's process is kept warm in its turn.
+    let now = cli_pids(&marker, &cwd);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(parley.turn(&id, "fourth question delta").await["status"], "completed");
+    assert_eq!(cli_pids(&marker, &cwd), now, "the fresh session's CLI answered the next message");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_cancel_interrupts_the_warm_process_and_the_next_message_resumes_cold() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-cancel");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("RUST_LOG", "info,parley_assistant=debug".to_owned()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let cwd = scratch.path("work");
+    let marker = claude_marker(&scratch);
+    let id = parley.conversation("claude", &cwd).await;
+    assert_eq!(parley.turn(&id, "hello first").await["status"], "completed");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+
+    let turn_id = parley.send(&id, "SCN_SLOW tell me a long story").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while anthropic.message_requests_for("SCN_SLOW").is_empty() {
+        assert!(Instant::now() < deadline, "the slow turn never reached the API");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The reply streams a word every 250 ms for about 30 s: cancel it midway.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(cli_pids(&marker, &cwd), warm, "the warm CLI runs the slow turn");
+    let running = processes_of(&marker, &cwd);
+    cancel_and_expect_no_processes_left(&parley, &id, &turn_id, &marker, &cwd, &running).await;
+    let log = std::fs::read_to_string(scratch.path("parley.log")).unwrap();
+    assert!(log.contains("interrupted the warm claude process's turn"), "interrupted through stdin");
+
+    let turn = parley.turn(&id, "are you still there?").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let now = cli_pids(&marker, &cwd);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(!warm.contains(&now[0]), "a new CLI after the cancel");
+    let session = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+    assert!(cmdline_of(now[0]).contains(&format!("--resume {session}")), "{}", cmdline_of(now[0]));
+    let requests = anthropic.message_requests_for("are you still there?");
+    assert!(requests.iter().any(|b| all_text(b).contains("hello first")), "{requests:?}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_warm_processes_are_evicted_least_recently_used_and_killed_when_idle() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-evict");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let mut env = claude_env(&scratch, &anthropic);
+    env.push(("PARLEY_CLAUDE_WARM_PROCESSES", "1".into()));
+    env.push(("PARLEY_CLAUDE_WARM_IDLE_SECS", "3".into()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let marker = claude_marker(&scratch);
+    let (cwd_a, cwd_b) = (scratch.path("a"), scratch.path("b"));
+    let a = parley.conversation("claude", &cwd_a).await;
+    assert_eq!(parley.turn(&a, "hello from a").await["status"], "completed");
+    let warm_a = cli_pids_in(&marker, &cwd_a);
+    assert_eq!(warm_a.len(), 1, "{warm_a:?}");
+
+    let b = parley.conversation("claude", &cwd_b).await;
+    assert_eq!(parley.turn(&b, "hello from b").await["status"], "completed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&warm_a).is_empty() {
+        assert!(Instant::now() < deadline, "a's CLI evicted for b's (at most one kept)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warm_b = cli_pids_in(&marker, &cwd_b);
+    assert_eq!(warm_b.len(), 1, "b's CLI is kept: {warm_b:?}");
+
+    let idle_since = Instant::now();
+    while !alive(&warm_b).is_empty() {
+        assert!(idle_since.elapsed() < Duration::from_secs(10), "b's idle CLI killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(idle_since.elapsed() >= Duration::from_secs(2), "killed for being idle, not at once");
+    // And b's next message starts cold, resuming its session.
+    assert_eq!(parley.turn(&b, "hello again from b").await["status"], "completed");
+    let requests = anthropic.message_requests_for("hello again from b");
+    assert!(requests.iter().any(|r| all_text(r).contains("hello from b")), "{requests:?}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn claude_settings_change_replaces_the_warm_process() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-settings");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &claude_env(&scratch, &anthropic)).await;
+    let cwd = scratch.path("work");
+    let marker = claude_marker(&scratch);
+    let id = parley.conversation("claude", &cwd).await;
+    assert_eq!(parley.turn(&id, "first question alpha").await["status"], "completed");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+
+    patch_settings(&parley, &id, json!({ "model": "claude-warm-test" })).await;
+    assert_eq!(parley.turn(&id, "second question beta").await["status"], "completed");
+    assert!(alive(&warm).is_empty(), "the CLI of the old settings was killed");
+    let now = cli_pids(&marker, &cwd);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(cmdline_of(now[0]).contains("--model=claude-warm-test"), "{}", cmdline_of(now[0]));
+    let after = anthropic.message_requests_for("second question beta");
+    assert_eq!(after.last().expect("a request")["model"], "claude-warm-test");
+    parley.stop().await;
+}
+
+/// Sends SIGTERM to `parley` and waits up to 20 s for it to exit.
+async fn terminate(mut parley: Parley) {
+    let pid = parley.child.id().expect("pid");
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(20), parley.child.wait()).await;
+    assert!(status.is_ok(), "parley did not stop within 20 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn claude_warm_processes_end_with_the_server_however_it_stops() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-end");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let env = claude_env(&scratch, &anthropic);
+    let marker = claude_marker(&scratch);
+    let cwd = scratch.path("work");
+
+    // A graceful shutdown kills the warm CLI.
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let id = parley.conversation("claude", &cwd).await;
+    assert_eq!(parley.turn(&id, "hello one").await["status"], "completed");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    terminate(parley).await;
+    assert!(alive(&warm).is_empty(), "the warm CLI outlived a graceful shutdown");
+
+    // SIGKILL to Parley alone: the CLI dies with it (parent-death signal, the watchdog).
+    let parley = Parley::start(&scratch, &db, &env).await;
+    assert_eq!(parley.turn(&id, "hello two").await["status"], "completed");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    let mut parley = parley;
+    parley.child.kill().await.unwrap();
+    let killed_at = Instant::now();
+    while !alive(&warm).is_empty() {
+        assert!(killed_at.elapsed() < Duration::from_secs(5), "the warm CLI outlived a killed Parley");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    drop(parley);
+}
+
+#[tokio::test]
+async fn claude_turn_taken_by_another_replica_kills_the_holders_warm_process() {
+    if skip("claude") {
+        return;
+    }
+    let scratch = Scratch::new("claude-warm-replicas");
+    let anthropic = MockAnthropic::start().await;
+    let db = TestDb::new().await;
+    let marker = claude_marker(&scratch);
+    let env = claude_env(&scratch, &anthropic);
+    let with = |worker: &str, workers: &str| {
+        let mut env = env.clone();
+        env.extend([("PARLEY_WORKER_ID", worker.to_owned()), ("PARLEY_WORKERS", workers.to_owned())]);
+        env
+    };
+    // Replica A alone: conversation X answered, its CLI kept warm on A.
+    let a = Parley::start(&scratch, &db, &with("rep-a", "1")).await;
+    let (cwd_x, cwd_y) = (scratch.path("x"), scratch.path("y"));
+    let x = a.conversation("claude", &cwd_x).await;
+    assert_eq!(a.turn(&x, "first question alpha").await["status"], "completed");
+    let held = cli_pids_in(&marker, &cwd_x);
+    assert_eq!(held.len(), 1, "{held:?}");
+    // A's only worker is kept busy by a slow turn of conversation Y.
+    let y = a.conversation("claude", &cwd_y).await;
+    let slow = a.send(&y, "SCN_SLOW keep replica a busy").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while anthropic.message_requests_for("SCN_SLOW").is_empty() {
+        assert!(Instant::now() < deadline, "the slow turn never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Replica B takes X's next turn once A's window passed, and A drops its process.
+    let b = Parley::start(&scratch, &db, &with("rep-b", "2")).await;
+    let turn = b.turn(&x, "second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(turn["worker_id"], "rep-b", "{turn}");
+    let requests = anthropic.message_requests_for("second question beta");
+    assert!(requests.iter().any(|r| all_text(r).contains("first question alpha")), "resumed on B: {requests:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&held).is_empty() {
+        assert!(Instant::now() < deadline, "A kept its warm process after B took the conversation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = cli_pids_in(&marker, &cwd_x);
+    assert_eq!(now.len(), 1, "one CLI for the conversation, B's: {now:?}");
+
+    // B, now the holder, answers the next message with its warm process.
+    let turn = b.turn(&x, "third question gamma").await;
+    assert_eq!(turn["worker_id"], "rep-b", "{turn}");
+    assert_eq!(cli_pids_in(&marker, &cwd_x), now, "B's warm process answered");
+
+    let cancelled = a.post(&format!("/conversations/{y}/messages"), json!({ "text": "/cancel" })).await;
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+    a.wait_turn(&slow).await;
+    a.stop().await;
+    b.stop().await;
 }

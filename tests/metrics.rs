@@ -100,7 +100,7 @@ async fn metrics_move_with_turns_webhooks_and_event_streams() {
         assert_eq!(before.get(&key), 0.0, "{key}");
     }
     assert_eq!(before.get("parley_event_streams_open"), 0.0);
-    // No process is ever reused warm yet: registered, and 0.
+    // Registered before any warm process was reused: 0.
     assert_eq!(before.get("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 0.0);
     assert_eq!(before.get("parley_stale_recoveries_total{assistant=\"demo\",path=\"restored\"}"), 0.0);
     assert!(!before.text.contains("parley_turn_duration_seconds_count"), "no turn timed yet:\n{}", before.text);

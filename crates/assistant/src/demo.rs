@@ -193,6 +193,7 @@ mod tests {
             cancel: tokio_util::sync::CancellationToken::new(),
             run_id: uuid::Uuid::new_v4(),
             settings: crate::RunSettings::default(),
+            warm: None,
         }
     }
 

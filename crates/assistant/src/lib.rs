@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use claude::{CLAUDE_PERMISSION_MODES, Claude, ClaudeConfig};
+pub use claude::{CLAUDE_PERMISSION_MODES, Claude, ClaudeConfig, WarmConfig};
 pub use codex::{CODEX_SANDBOX_MODES, Codex, CodexConfig};
 pub use demo::{Demo, DemoConfig};
 pub use openai::{OpenAi, OpenAiConfig};
@@ -53,6 +53,33 @@ pub struct RunRequest {
     /// owner can find and kill them wherever they went ([`run_marker::end_run`]).
     pub run_id: uuid::Uuid,
     /// The conversation's own settings, over the adapter's configured defaults.
+    pub settings: RunSettings,
+    /// The conversation's warm process, for adapters that keep one
+    /// (`docs/architecture.md#warm-processes`); `None` runs a process for this run only.
+    pub warm: Option<WarmKey>,
+}
+
+/// Which warm process a run may use: the conversation's, and whether it may be reused
+/// or must be replaced (another replica answered a turn since this one kept it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmKey {
+    /// The conversation the process belongs to.
+    pub conversation_id: uuid::Uuid,
+    /// False when this server's warm process of the conversation may have missed a turn
+    /// (another replica ran the conversation since): it is killed and the run starts cold.
+    pub may_reuse: bool,
+}
+
+/// A process started ahead of a conversation's next message ([`Assistant::prewarm`]).
+#[derive(Debug, Clone)]
+pub struct Prewarm {
+    /// The conversation.
+    pub conversation_id: uuid::Uuid,
+    /// The assistant session ID its next run will resume (`None`: a fresh session).
+    pub resume: Option<String>,
+    /// Its working directory.
+    pub cwd: Option<PathBuf>,
+    /// Its settings, as its next run will have them.
     pub settings: RunSettings,
 }
 
@@ -312,6 +339,37 @@ pub trait Assistant: Send + Sync + 'static {
     /// yet (Claude's path is computed). Cheap enough to call once per turn.
     fn session_file(&self, _assistant_session_id: &str, _cwd: Option<&Path>) -> Option<SessionFile> {
         None
+    }
+
+    /// True when this adapter keeps warm processes between runs
+    /// (`docs/architecture.md#warm-processes`).
+    fn keeps_warm(&self) -> bool {
+        false
+    }
+
+    /// Starts a conversation's process before its next message arrives, when the adapter
+    /// keeps warm processes, has room, and neither holds one for the conversation nor
+    /// runs one of its turns; the future ends once the process was started and kept
+    /// (never fails: a failure is logged).
+    fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
+        let _ = prewarm;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// True when the conversation has an idle warm process here.
+    fn is_warm(&self, conversation_id: uuid::Uuid) -> bool {
+        let _ = conversation_id;
+        false
+    }
+
+    /// Kills the conversation's warm process, if any (another replica took its turn).
+    fn forget_warm(&self, conversation_id: uuid::Uuid) {
+        let _ = conversation_id;
+    }
+
+    /// Kills every warm process and waits for them to be gone (at shutdown).
+    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -12,8 +12,10 @@
 pub const PROCESSES_LIVE: &str = "parley_assistant_processes_live";
 /// Counter, labelled `assistant`: CLI processes started cold (a new process for a run).
 pub const PROCESSES_COLD_STARTS: &str = "parley_assistant_processes_cold_starts_total";
-/// Counter, labelled `assistant`: runs served by an already running (warm) process.
-/// Parley starts a process for every run today, so it stays 0.
+/// Counter, labelled `assistant`: runs served by an already running (warm) process —
+/// a conversation's follow-up message written to its live CLI instead of a new start
+/// (`docs/architecture.md#warm-processes`). A run that had to start its process counts
+/// in [`PROCESSES_COLD_STARTS`] instead.
 pub const PROCESSES_WARM_REUSES: &str = "parley_assistant_processes_warm_reuses_total";
 
 /// The assistants that start CLI processes: the label values of the process metrics.
@@ -38,4 +40,9 @@ impl Drop for LiveProcess {
     fn drop(&mut self) {
         metrics::gauge!(PROCESSES_LIVE, "assistant" => self.assistant).decrement(1.0);
     }
+}
+
+/// Counts a run of `assistant` served by its conversation's warm process.
+pub fn warm_reused(assistant: &'static str) {
+    metrics::counter!(PROCESSES_WARM_REUSES, "assistant" => assistant).increment(1);
 }

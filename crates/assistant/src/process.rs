@@ -35,7 +35,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -202,6 +202,23 @@ impl CliProcess {
     /// [`AssistantError::Exited`] (code `None`) when it cannot be started, e.g. the
     /// binary is missing.
     pub async fn spawn(spec: ProcessSpec) -> Result<Self, AssistantError> {
+        Self::start(spec, false).await.map(|(process, _)| process)
+    }
+
+    /// Starts the process like [`Self::spawn`], but keeps its stdin open and returns it:
+    /// [`ProcessSpec::stdin`] is written first (when not empty), and the caller writes
+    /// more (a warm process reads one stream-json line per message, see
+    /// [`crate::claude::warm`]).
+    ///
+    /// # Errors
+    /// As [`Self::spawn`].
+    pub async fn spawn_interactive(spec: ProcessSpec) -> Result<(Self, ChildStdin), AssistantError> {
+        let (process, stdin) = Self::start(spec, true).await?;
+        let stdin = stdin.ok_or_else(|| AssistantError::Protocol("no stdin pipe".into()))?;
+        Ok((process, stdin))
+    }
+
+    async fn start(spec: ProcessSpec, keep_stdin: bool) -> Result<(Self, Option<ChildStdin>), AssistantError> {
         let program = spec.program.display().to_string();
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
@@ -225,7 +242,18 @@ impl CliProcess {
         let live = crate::metrics::process_started(spec.assistant);
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
         debug!(%program, pid = ?pgid, "assistant CLI started");
-        if let Some(mut stdin) = child.stdin.take() {
+        let mut kept_stdin = None;
+        if keep_stdin {
+            kept_stdin = child.stdin.take();
+            if let Some(stdin) = kept_stdin.as_mut()
+                && !spec.stdin.is_empty()
+            {
+                // Stays open: a failed write shows as the CLI's exit.
+                if let Err(e) = stdin.write_all(spec.stdin.as_bytes()).await {
+                    debug!(error = %e, "writing to the CLI's stdin failed");
+                }
+            }
+        } else if let Some(mut stdin) = child.stdin.take() {
             let prompt = spec.stdin;
             // Spawned tasks log in the turn's span (conversation and turn IDs).
             tokio::spawn(
@@ -243,20 +271,40 @@ impl CliProcess {
         let stdout = child.stdout.take().ok_or_else(|| AssistantError::Protocol("no stdout pipe".into()))?;
         let stderr =
             child.stderr.take().map(|s| tokio::spawn(read_tail(s, spec.limits.stderr_tail_bytes).in_current_span()));
-        Ok(Self {
-            program,
-            guard: GroupGuard {
-                child: Some(child),
-                family: Family::new(pgid),
-                grace: spec.limits.kill_grace,
-                done: false,
+        Ok((
+            Self {
+                program,
+                guard: GroupGuard {
+                    child: Some(child),
+                    family: Family::new(pgid),
+                    grace: spec.limits.kill_grace,
+                    done: false,
+                },
+                stdout: LineReader::new(stdout, spec.limits.max_line_bytes),
+                stderr,
+                deadline: Instant::now() + spec.limits.total_timeout,
+                limits: spec.limits,
+                _live: live,
             },
-            stdout: LineReader::new(stdout, spec.limits.max_line_bytes),
-            stderr,
-            deadline: Instant::now() + spec.limits.total_timeout,
-            limits: spec.limits,
-            _live: live,
-        })
+            kept_stdin,
+        ))
+    }
+
+    /// The CLI's process ID (also its process group's ID), `None` once it was reaped.
+    #[must_use]
+    pub fn pid(&self) -> Option<i32> {
+        self.guard.child.as_ref().and_then(Child::id).and_then(|id| i32::try_from(id).ok())
+    }
+
+    /// True when the CLI has exited (or was stopped); reaps it then.
+    pub fn has_exited(&mut self) -> bool {
+        self.guard.done || self.guard.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts a new run on a process that lives across runs (a warm process): the total
+    /// timeout ([`ProcessLimits::total_timeout`]) counts from now.
+    pub fn rearm(&mut self) {
+        self.deadline = Instant::now() + self.limits.total_timeout;
     }
 
     /// The next stdout line. On cancellation or a timeout the process group is stopped

@@ -18,7 +18,7 @@
 //! `/proc/PID/environ` Parley may read (its own user's, or all as root) in its own PID
 //! namespace are found (Linux only; elsewhere the scans find nothing).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -68,6 +68,50 @@ fn spawned() -> &'static Mutex<HashSet<Uuid>> {
 /// Records that run `run_id` started a process (called by [`crate::process::CliProcess`]).
 pub(crate) fn note_spawned(run_id: Uuid) {
     spawned().lock().unwrap_or_else(PoisonError::into_inner).insert(run_id);
+}
+
+/// The warm processes' runs ([`crate::claude::warm`]): a warm process carries a run ID
+/// of its own, which outlives the turns it answers.
+#[derive(Debug, Default)]
+struct WarmRuns {
+    /// Turn run → the warm run that served it, and whether the turn called a tool
+    /// (until [`end_run`]).
+    served: HashMap<Uuid, (Uuid, bool)>,
+    /// Warm run → its CLI's PID, while the process is kept for the next turn.
+    kept: HashMap<Uuid, i32>,
+}
+
+fn warm_runs() -> &'static Mutex<WarmRuns> {
+    static WARM: OnceLock<Mutex<WarmRuns>> = OnceLock::new();
+    WARM.get_or_init(Mutex::default)
+}
+
+/// Records that turn run `run_id` is served by the warm process of run `warm_run_id`:
+/// [`end_run`] of the turn then ends the warm run's other processes (the tools it
+/// started), and the warm process itself unless it was kept ([`keep_warm`]).
+pub fn serve_with_warm(run_id: Uuid, warm_run_id: Uuid) {
+    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.insert(run_id, (warm_run_id, false));
+}
+
+/// Records that turn run `run_id`, served by a warm process, called a tool: its
+/// [`end_run`] then looks for the tool's processes. A turn without tool calls started no
+/// process, so ending it costs no `/proc` scan while its warm process is kept.
+pub fn warm_turn_used_tools(run_id: Uuid) {
+    if let Some((_, tools)) = warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.get_mut(&run_id) {
+        *tools = true;
+    }
+}
+
+/// Records that the warm process `pid` of run `warm_run_id` is kept alive between
+/// turns: [`end_run`] of a turn it served spares it.
+pub fn keep_warm(warm_run_id: Uuid, pid: i32) {
+    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).kept.insert(warm_run_id, pid);
+}
+
+/// Records that the warm process of run `warm_run_id` is no longer kept: the next
+/// [`end_run`] of a turn it served kills all of the warm run's processes.
+pub fn release_warm(warm_run_id: Uuid) {
+    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).kept.remove(&warm_run_id);
 }
 
 /// The markers found in one process's environment.
@@ -124,12 +168,24 @@ async fn kill_matching(
     wanted: impl Fn(&Markers) -> bool + Send + Sync + 'static,
     wait: Duration,
 ) -> usize {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    kill_matching_except(what, wanted, me, wait).await
+}
+
+/// [`kill_matching`], sparing the process `spare` (a kept warm process, or this one).
+async fn kill_matching_except(
+    what: String,
+    wanted: impl Fn(&Markers) -> bool + Send + Sync + 'static,
+    spare: i32,
+    wait: Duration,
+) -> usize {
     let wanted = std::sync::Arc::new(wanted);
     let deadline = Instant::now() + wait;
     let mut killed: HashSet<i32> = HashSet::new();
     loop {
         let w = std::sync::Arc::clone(&wanted);
         let found = tokio::task::spawn_blocking(move || find(&*w)).await.unwrap_or_default();
+        let found: Vec<(i32, OwnedFd)> = found.into_iter().filter(|(pid, _)| *pid != spare).collect();
         if found.is_empty() {
             return killed.len();
         }
@@ -155,9 +211,26 @@ async fn kill_matching(
 /// Kills every process of run `run_id` — wherever it is: any process group, any
 /// session, any parent — and waits up to `wait` for them to be gone. Returns how many
 /// were killed.
+///
+/// A turn run served by a warm process of this Parley ([`serve_with_warm`]) takes the
+/// warm process down with it: a run killed from outside (an expired lease) cannot leave
+/// its session's process alive.
 pub async fn kill_run(run_id: Uuid, wait: Duration) -> usize {
+    let warm = warm_runs().lock().unwrap_or_else(PoisonError::into_inner).served.get(&run_id).map(|(w, _)| *w);
+    let mut killed = kill_run_only(run_id, None, wait).await;
+    if let Some(warm) = warm {
+        release_warm(warm);
+        killed += kill_run_only(warm, None, wait).await;
+    }
+    killed
+}
+
+/// Kills the processes carrying run ID `run_id`, except the process `spare`.
+async fn kill_run_only(run_id: Uuid, spare: Option<i32>, wait: Duration) -> usize {
     let id = run_id.to_string();
-    kill_matching(format!("run {run_id}"), move |m| m.run_id.as_deref() == Some(id.as_str()), wait).await
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let spare = spare.unwrap_or(me);
+    kill_matching_except(format!("run {run_id}"), move |m| m.run_id.as_deref() == Some(id.as_str()), spare, wait).await
 }
 
 /// Kills every process of a run whose Parley process is no longer alive: what a
@@ -186,9 +259,25 @@ pub async fn kill_owned_by(owner: &str, wait: Duration) -> usize {
 /// [`kill_run`]) and waits for them to be gone, for up to `wait`. Returns how many were
 /// killed. Call it when the run's stream was dropped or finished, before anything
 /// else may run in the same assistant session.
+///
+/// A turn served by a warm process ([`serve_with_warm`]) also ends the warm run's
+/// processes — the tools the CLI started for the turn — but spares the CLI itself when
+/// it is kept for the next turn ([`keep_warm`]); a warm process that is no longer kept
+/// (the turn failed, was cancelled, or the process was dropped) is killed with them.
+/// See `docs/architecture.md#warm-processes`.
 pub async fn end_run(run_id: Uuid, wait: Duration) -> usize {
     let had_processes = spawned().lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
-    if had_processes { kill_run(run_id, wait).await } else { 0 }
+    let warm = {
+        let mut runs = warm_runs().lock().unwrap_or_else(PoisonError::into_inner);
+        runs.served.remove(&run_id).map(|(warm, tools)| (warm, tools, runs.kept.get(&warm).copied()))
+    };
+    let mut killed = if had_processes { kill_run_only(run_id, None, wait).await } else { 0 };
+    match warm {
+        // Kept, and no tool was called: nothing of the turn can be left.
+        Some((_, false, Some(_))) | None => {}
+        Some((warm, _, kept)) => killed += kill_run_only(warm, kept, wait).await,
+    }
+    killed
 }
 
 #[cfg(test)]

@@ -23,13 +23,15 @@ pub const MESSAGE: &str = "Benchmark message: please answer briefly.";
 
 /// One SSE event as the client received it.
 #[derive(Debug)]
-struct Received {
-    kind: String,
-    turn_id: Option<Uuid>,
+pub(crate) struct Received {
+    /// The event's kind (`text`, `turn_completed`…).
+    pub(crate) kind: String,
+    /// The turn it belongs to.
+    pub(crate) turn_id: Option<Uuid>,
     /// The `ts` the worker put in the event (Unix µs), when present.
     ts: Option<i64>,
     /// When it arrived.
-    at: Instant,
+    pub(crate) at: Instant,
     /// When it arrived, in Unix µs.
     at_unix_us: i64,
 }
@@ -133,7 +135,7 @@ impl Load {
 }
 
 /// Opens `GET …/events` and forwards each event, stamped on arrival, to a channel.
-async fn open_sse(target: &Target, conversation: Uuid) -> Result<mpsc::UnboundedReceiver<Received>> {
+pub(crate) async fn open_sse(target: &Target, conversation: Uuid) -> Result<mpsc::UnboundedReceiver<Received>> {
     let resp = target
         .http
         .get(target.url(&format!("/api/conversations/{conversation}/events")))

@@ -21,6 +21,7 @@ mod scale;
 mod server;
 mod stats;
 mod transcripts;
+mod warm;
 mod webhook;
 
 use std::collections::HashMap;
@@ -66,6 +67,9 @@ enum Mode {
     /// Server memory per idle SSE stream (1,000 and 10,000 streams, each on its own
     /// conversation) and after they close, for one server or a baseline and a server.
     Idle(idle::IdleArgs),
+    /// Follow-up latency of the real Claude CLI, cold and warm, against the mock
+    /// Anthropic API, beside a bare warm CLI (`docs/performance.md`).
+    ClaudeWarm(warm::WarmArgs),
 }
 
 /// Options of the load benchmark.
@@ -199,6 +203,10 @@ async fn main() -> Result<()> {
         Some(Mode::Idle(idle)) => {
             let admin = idle.database_url.clone().unwrap_or_else(default_admin_url);
             return idle::run(idle, &admin).await;
+        }
+        Some(Mode::ClaudeWarm(warm)) => {
+            let admin = warm.admin_url();
+            return warm::run(warm, &admin).await;
         }
         None => cli.load,
     };

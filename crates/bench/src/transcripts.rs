@@ -110,6 +110,8 @@ async fn measure(args: &TranscriptArgs, db: &ScratchDb) -> Result<()> {
             cancel: CancellationToken::new(),
             run_id: Uuid::new_v4(),
             settings: RunSettings::default(),
+            // Cold runs: the cost measured is the snapshot, not the CLI's start-up.
+            warm: None,
         };
         let mut stream = claude.run(request);
         let mut completed = false;

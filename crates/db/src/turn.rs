@@ -101,6 +101,20 @@ pub struct Claimed {
     /// the claiming connection. When true, that connection holds it: keep it (as
     /// [`crate::run_lock::RunLock::claimed`]) rather than return it to a pool.
     pub run_locked: bool,
+    /// The worker that held the conversation's warm assistant process before this claim
+    /// (`conversation.warm_worker_id`, see [`WarmClaim`]); `None` when none did.
+    pub warm_holder: Option<String>,
+}
+
+/// How a claim treats warm assistant processes (`docs/architecture.md#warm-processes`).
+#[derive(Debug, Clone, Default)]
+pub struct WarmClaim {
+    /// The assistants that keep warm processes on this worker: claiming a turn of a
+    /// conversation with one of them makes this worker the conversation's holder.
+    pub assistants: Vec<String>,
+    /// How long other workers leave a turn of a conversation held by another worker to
+    /// the holder, counted from the turn's creation; zero: no preference.
+    pub window: Duration,
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> DbResult<Option<T>> {
@@ -128,6 +142,24 @@ pub async fn claim(
     lease: Duration,
     run_id: Uuid,
 ) -> DbResult<Option<Claimed>> {
+    claim_warm(client, worker_id, lease, run_id, &WarmClaim::default()).await
+}
+
+/// [`claim`], for a worker whose assistants keep warm processes: a turn of a
+/// conversation whose warm process another worker holds (`conversation.warm_worker_id`)
+/// is left to that worker for [`WarmClaim::window`] after the turn was created, and
+/// claiming a turn of one of [`WarmClaim::assistants`] makes this worker the holder.
+/// [`Claimed::warm_holder`] tells who held it before.
+///
+/// # Errors
+/// As [`claim`].
+pub async fn claim_warm(
+    client: &impl GenericClient,
+    worker_id: &str,
+    lease: Duration,
+    run_id: Uuid,
+    warm: &WarmClaim,
+) -> DbResult<Option<Claimed>> {
     let stmt = client
         .prepare_cached(&format!(
             "with claimed as ( \
@@ -136,6 +168,8 @@ pub async fn claim(
                  where turn_id = ( \
                      select t.turn_id from turn t join conversation c using (conversation_id) \
                      where t.status = 'queued' and not c.paused \
+                       and (c.warm_worker_id is null or c.warm_worker_id = $1 or $4::float8 <= 0 \
+                            or t.created_at <= now() - make_interval(secs => $4::float8)) \
                        and not exists (select 1 from turn r where r.conversation_id = t.conversation_id \
                                        and r.status = 'running') \
                        and not exists (select 1 from turn e where e.conversation_id = t.conversation_id \
@@ -143,8 +177,14 @@ pub async fn claim(
                      order by t.user_message_id \
                      limit 1 \
                      for update of t skip locked) \
-                 returning {COLUMNS}, nextval('event_block') * {} as first_event_seq) \
+                 returning {COLUMNS}, nextval('event_block') * {} as first_event_seq), \
+             held as ( \
+                 update conversation h set warm_worker_id = $1 from claimed \
+                 where h.conversation_id = claimed.conversation_id and h.assistant = any($5) \
+                   and h.warm_worker_id is distinct from $1) \
              select claimed.*, \
+                 (select c.warm_worker_id from conversation c where c.conversation_id = claimed.conversation_id) \
+                     as warm_holder, \
                  (select to_jsonb(c) from conversation c where c.conversation_id = claimed.conversation_id) \
                      as conversation, \
                  (select to_jsonb(m) from message m where m.message_id = claimed.user_message_id) as user_message, \
@@ -156,7 +196,9 @@ pub async fn claim(
             key = crate::run_lock::KEY_OF_CONVERSATION.replace("conversation_id", "claimed.conversation_id"),
         ))
         .await?;
-    match client.query_opt(&stmt, &[&worker_id, &interval_secs(lease), &run_id]).await {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&worker_id, &interval_secs(lease), &run_id, &warm.window.as_secs_f64(), &warm.assistants];
+    match client.query_opt(&stmt, &params).await {
         Ok(Some(row)) => Ok(Some(Claimed {
             turn: Turn::try_from(&row)?,
             first_event_seq: row.try_get("first_event_seq")?,
@@ -164,6 +206,7 @@ pub async fn claim(
             user_message: from_json(&row, "user_message")?.ok_or(DbError::not_found("message"))?,
             active_session: from_json(&row, "active_session")?,
             run_locked: row.try_get("run_locked")?,
+            warm_holder: row.try_get("warm_holder")?,
         })),
         Ok(None) => Ok(None),
         Err(e) => {
@@ -171,6 +214,23 @@ pub async fn claim(
             if err.is_conflict_on(crate::constraint::TURN_ONE_RUNNING) { Ok(None) } else { Err(err) }
         }
     }
+}
+
+/// Whether the conversation has a queued or running turn, and which worker holds its
+/// warm assistant process (`conversation.warm_worker_id`, see [`claim_warm`]): what
+/// decides whether a process may be started ahead of its next message.
+///
+/// # Errors
+/// [`DbError::Unavailable`] / [`DbError::Other`] only.
+pub async fn warm_state(client: &impl GenericClient, conversation_id: Uuid) -> DbResult<(bool, Option<String>)> {
+    let row = client
+        .query_one(
+            "select exists (select 1 from turn where conversation_id = $1 and status in ('queued', 'running')), \
+                    (select warm_worker_id from conversation where conversation_id = $1)",
+            &[&conversation_id],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// A running turn taken from its worker by [`requeue_expired`] or [`requeue_owned`]:

@@ -105,6 +105,10 @@ pub struct Config {
     /// the database, in bytes ([`transcript`]); a larger one is not stored and its
     /// session recovers from history when the file is lost. 0: none is kept.
     pub transcript_max_bytes: u64,
+    /// How long other replicas leave a new turn to the replica that holds its
+    /// conversation's warm assistant process (`docs/architecture.md#warm-processes`);
+    /// zero: no preference.
+    pub warm_claim_window: Duration,
 }
 
 impl Default for Config {
@@ -127,6 +131,7 @@ impl Default for Config {
             allowed_permission_modes: settings::DEFAULT_ALLOWED_PERMISSION_MODES.map(str::to_owned).to_vec(),
             retention: retention::Retention::default(),
             transcript_max_bytes: transcript::DEFAULT_MAX_BYTES,
+            warm_claim_window: Duration::from_millis(200),
         }
     }
 }

@@ -23,7 +23,10 @@ impl Orchestrator {
     /// [`OrchestratorError::Db`] when the store fails (a constraint on the row included).
     pub async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation, OrchestratorError> {
         let client = self.pool().get().await.map_err(DbError::from)?;
-        Ok(conversation::create(&client, new).await?)
+        let created = conversation::create(&client, new).await?;
+        // Before the answer, so that its first message finds the process.
+        self.prewarm(&created, None).await;
+        Ok(created)
     }
 
     /// Deletes a conversation with its messages, turns, sessions and events. Its running
@@ -51,7 +54,11 @@ impl Orchestrator {
             }
             .await;
             match deleted {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Its warm process here (another replica's goes at its idle timeout).
+                    self.forget_warm(conversation_id);
+                    return Ok(());
+                }
                 Err(e @ DbError::Retryable(_)) if attempt < DELETE_ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "deleting the conversation lost a race; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;

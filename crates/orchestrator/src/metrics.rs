@@ -194,13 +194,14 @@ pub fn describe(assistants: &[&str], platforms: &[&'static str]) {
     describe_counter!(
         process::PROCESSES_COLD_STARTS,
         Unit::Count,
-        "Assistant CLI processes started cold: a new process for a run (every CLI run today)."
+        "Assistant CLI processes started cold: a new process for a run, or one started ahead of a \
+         conversation's next message."
     );
     describe_counter!(
         process::PROCESSES_WARM_REUSES,
         Unit::Count,
-        "Runs served by an already running assistant process. Parley does not keep processes warm yet, so \
-         this stays 0."
+        "Runs served by an already running assistant process: the conversation's warm CLI, written its \
+         next message on stdin instead of a new start."
     );
     describe_gauge!(EVENT_STREAMS_OPEN, Unit::Count, "Event streams (SSE) open on this replica.");
     describe_counter!(

@@ -56,6 +56,15 @@ pub enum Signal {
         /// The turn.
         turn_id: Uuid,
     },
+    /// Another worker took the conversation's turn from `holder`, the worker that held
+    /// its warm assistant process: the holder kills that process
+    /// (`docs/architecture.md#warm-processes`).
+    WarmTaken {
+        /// The conversation.
+        conversation_id: Uuid,
+        /// The worker ID of the previous holder.
+        holder: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -234,6 +243,11 @@ impl Orchestrator {
                 Signal::Persisted { conversation_id, seq } => self.hub().persisted(conversation_id, seq),
                 Signal::Cancel { turn_id } => {
                     self.cancel_local(turn_id);
+                }
+                Signal::WarmTaken { conversation_id, holder } => {
+                    if holder == self.config().worker_id {
+                        self.forget_warm(conversation_id);
+                    }
                 }
             }
         }

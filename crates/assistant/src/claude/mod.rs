@@ -27,18 +27,21 @@
 //! the model only in a fresh session; Parley starts one when it changes.
 
 pub mod stream;
+pub mod warm;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tracing::warn;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, SessionFile};
+use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, SessionFile, WarmKey};
+use std::sync::Arc;
 pub use stream::ClaudeStream;
+pub use warm::{WarmConfig, WarmPool};
 
 /// Environment name prefixes the Claude CLI inherits from Parley's environment.
 pub const CLAUDE_ENV_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"];
@@ -81,6 +84,9 @@ pub struct ClaudeConfig {
     pub assign_session_id: bool,
     /// Process limits.
     pub limits: ProcessLimits,
+    /// Warm processes: one live CLI per active conversation
+    /// (`docs/architecture.md#warm-processes`).
+    pub warm: WarmConfig,
 }
 
 impl Default for ClaudeConfig {
@@ -99,6 +105,7 @@ impl Default for ClaudeConfig {
             extra_args: Vec::new(),
             assign_session_id: true,
             limits: ProcessLimits::default(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -186,6 +193,35 @@ pub fn project_dir_name(cwd: &str) -> String {
     format!("{}-{}", &name[..PROJECT_DIR_NAME_MAX], base36(i64::from(hash).unsigned_abs()))
 }
 
+/// Where claude-code 2.1.329 keeps the transcript of `assistant_session_id` under its
+/// configuration directory when it runs in `cwd` (`None`: Parley's own directory):
+/// `projects/<project dir>/<session ID>.jsonl`. The project directory is
+/// [`project_dir_name`] of the canonical `cwd` (the CLI names it after its `getcwd`,
+/// where links are resolved), or `override_name` (`CLAUDE_CODE_PROJECT_DIR_NAME`, which
+/// the CLI obeys only with a configuration directory set) when valid. `None` for a
+/// session ID that is not a plain name or a `cwd` that is not UTF-8.
+pub(crate) fn transcript_relative(
+    assistant_session_id: &str,
+    cwd: Option<&Path>,
+    override_name: Option<&str>,
+) -> Option<PathBuf> {
+    if assistant_session_id.is_empty()
+        || !assistant_session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    let cwd = match cwd {
+        Some(cwd) => cwd.to_path_buf(),
+        None => std::env::current_dir().ok()?,
+    };
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let dir = match project_dir_override(override_name) {
+        Some(name) => name.to_owned(),
+        None => project_dir_name(cwd.to_str()?),
+    };
+    Some(Path::new("projects").join(dir).join(format!("{assistant_session_id}.jsonl")))
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -218,13 +254,59 @@ fn project_dir_override(value: Option<&str>) -> Option<&str> {
 #[derive(Debug, Clone, Default)]
 pub struct Claude {
     config: ClaudeConfig,
+    /// Its warm processes; `None` when [`WarmConfig::max_processes`] is 0.
+    warm: Option<Arc<WarmPool>>,
 }
 
 impl Claude {
     /// A Claude Code assistant with these settings.
     #[must_use]
     pub fn new(config: ClaudeConfig) -> Self {
-        Self { config }
+        let warm = (config.warm.max_processes > 0).then(|| WarmPool::new(config.warm.clone()));
+        Self { config, warm }
+    }
+
+    /// Its warm processes, when it keeps them.
+    #[must_use]
+    pub fn warm_pool(&self) -> Option<&Arc<WarmPool>> {
+        self.warm.as_ref()
+    }
+
+    /// A run on the conversation's warm process: the idle one when it still fits, else a
+    /// new one (a cold start, resuming the session with `--resume`) that is kept after
+    /// the turn.
+    fn run_warm(
+        &self,
+        pool: Arc<WarmPool>,
+        key: WarmKey,
+        request: RunRequest,
+    ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let config = self.config.clone();
+        async_stream::stream! {
+            let _busy = pool.run_started(key.conversation_id);
+            let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
+            let process = match pool.take(&key, &fingerprint, request.resume.as_deref()) {
+                Some(process) => {
+                    crate::metrics::warm_reused("claude");
+                    debug!(conversation_id = %key.conversation_id, "reusing the warm claude process");
+                    process
+                }
+                None => {
+                    let assigned = (config.assign_session_id && request.resume.is_none())
+                        .then(|| Uuid::new_v4().to_string());
+                    match warm::WarmProcess::start(&config, &request.settings, request.cwd.clone(), request.resume.clone(), assigned).await {
+                        Ok(p) => p,
+                        Err(e) => { yield Err(e); return; }
+                    }
+                }
+            };
+            crate::run_marker::serve_with_warm(request.run_id, process.run_id());
+            let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel, request.run_id));
+            while let Some(item) = turn.next().await {
+                yield item;
+            }
+        }
+        .boxed()
     }
 
     /// Its settings.
@@ -258,30 +340,60 @@ impl Assistant for Claude {
     /// after its `getcwd`, where links are resolved), or `CLAUDE_CODE_PROJECT_DIR_NAME`
     /// when that is set together with a configuration directory.
     fn session_file(&self, assistant_session_id: &str, cwd: Option<&Path>) -> Option<SessionFile> {
-        if assistant_session_id.is_empty()
-            || !assistant_session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        let home = self.session_home()?;
-        let cwd = match cwd {
-            Some(cwd) => cwd.to_path_buf(),
-            None => std::env::current_dir().ok()?,
-        };
-        let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
         let configured_dir = self.config.config_dir.is_some() || std::env::var_os("CLAUDE_CONFIG_DIR").is_some();
-        let override_name = std::env::var("CLAUDE_CODE_PROJECT_DIR_NAME").ok();
-        let dir = match project_dir_override(override_name.as_deref().filter(|_| configured_dir)) {
-            Some(name) => name.to_owned(),
-            None => project_dir_name(cwd.to_str()?),
-        };
-        Some(SessionFile {
-            home,
-            relative: Path::new("projects").join(dir).join(format!("{assistant_session_id}.jsonl")),
+        let override_name = std::env::var("CLAUDE_CODE_PROJECT_DIR_NAME").ok().filter(|_| configured_dir);
+        let relative = transcript_relative(assistant_session_id, cwd, override_name.as_deref())?;
+        Some(SessionFile { home: self.session_home()?, relative })
+    }
+
+    fn keeps_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
+        let Some(pool) = self.warm.clone() else { return Box::pin(std::future::ready(())) };
+        let config = self.config.clone();
+        Box::pin(async move {
+            let conversation_id = prewarm.conversation_id;
+            if pool.holds(conversation_id) || pool.busy(conversation_id) || !pool.has_room() {
+                return;
+            }
+            let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
+            match warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await {
+                // A run that started meanwhile keeps its own process.
+                Ok(process) if !pool.holds(conversation_id) && !pool.busy(conversation_id) => {
+                    debug!(%conversation_id, "started a warm claude process ahead of a message");
+                    pool.put(conversation_id, process);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not start a warm claude process ahead of a message"),
+            }
         })
     }
 
-    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+    fn is_warm(&self, conversation_id: Uuid) -> bool {
+        self.warm.as_ref().is_some_and(|pool| pool.holds(conversation_id))
+    }
+
+    fn forget_warm(&self, conversation_id: Uuid) {
+        if let Some(pool) = &self.warm {
+            pool.forget(conversation_id);
+        }
+    }
+
+    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
+        let pool = self.warm.clone();
+        Box::pin(async move {
+            if let Some(pool) = pool {
+                pool.stop_all().await;
+            }
+        })
+    }
+
+    fn run(&self, mut request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if let (Some(pool), Some(key)) = (self.warm.clone(), request.warm.take()) {
+            return self.run_warm(pool, key, request);
+        }
         let assigned = (self.config.assign_session_id && request.resume.is_none()).then(|| Uuid::new_v4().to_string());
         let spec = ProcessSpec {
             program: self.config.binary.clone(),

@@ -53,6 +53,7 @@ pub fn request(prompt: &str, resume: Option<&str>, cwd: Option<PathBuf>) -> RunR
         cancel: CancellationToken::new(),
         run_id: uuid::Uuid::new_v4(),
         settings: parley_assistant::RunSettings::default(),
+        warm: None,
     }
 }
 
@@ -439,4 +440,42 @@ async fn orphans_of_a_dead_parley_are_killed_and_a_live_ones_kept() {
     assert!(pid_alive(kept_pid), "a live owner's process is left alone");
     let _ = kept.kill();
     let _ = kept.wait();
+}
+
+/// A warm process's run outlives the turns it serves: ending a turn kills the tools the
+/// warm run started but spares the CLI while it is kept; once it is no longer kept, the
+/// end of the turn it served kills it too.
+#[tokio::test]
+async fn ending_a_turn_spares_its_kept_warm_process_and_kills_its_tools() {
+    use parley_assistant::run_marker::{
+        RUN_ID_ENV, end_run, keep_warm, release_warm, serve_with_warm, warm_turn_used_tools,
+    };
+    let warm_run = uuid::Uuid::new_v4();
+    let spawn =
+        || std::process::Command::new("sleep").arg("300").env(RUN_ID_ENV, warm_run.to_string()).spawn().expect("sleep");
+    let (mut cli, mut tool) = (spawn(), spawn());
+    let cli_pid = i32::try_from(cli.id()).expect("pid");
+    let tool_pid = i32::try_from(tool.id()).expect("pid");
+
+    // A turn without a tool call started nothing: its end scans nothing.
+    let quiet = uuid::Uuid::new_v4();
+    serve_with_warm(quiet, warm_run);
+    keep_warm(warm_run, cli_pid);
+    assert_eq!(end_run(quiet, Duration::from_secs(5)).await, 0, "no tool call, no scan");
+    assert!(pid_alive(cli_pid) && pid_alive(tool_pid));
+
+    let turn = uuid::Uuid::new_v4();
+    serve_with_warm(turn, warm_run);
+    warm_turn_used_tools(turn);
+    assert_eq!(end_run(turn, Duration::from_secs(5)).await, 1, "the turn's tool, not the kept CLI");
+    let _ = tool.wait();
+    assert!(!pid_alive(tool_pid), "the tool of the warm run was killed at the end of the turn");
+    assert!(pid_alive(cli_pid), "the kept warm CLI lives on");
+
+    let next = uuid::Uuid::new_v4();
+    serve_with_warm(next, warm_run);
+    release_warm(warm_run);
+    assert_eq!(end_run(next, Duration::from_secs(5)).await, 1, "the CLI no longer kept");
+    let _ = cli.wait();
+    assert!(!pid_alive(cli_pid), "a warm CLI that is not kept dies with the turn it served");
 }

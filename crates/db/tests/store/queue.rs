@@ -406,3 +406,58 @@ async fn enqueue_stores_the_message_and_its_turn_or_nothing() {
     assert!(ingest::is_duplicate(&err), "{err}");
     assert_eq!((count(messages).await, count(queued).await), (4, 4));
 }
+
+/// A claim that prefers the worker holding a conversation's warm process.
+async fn claim_warm(client: &impl GenericClient, worker: &str, window: Duration) -> Option<turn::Claimed> {
+    let warm = turn::WarmClaim { assistants: vec!["demo".into()], window };
+    turn::claim_warm(client, worker, LEASE, Uuid::new_v4(), &warm).await.expect("claim")
+}
+
+async fn complete(client: &impl GenericClient, turn_id: Uuid) {
+    client.execute("update turn set status = 'completed' where turn_id = $1", &[&turn_id]).await.expect("complete");
+}
+
+#[tokio::test]
+async fn a_warm_holder_gets_its_conversations_turns_first_and_a_taker_becomes_the_holder() {
+    let db = TestDb::new().await;
+    let client = db.pool.get().await.expect("client");
+    let conversation_id = new_conversation(&client).await;
+    let window = Duration::from_millis(800);
+
+    // The first claim makes its worker the holder; nobody held it before.
+    let first = enqueue(&client, conversation_id, "first").await;
+    let claimed = claim_warm(&client, "a", window).await.expect("the first turn");
+    assert_eq!((claimed.turn.turn_id, claimed.warm_holder), (first, None));
+    complete(&client, first).await;
+
+    // Within the window another worker leaves the turn to the holder…
+    let second = enqueue(&client, conversation_id, "second").await;
+    assert!(claim_warm(&client, "b", window).await.is_none(), "b took a turn held warm by a");
+    // …which claims it at once and learns it held the conversation.
+    let claimed = claim_warm(&client, "a", window).await.expect("a claims its conversation's turn");
+    assert_eq!((claimed.turn.turn_id, claimed.warm_holder.as_deref()), (second, Some("a")));
+    complete(&client, second).await;
+
+    // After the window another worker takes it, becomes the holder, and is told who held it.
+    let third = enqueue(&client, conversation_id, "third").await;
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    let claimed = claim_warm(&client, "b", window).await.expect("b takes the turn after the window");
+    assert_eq!((claimed.turn.turn_id, claimed.warm_holder.as_deref()), (third, Some("a")));
+    complete(&client, third).await;
+    let holder: Option<String> = client
+        .query_one("select warm_worker_id from conversation where conversation_id = $1", &[&conversation_id])
+        .await
+        .expect("conversation")
+        .get(0);
+    assert_eq!(holder.as_deref(), Some("b"));
+
+    // A plain claim (no warm assistants) neither waits nor changes the holder.
+    let fourth = enqueue(&client, conversation_id, "fourth").await;
+    assert_eq!(claim(&client, "c", LEASE).await.map(|c| c.0), Some(fourth));
+    let holder: Option<String> = client
+        .query_one("select warm_worker_id from conversation where conversation_id = $1", &[&conversation_id])
+        .await
+        .expect("conversation")
+        .get(0);
+    assert_eq!(holder.as_deref(), Some("b"));
+}

@@ -30,6 +30,7 @@ mod pool;
 mod reply;
 mod requeue;
 mod run;
+mod warm;
 
 /// How long killing a run's processes may take before Parley gives up on them (a
 /// process stuck in the kernel ignores even `SIGKILL` for a while).

@@ -95,6 +95,7 @@ impl Orchestrator {
         }
         helpers_stop.cancel();
         while helpers.join_next().await.is_some() {}
+        self.stop_warm().await;
         info!("workers stopped");
     }
 
@@ -145,6 +146,7 @@ impl Orchestrator {
         // After a failed claim: 100 ms, doubling up to 5 s; back to 100 ms after a claim.
         let backoff = crate::doubling_backoff(Duration::from_millis(100), Duration::from_secs(5));
         let mut delays = backoff.build();
+        let warm = self.warm_claim();
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -154,7 +156,7 @@ impl Orchestrator {
             notified.as_mut().enable();
             let run_id = Uuid::new_v4();
             let claimed = match self.inner.coordination.get().await {
-                Ok(client) => turn::claim(&client, &self.config().worker_id, self.config().lease, run_id)
+                Ok(client) => turn::claim_warm(&client, &self.config().worker_id, self.config().lease, run_id, &warm)
                     .await
                     .map(|claimed| claimed.map(|claimed| (claimed, client))),
                 Err(e) => Err(DbError::from(e)),
@@ -164,6 +166,7 @@ impl Orchestrator {
                     delays = backoff.build();
                     // More may be queued: let one more idle worker look (a cascade, not a herd).
                     self.wake_local();
+                    self.took_warm(&claimed);
                     self.run_turn(claimed, run_id, client).await;
                 }
                 Ok(None) => {

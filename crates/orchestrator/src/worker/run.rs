@@ -44,13 +44,15 @@ pub(super) struct TurnRun<'a> {
     pub(super) sink: Option<SinkHandle>,
     /// The turn's working directory under the workspace root (resolved before the run).
     pub(super) cwd: Option<std::path::PathBuf>,
+    /// The worker that held the conversation's warm process before the claim.
+    pub(super) warm_holder: Option<String>,
 }
 
 impl Orchestrator {
     /// Runs a claimed turn to its end. Returns what became of it.
     pub(super) async fn drive(&self, claimed: Claimed, control: TurnControl, run_id: Uuid) -> DbResult<Finished> {
         // The claim read the conversation, the message and the active session too.
-        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session, .. } = claimed;
+        let Claimed { turn: t, first_event_seq, conversation, user_message, active_session, warm_holder, .. } = claimed;
         let sink = self
             .inner
             .sinks
@@ -75,6 +77,7 @@ impl Orchestrator {
             reply: Reply::default(),
             sink,
             cwd: None,
+            warm_holder,
         };
         run.execute().await
     }
@@ -291,6 +294,7 @@ impl TurnRun<'_> {
             cancel: self.control.token.child_token(),
             run_id: self.run_id,
             settings: self.orch.run_settings(&self.conversation),
+            warm: self.orch.warm_key(&self.conversation, self.warm_holder.as_deref()),
         };
         // PostgreSQL cannot store NUL (U+0000): assistant output is made storable here, where it enters.
         let mut stream = assistant.run(request).map(|r| r.map(Chunk::without_nul).map_err(AssistantError::without_nul));

@@ -100,6 +100,8 @@ pub async fn stream(
         }
     };
     let guard = state.access.open_stream(&principal)?;
+    // Its next message is likely near: start its assistant's process now.
+    state.orchestrator.warm_up(id);
     let after = position.or(snapshot.as_ref().map(|s| s.replay_after_seq)).unwrap_or(0);
     let first = snapshot.map(|s| {
         let sse = SseEvent::default().event("snapshot").id(s.replay_after_seq.to_string());
