@@ -1536,7 +1536,7 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
 }
 
 #[tokio::test]
-async fn claude_warm_process_whose_transcript_was_deleted_is_replaced_and_the_session_recovered() {
+async fn claude_warm_process_whose_transcript_was_deleted_is_replaced_restored_and_else_recovered() {
     if skip("claude") {
         return;
     }
@@ -1553,9 +1553,30 @@ async fn claude_warm_process_whose_transcript_was_deleted_is_replaced_and_the_se
     assert_eq!(warm.len(), 1, "one warm CLI: {warm:?}");
     let old_session = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
 
-    // The transcripts disappear while the CLI lives (a wiped volume, another replica).
+    // The transcripts disappear while the CLI lives (a wiped volume, another replica):
+    // Parley's kept copy is written back (a new file), the CLI holding the old one in
+    // memory is replaced, and the same session resumes from the restored file.
     std::fs::remove_dir_all(scratch.path("claude-config/projects")).unwrap();
     let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert!(alive(&warm).is_empty(), "the warm CLI whose transcript was replaced was killed");
+    let active = parley.active_session(&id).await;
+    assert_eq!(active["assistant_session_id"], old_session.as_str(), "the same session, restored: {active}");
+    let kinds = event_kinds(&db, &id).await;
+    assert!(
+        kinds.contains(&"session_restored".to_owned()) && !kinds.contains(&"session_reset".to_owned()),
+        "restored, not reset: {kinds:?}"
+    );
+    let requests = anthropic.message_requests_for("third question gamma");
+    assert!(requests.iter().any(|b| all_text(b).contains("first question alpha")), "resumed context: {requests:?}");
+    let warm = cli_pids(&marker, &cwd);
+    assert_eq!(warm.len(), 1, "the restored session's CLI is kept warm: {warm:?}");
+
+    // Now Parley's copy goes too: the warm CLI must not hide the lost session.
+    std::fs::remove_dir_all(scratch.path("claude-config/projects")).unwrap();
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the transcript");
+    let turn = parley.turn(&id, "fourth question delta").await;
     assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
     assert!(turn["error"].is_null(), "{turn}");
     assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
@@ -1567,16 +1588,16 @@ async fn claude_warm_process_whose_transcript_was_deleted_is_replaced_and_the_se
     );
     let active = parley.active_session(&id).await;
     assert!(active["assistant_session_id"].is_string() && active["assistant_session_id"] != old_session.as_str());
-    let requests = anthropic.message_requests_for("third question gamma");
+    let requests = anthropic.message_requests_for("fourth question delta");
     let rebuilt = requests.iter().any(|b| {
         let text = last_user_text(b);
-        text.contains("first question alpha") && text.contains("second question beta")
+        text.contains("first question alpha") && text.contains("third question gamma")
     });
     assert!(rebuilt, "history-rebuilt prompt: {requests:?}");
     // The fresh session's process is kept warm in its turn.
     let now = cli_pids(&marker, &cwd);
     assert_eq!(now.len(), 1, "{now:?}");
-    assert_eq!(parley.turn(&id, "fourth question delta").await["status"], "completed");
+    assert_eq!(parley.turn(&id, "fifth question epsilon").await["status"], "completed");
     assert_eq!(cli_pids(&marker, &cwd), now, "the fresh session's CLI answered the next message");
     parley.stop().await;
 }
