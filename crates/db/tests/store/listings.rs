@@ -283,7 +283,19 @@ async fn every_listing_reads_one_index_range_at_any_depth() {
     let (plans, _) = explained(&mut x, async |c| event::list_after(c, one, 1 << 20, LIMIT).await).await;
     assert_indexed("events", &plans, &["event"], LIMIT);
 
-    // The history a rebuilt prompt reads: four outlines, then those four messages' excerpts.
+    // The history a rebuilt prompt reads: four outlines, then those four messages' excerpts,
+    // in a conversation long enough that reading all of it would show (on six messages a
+    // bitmap scan of them all is as cheap as the index range, and the planner may take it).
+    x.client
+        .execute(
+            "insert into message (conversation_id, role, content) \
+             select $1, case when i % 2 = 0 then 'user' else 'assistant' end, 'message ' || i \
+             from generate_series(1, 400) i",
+            &[&one],
+        )
+        .await
+        .expect("a long conversation");
+    x.client.batch_execute("analyze message").await.expect("analyze");
     let (plans, outline) = explained(&mut x, async |c| message::history_outline(c, one, 0, i64::MAX, 4).await).await;
     assert_eq!(outline.len(), 4);
     assert_indexed("history outline", &plans, &["message"], 4);
