@@ -125,7 +125,7 @@ async fn measure(args: &TranscriptArgs, db: &ScratchDb) -> Result<()> {
         if !completed {
             bail!("turn {turn} did not complete");
         }
-        let stats = transcript::snapshot(&pool, claude.as_ref(), &session, Some(&cwd), "bench", u64::MAX)
+        let stats = transcript::snapshot(&pool, claude.as_ref(), &session, Some(&cwd), "bench", u64::MAX, None)
             .await
             .with_context(|| format!("turn {turn}: nothing was stored"))?;
         millis.push(stats.elapsed);
@@ -150,9 +150,8 @@ async fn measure(args: &TranscriptArgs, db: &ScratchDb) -> Result<()> {
     }
     std::fs::remove_file(file.path())?;
     let restore_started = Instant::now();
-    let restored = transcript::restore(&pool, claude.as_ref(), &session, Some(&cwd), "bench")
-        .await
-        .context("the restore wrote nothing")?;
+    let (_, restored) = transcript::restore(&pool, claude.as_ref(), &session, Some(&cwd), "bench").await;
+    let restored = restored.context("the restore wrote nothing")?;
     let restore_took = restore_started.elapsed();
 
     let stored: i64 = client

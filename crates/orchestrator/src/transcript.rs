@@ -68,6 +68,16 @@ pub struct Restored {
     pub path: PathBuf,
 }
 
+/// The stored copy of a session's file as [`restore`] read it before the turn ran, for
+/// [`snapshot`] after it: nothing else writes it meanwhile (the turn holds the
+/// conversation's run lock, and an append is checked against the stored length anyway),
+/// so a turn reads the row once.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    session_id: uuid::Uuid,
+    stored: Option<Transcript>,
+}
+
 /// The absolute working directory as stored with a transcript: canonical when it
 /// exists, empty when the assistant runs in Parley's own directory.
 fn cwd_key(cwd: Option<&Path>) -> String {
@@ -136,7 +146,8 @@ fn read_for_snapshot(path: &Path, stored: Option<(u64, Vec<u8>)>, max_bytes: u64
 /// in this directory or the file no longer starts with it. A file above `max_bytes` is
 /// not stored and its stored copy is deleted (an older, shorter copy would resume with
 /// less context, silently). Returns what it did; `None` when there was nothing to store
-/// or it failed (logged).
+/// or it failed (logged). `kept` is what [`restore`] read before the turn, when it read
+/// this session's copy; without it the copy is read here.
 pub async fn snapshot(
     pool: &Pool,
     assistant: &dyn Assistant,
@@ -144,6 +155,7 @@ pub async fn snapshot(
     cwd: Option<&Path>,
     worker_id: &str,
     max_bytes: u64,
+    kept: Option<Kept>,
 ) -> Option<SnapshotStats> {
     let id = session.assistant_session_id.as_deref()?;
     let file = assistant.session_file(id, cwd)?;
@@ -152,7 +164,8 @@ pub async fn snapshot(
         return None;
     }
     let started = Instant::now();
-    match snapshot_inner(pool, assistant.name(), session, id, &file, cwd, worker_id, max_bytes).await {
+    let kept = kept.filter(|k| k.session_id == session.session_id);
+    match snapshot_inner(pool, assistant.name(), session, id, &file, cwd, worker_id, max_bytes, kept).await {
         Ok(Some(mut stats)) => {
             stats.elapsed = started.elapsed();
             debug!(
@@ -182,11 +195,15 @@ async fn snapshot_inner(
     cwd: Option<&Path>,
     worker_id: &str,
     max_bytes: u64,
+    kept: Option<Kept>,
 ) -> Result<Option<SnapshotStats>, DbError> {
     let cwd = cwd_key(cwd);
     let relative = file.relative.to_string_lossy().into_owned();
     let mut client = pool.get().await?;
-    let stored = transcript::get(&client, session.session_id).await?;
+    let stored = match kept {
+        Some(kept) => kept.stored,
+        None => transcript::get(&client, session.session_id).await?,
+    };
     let same = stored.as_ref().filter(|t| {
         t.assistant == assistant && t.assistant_session_id == id && t.cwd == cwd && t.relative_path == relative
     });
@@ -294,8 +311,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Before resuming `session`: when this machine lacks its file, or has a shorter or
 /// different one, writes the stored copy back to the same path — only a copy stored for
 /// the same assistant, assistant session ID and working directory (created here when
-/// missing). Returns what was restored; `None` when nothing needed to be, there is no
-/// stored copy, or restoring failed (logged: the resume then goes on, and a stale
+/// missing). Returns the stored copy as read, for [`snapshot`] after the turn (`None` when
+/// it was not read), and what was restored: `None` when nothing needed to be, there is
+/// no stored copy, or restoring failed (logged: the resume then goes on, and a stale
 /// session recovers from history).
 pub async fn restore(
     pool: &Pool,
@@ -303,14 +321,17 @@ pub async fn restore(
     session: &Session,
     cwd: Option<&Path>,
     worker_id: &str,
-) -> Option<Restored> {
-    let id = session.assistant_session_id.as_deref()?;
-    assistant.session_home()?;
-    match restore_inner(pool, assistant, session, id, cwd, worker_id).await {
-        Ok(restored) => restored,
+) -> (Option<Kept>, Option<Restored>) {
+    let Some(id) = session.assistant_session_id.as_deref() else { return (None, None) };
+    if assistant.session_home().is_none() {
+        return (None, None);
+    }
+    let mut kept = None;
+    match restore_inner(pool, assistant, session, id, cwd, worker_id, &mut kept).await {
+        Ok(restored) => (kept, restored),
         Err(e) => {
             warn!(error = %e, "could not restore the assistant's session file; resuming without it");
-            None
+            (kept, None)
         }
     }
 }
@@ -322,9 +343,12 @@ async fn restore_inner(
     id: &str,
     cwd: Option<&Path>,
     worker_id: &str,
+    kept: &mut Option<Kept>,
 ) -> Result<Option<Restored>, DbError> {
     let client = pool.get().await?;
-    let Some(stored) = transcript::get(&client, session.session_id).await? else { return Ok(None) };
+    let stored = transcript::get(&client, session.session_id).await?;
+    *kept = Some(Kept { session_id: session.session_id, stored: stored.clone() });
+    let Some(stored) = stored else { return Ok(None) };
     if let Some(dir) = cwd
         && let Err(e) = tokio::fs::create_dir_all(dir).await
     {

@@ -19,18 +19,18 @@ use super::run::TurnRun;
 impl TurnRun<'_> {
     /// Before a resume: writes the stored copy of the session's file back when this
     /// machine lacks it (or has a shorter or different one), and tells so with a
-    /// `session_restored` event.
-    pub(super) async fn restore_transcript(&mut self, assistant: &Arc<dyn Assistant>, session: &Session) {
-        if session.assistant_session_id.is_none() {
-            return;
-        }
+    /// `session_restored` event. Returns the stored copy as read, for
+    /// [`Self::snapshot_transcript`].
+    pub(super) async fn restore_transcript(
+        &mut self,
+        assistant: &Arc<dyn Assistant>,
+        session: &Session,
+    ) -> Option<transcript::Kept> {
         let config = self.orch.config();
-        let Some(restored) =
+        let (kept, restored) =
             transcript::restore(self.orch.pool(), assistant.as_ref(), session, self.cwd.as_deref(), &config.worker_id)
-                .await
-        else {
-            return;
-        };
+                .await;
+        let Some(restored) = restored else { return kept };
         metrics::stale_recovery(assistant.name(), RecoveryPath::Restored);
         self.emit(
             EventKind::SessionRestored,
@@ -44,6 +44,7 @@ impl TurnRun<'_> {
             }),
         )
         .await;
+        kept
     }
 
     /// After the run (completed or failed): stores what the assistant appended to the
@@ -53,6 +54,7 @@ impl TurnRun<'_> {
         assistant: &Arc<dyn Assistant>,
         session: &Session,
         outcome: &Outcome,
+        kept: Option<transcript::Kept>,
     ) {
         if matches!(outcome, Outcome::Stopped(_)) || session.assistant_session_id.is_none() {
             return;
@@ -70,6 +72,7 @@ impl TurnRun<'_> {
             self.cwd.as_deref(),
             &config.worker_id,
             config.transcript_max_bytes,
+            kept,
         )
         .await;
     }

@@ -111,7 +111,7 @@ impl TurnRun<'_> {
         self.emit(EventKind::TurnStarted, json!({ "attempt": self.turn.attempt, "session_id": session.session_id, "message_id": self.user_message.message_id })).await;
 
         let (prompt, history) = self.prompt_for(&session).await?;
-        self.restore_transcript(&assistant, &session).await;
+        let kept = self.restore_transcript(&assistant, &session).await;
         let mut outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
 
         if let Outcome::Failed(AssistantError::StaleSession { session_id: stale, detail }) = &outcome
@@ -137,7 +137,7 @@ impl TurnRun<'_> {
             .await;
             outcome = self.attempt(&assistant, &mut session, prompt, history).await?;
         }
-        self.snapshot_transcript(&assistant, &session, &outcome).await;
+        self.snapshot_transcript(&assistant, &session, &outcome, kept).await;
         self.finish(&session, outcome).await
     }
 
