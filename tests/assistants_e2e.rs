@@ -187,6 +187,18 @@ impl Parley {
         let _ = self.child.kill().await;
     }
 
+    /// One series (`name{labels}`) of a scrape of the metrics listener: its value, and
+    /// the whole scrape (for assertion messages).
+    async fn metric(&self, series: &str) -> (Option<f64>, String) {
+        let url = self.metrics.clone().expect("the metrics listener (PARLEY_METRICS_BIND)");
+        let scraped = self.http.get(url).send().await.unwrap().text().await.unwrap();
+        let value = scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        (value, scraped)
+    }
+
     async fn post(&self, path: &str, body: Value) -> Value {
         let resp = self.http.post(format!("{}/api{path}", self.base)).json(&body).send().await.unwrap();
         let status = resp.status();
@@ -1266,15 +1278,11 @@ async fn session_survives_replicas_and_restarts(cli: Cli) {
             Some(first) => assert_eq!(&now, first, "turn {turn_no} kept the assistant session"),
         }
         // Each replica process ran this one turn: a restore from turn 2 on, never a rebuild.
-        let scraped =
-            reqwest::get(parley.metrics.clone().expect("the metrics address")).await.unwrap().text().await.unwrap();
-        let counted = |path: &str| {
-            let series = format!("parley_stale_recoveries_total{{assistant=\"{}\",path=\"{path}\"}} ", cli.name());
-            scraped.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
-        };
-        let restored = if turn_no == 1 { "0" } else { "1" };
-        assert_eq!(counted("restored").as_deref(), Some(restored), "turn {turn_no}");
-        assert_eq!(counted("rebuilt").as_deref(), Some("0"), "turn {turn_no}");
+        let series =
+            |path: &str| format!("parley_stale_recoveries_total{{assistant=\"{}\",path=\"{path}\"}}", cli.name());
+        let restored = if turn_no == 1 { 0.0 } else { 1.0 };
+        assert_eq!(parley.metric(&series("restored")).await.0, Some(restored), "turn {turn_no}");
+        assert_eq!(parley.metric(&series("rebuilt")).await.0, Some(0.0), "turn {turn_no}");
         parley.stop().await;
     }
     let id = conversation.unwrap();
@@ -1525,13 +1533,10 @@ async fn claude_follow_up_is_answered_by_the_conversations_warm_process() {
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0]["assistant_session_id"], claude_session.as_str());
     // Four runs served by one process, started once ahead of the first message.
-    let url = parley.metrics.clone().expect("the metrics listener");
-    let scraped = parley.http.get(url).send().await.unwrap().text().await.unwrap();
-    let value = |name: &str| {
-        scraped.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
-    };
-    assert_eq!(value("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}"), 4.0, "{scraped}");
-    assert_eq!(value("parley_assistant_processes_cold_starts_total{assistant=\"claude\"}"), 1.0, "{scraped}");
+    let (reuses, scraped) = parley.metric("parley_assistant_processes_warm_reuses_total{assistant=\"claude\"}").await;
+    assert_eq!(reuses, Some(4.0), "{scraped}");
+    let (cold, scraped) = parley.metric("parley_assistant_processes_cold_starts_total{assistant=\"claude\"}").await;
+    assert_eq!(cold, Some(1.0), "{scraped}");
     parley.stop().await;
 }
 
