@@ -17,6 +17,7 @@ pub mod openai_chat;
 pub mod process;
 pub mod run_marker;
 mod sse;
+pub mod warm;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;

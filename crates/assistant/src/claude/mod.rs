@@ -38,10 +38,13 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
+use crate::warm::Warm as _;
+pub use crate::warm::WarmConfig;
+use crate::warm::WarmPool;
 use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, SessionFile, WarmKey};
 use std::sync::Arc;
 pub use stream::ClaudeStream;
-pub use warm::{WarmConfig, WarmPool};
+use warm::WarmProcess;
 
 /// Environment name prefixes the Claude CLI inherits from Parley's environment.
 pub const CLAUDE_ENV_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_", "CLAUDE_CONFIG_DIR"];
@@ -255,21 +258,15 @@ fn project_dir_override(value: Option<&str>) -> Option<&str> {
 pub struct Claude {
     config: ClaudeConfig,
     /// Its warm processes; `None` when [`WarmConfig::max_processes`] is 0.
-    warm: Option<Arc<WarmPool>>,
+    warm: Option<Arc<WarmPool<WarmProcess>>>,
 }
 
 impl Claude {
     /// A Claude Code assistant with these settings.
     #[must_use]
     pub fn new(config: ClaudeConfig) -> Self {
-        let warm = (config.warm.max_processes > 0).then(|| WarmPool::new(config.warm.clone()));
+        let warm = (config.warm.max_processes > 0).then(|| WarmPool::new("claude", config.warm.clone()));
         Self { config, warm }
-    }
-
-    /// Its warm processes, when it keeps them.
-    #[must_use]
-    pub fn warm_pool(&self) -> Option<&Arc<WarmPool>> {
-        self.warm.as_ref()
     }
 
     /// A run on the conversation's warm process: the idle one when it still fits, else a
@@ -277,15 +274,16 @@ impl Claude {
     /// the turn.
     fn run_warm(
         &self,
-        pool: Arc<WarmPool>,
+        pool: Arc<WarmPool<WarmProcess>>,
         key: WarmKey,
         request: RunRequest,
     ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let config = self.config.clone();
         async_stream::stream! {
-            let _busy = pool.run_started(key.conversation_id);
+            let busy = pool.run_started(key.conversation_id);
             let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
-            let process = match pool.take(&key, &fingerprint, request.resume.as_deref()) {
+            let resume = request.resume.as_deref();
+            let process = match pool.take(key.conversation_id, |p| p.unfit(&key, &fingerprint, resume)) {
                 Some(process) => {
                     crate::metrics::warm_reused("claude");
                     debug!(conversation_id = %key.conversation_id, "reusing the warm claude process");
@@ -300,6 +298,7 @@ impl Claude {
                     }
                 }
             };
+            busy.serving(process.pid());
             crate::run_marker::serve_with_warm(request.run_id, process.run_id());
             let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel, request.run_id));
             while let Some(item) = turn.next().await {
@@ -353,22 +352,12 @@ impl Assistant for Claude {
     fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
         let Some(pool) = self.warm.clone() else { return Box::pin(std::future::ready(())) };
         let config = self.config.clone();
-        Box::pin(async move {
-            let conversation_id = prewarm.conversation_id;
-            if pool.holds(conversation_id) || pool.busy(conversation_id) || !pool.has_room() {
-                return;
-            }
-            let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
-            match warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await {
-                // A run that started meanwhile keeps its own process.
-                Ok(process) if !pool.holds(conversation_id) && !pool.busy(conversation_id) => {
-                    debug!(%conversation_id, "started a warm claude process ahead of a message");
-                    pool.put(conversation_id, process);
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "could not start a warm claude process ahead of a message"),
-            }
-        })
+        let conversation_id = prewarm.conversation_id;
+        let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
+        let start = async move {
+            warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await
+        };
+        Box::pin(pool.prewarm(conversation_id, start))
     }
 
     fn is_warm(&self, conversation_id: Uuid) -> bool {

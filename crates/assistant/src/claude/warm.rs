@@ -11,7 +11,7 @@
 //! the CLI acknowledges with a `control_response` and ends with an
 //! `error_during_execution` result.
 //!
-//! A process is reused only when everything still matches ([`WarmProcess::fits`]): the
+//! A process is reused only when everything still matches ([`WarmProcess::unfit`]): the
 //! same arguments, working directory and environment, the session the run resumes, a
 //! live process, the replica still the conversation's holder, and the session's
 //! transcript file (`$CLAUDE_CONFIG_DIR/projects/<cwd, every non-alphanumeric character
@@ -19,56 +19,29 @@
 //! process's previous turn. Anything else kills it and the run starts a new process with
 //! `--resume`, as a cold run does (and a stale session is then found as usual).
 //!
-//! The pool ([`WarmPool`]) keeps idle processes by conversation, at most
-//! [`WarmConfig::max_processes`] (the least recently used goes first), for at most
-//! [`WarmConfig::idle_timeout`], and within [`WarmConfig::max_rss_bytes`] of resident
-//! memory in total (read from `/proc/PID/status`).
+//! The pool that keeps them between turns, and its limits, are shared with the other
+//! CLI adapters: [`crate::warm`].
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use uuid::Uuid;
 
 use super::ClaudeConfig;
 use super::stream::ClaudeStream;
 use crate::process::{CliProcess, Exit, Output, ProcessSpec};
+use crate::warm::{SessionFileSeen, Warm, WarmPool, WarmRun};
 use crate::{AssistantError, Chunk, RunSettings, WarmKey, run_marker};
-
-/// Limits of the warm processes of one adapter.
-#[derive(Debug, Clone)]
-pub struct WarmConfig {
-    /// Most idle warm processes kept (least recently used evicted first); 0 turns warm
-    /// processes off (every run starts its own process, as before).
-    pub max_processes: usize,
-    /// An idle warm process is killed after this long without a message.
-    pub idle_timeout: Duration,
-    /// Most resident memory of all idle warm processes together, in bytes (`VmRSS` of
-    /// `/proc/PID/status`); over it the least recently used are killed. 0: no ceiling.
-    pub max_rss_bytes: u64,
-    /// How long a cancelled turn's process may take to acknowledge its interrupt and
-    /// end the turn before it is killed.
-    pub interrupt_wait: Duration,
-}
-
-impl Default for WarmConfig {
-    fn default() -> Self {
-        Self {
-            max_processes: 32,
-            idle_timeout: Duration::from_secs(600),
-            max_rss_bytes: 8 * 1024 * 1024 * 1024,
-            interrupt_wait: Duration::from_secs(2),
-        }
-    }
-}
 
 /// What a warm process was started with: a run whose own differs cannot use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,53 +74,6 @@ impl Fingerprint {
     }
 }
 
-/// A transcript file as a warm process left it after its last turn.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Transcript {
-    path: PathBuf,
-    inode: u64,
-    size: u64,
-}
-
-impl Transcript {
-    fn read(path: PathBuf) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&path).ok()?;
-        Some(Self { inode: meta.ino(), size: meta.len(), path })
-    }
-
-    /// Why the file is no longer the one the process wrote, if it is not.
-    fn changed(&self) -> Option<String> {
-        match Self::read(self.path.clone()) {
-            None => Some(format!("its transcript {} is gone", self.path.display())),
-            Some(now) if now.inode != self.inode => Some("its transcript was replaced (another inode)".into()),
-            Some(now) if now.size < self.size => Some("its transcript is shorter than after its last turn".into()),
-            Some(_) => None,
-        }
-    }
-}
-
-/// Ends a warm run's markers when its process goes: see [`run_marker::keep_warm`].
-#[derive(Debug)]
-struct WarmRun(Uuid);
-
-impl Drop for WarmRun {
-    fn drop(&mut self) {
-        run_marker::release_warm(self.0);
-        let run_id = self.0;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            // The process group is stopped by the process's own guard; this also reaches
-            // whatever left the group.
-            handle.spawn(
-                async move {
-                    run_marker::kill_run(run_id, Duration::from_secs(10)).await;
-                }
-                .in_current_span(),
-            );
-        }
-    }
-}
-
 /// One live CLI that reads its messages from stdin.
 #[derive(Debug)]
 pub(crate) struct WarmProcess {
@@ -160,7 +86,7 @@ pub(crate) struct WarmProcess {
     session: Option<String>,
     /// The session ID it was started with by `--session-id`, when fresh.
     assigned: Option<String>,
-    transcript: Option<Transcript>,
+    transcript: Option<SessionFileSeen>,
     last_used: Instant,
 }
 
@@ -193,7 +119,7 @@ impl WarmProcess {
             warn!(cwd = %cwd.display(), error = %e, "cannot create the conversation's working directory");
         }
         let run_id = Uuid::new_v4();
-        let transcript = resume.as_deref().and_then(|s| fingerprint.transcript_path(s)).and_then(Transcript::read);
+        let transcript = resume.as_deref().and_then(|s| fingerprint.transcript_path(s)).and_then(SessionFileSeen::read);
         let spec = ProcessSpec {
             program: config.binary.clone(),
             args,
@@ -219,7 +145,7 @@ impl WarmProcess {
 
     /// Why this process cannot answer a run of `key` with `fingerprint` resuming
     /// `resume`, if it cannot.
-    fn unfit(&mut self, key: &WarmKey, fingerprint: &Fingerprint, resume: Option<&str>) -> Option<String> {
+    pub(crate) fn unfit(&mut self, key: &WarmKey, fingerprint: &Fingerprint, resume: Option<&str>) -> Option<String> {
         // A process that has not answered yet holds nothing another replica could change.
         if !key.may_reuse && self.session.is_some() {
             return Some("another replica ran the conversation since".into());
@@ -248,12 +174,6 @@ impl WarmProcess {
     /// The session it resumes (or is in).
     pub(crate) fn session(&self) -> Option<&str> {
         self.session.as_deref()
-    }
-
-    /// Its run ID.
-    #[must_use]
-    pub(crate) fn run_id(&self) -> Uuid {
-        self.run.0
     }
 
     /// Writes one message.
@@ -315,207 +235,31 @@ impl WarmProcess {
     pub(crate) fn turn_done(&mut self, session: &str) -> bool {
         self.session = Some(session.to_owned());
         self.last_used = Instant::now();
-        self.transcript = self.fingerprint.transcript_path(session).and_then(Transcript::read);
+        self.transcript = self.fingerprint.transcript_path(session).and_then(SessionFileSeen::read);
         if self.transcript.is_none() {
             debug!(session, "the transcript of the warm process's session was not found; not keeping it");
         }
         self.transcript.is_some()
     }
+}
 
+impl Warm for WarmProcess {
     fn pid(&self) -> Option<i32> {
         self.process.pid()
     }
 
-    /// Resident memory, in bytes (`VmRSS` of `/proc/PID/status`); 0 when unknown.
-    fn rss(&self) -> u64 {
-        let Some(pid) = self.pid() else { return 0 };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-/// The idle warm processes of one adapter, by conversation.
-#[derive(Debug)]
-pub struct WarmPool {
-    config: WarmConfig,
-    idle: Mutex<HashMap<Uuid, WarmProcess>>,
-    /// Conversations with a run in progress (and how many), which no process started
-    /// ahead of a message may join.
-    busy: Mutex<HashMap<Uuid, usize>>,
-    reaper: OnceLock<()>,
-}
-
-/// A run in progress on a conversation ([`WarmPool::run_started`]); ends when dropped.
-#[derive(Debug)]
-pub(crate) struct Busy {
-    pool: Arc<WarmPool>,
-    conversation_id: Uuid,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let mut busy = self.pool.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = busy.get_mut(&self.conversation_id) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.conversation_id);
-            }
-        }
-    }
-}
-
-impl WarmPool {
-    /// An empty pool with these limits.
-    #[must_use]
-    pub fn new(config: WarmConfig) -> Arc<Self> {
-        Arc::new(Self { config, idle: Mutex::default(), busy: Mutex::default(), reaper: OnceLock::new() })
+    fn run_id(&self) -> Uuid {
+        self.run.0
     }
 
-    /// Marks a run of the conversation in progress until the returned guard is dropped.
-    pub(crate) fn run_started(self: &Arc<Self>, conversation_id: Uuid) -> Busy {
-        *self.busy.lock().unwrap_or_else(PoisonError::into_inner).entry(conversation_id).or_default() += 1;
-        Busy { pool: Arc::clone(self), conversation_id }
+    fn last_used(&self) -> Instant {
+        self.last_used
     }
 
-    /// True while a run of the conversation is in progress.
-    pub(crate) fn busy(&self, conversation_id: Uuid) -> bool {
-        self.busy.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&conversation_id)
-    }
-
-    /// Its limits.
-    #[must_use]
-    pub fn config(&self) -> &WarmConfig {
-        &self.config
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, WarmProcess>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// How many idle warm processes it holds.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when it holds none.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// True when the conversation has an idle warm process.
-    #[must_use]
-    pub fn holds(&self, conversation_id: Uuid) -> bool {
-        self.lock().contains_key(&conversation_id)
-    }
-
-    /// The conversation's process, when it can answer a run of `key` with `fingerprint`
-    /// resuming `resume`; a process that cannot is killed.
-    pub(crate) fn take(&self, key: &WarmKey, fingerprint: &Fingerprint, resume: Option<&str>) -> Option<WarmProcess> {
-        let mut warm = self.lock().remove(&key.conversation_id)?;
-        match warm.unfit(key, fingerprint, resume) {
-            None => Some(warm),
-            Some(why) => {
-                info!(conversation_id = %key.conversation_id, %why, "not reusing the warm claude process; starting cold");
-                None
-            }
-        }
-    }
-
-    /// Kills the conversation's idle process, if any.
-    pub fn forget(&self, conversation_id: Uuid) {
-        let gone = self.lock().remove(&conversation_id);
-        if gone.is_some() {
-            info!(%conversation_id, "killed the conversation's warm claude process");
-        }
-    }
-
-    /// Keeps `warm` for the conversation's next message, then evicts what is over the
-    /// limits (least recently used first).
-    pub(crate) fn put(self: &Arc<Self>, conversation_id: Uuid, warm: WarmProcess) {
-        if let Some(pid) = warm.pid() {
-            run_marker::keep_warm(warm.run_id(), pid);
-        }
-        let evicted = {
-            let mut idle = self.lock();
-            let replaced = idle.insert(conversation_id, warm);
-            let mut evicted: Vec<WarmProcess> = replaced.into_iter().collect();
-            evicted.extend(Self::over_limits(&self.config, &mut idle, Instant::now()));
-            evicted
-        };
-        drop(evicted);
-        self.start_reaper();
-    }
-
-    /// Whether a new process may be started ahead of a message (there is room).
-    pub(crate) fn has_room(&self) -> bool {
-        self.lock().len() < self.config.max_processes
-    }
-
-    /// Removes what is past the idle timeout, over the count, or over the memory ceiling.
-    fn over_limits(config: &WarmConfig, idle: &mut HashMap<Uuid, WarmProcess>, now: Instant) -> Vec<WarmProcess> {
-        let mut out = Vec::new();
-        let expired: Vec<Uuid> = idle
-            .iter()
-            .filter(|(_, w)| now.saturating_duration_since(w.last_used) >= config.idle_timeout)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in expired {
-            out.extend(idle.remove(&k));
-            debug!(conversation_id = %k, "warm claude process idle too long");
-        }
-        let mut by_age: Vec<(Uuid, Instant, u64)> = idle.iter().map(|(k, w)| (*k, w.last_used, w.rss())).collect();
-        by_age.sort_by_key(|(_, used, _)| *used);
-        let mut total: u64 = by_age.iter().map(|(_, _, rss)| rss).sum();
-        let mut count = by_age.len();
-        for (k, _, rss) in by_age {
-            let over_memory = config.max_rss_bytes > 0 && total > config.max_rss_bytes;
-            if count <= config.max_processes && !over_memory {
-                break;
-            }
-            info!(conversation_id = %k, rss_bytes = rss, over_memory, "evicting a warm claude process");
-            out.extend(idle.remove(&k));
-            total -= rss;
-            count -= 1;
-        }
-        out
-    }
-
-    /// Starts the task that enforces the idle timeout and the memory ceiling (once).
-    fn start_reaper(self: &Arc<Self>) {
-        if self.reaper.set(()).is_err() {
-            return;
-        }
-        let pool: Weak<Self> = Arc::downgrade(self);
-        let tick = (self.config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        tokio::spawn(
-            async move {
-                loop {
-                    tokio::time::sleep(tick).await;
-                    let Some(pool) = pool.upgrade() else { return };
-                    let evicted = Self::over_limits(&pool.config, &mut pool.lock(), Instant::now());
-                    drop(evicted);
-                }
-            }
-            .instrument(tracing::info_span!(parent: None, "warm_pool", assistant = "claude")),
-        );
-    }
-
-    /// Kills every idle process and waits (up to 10 s each) for their processes to be
-    /// gone.
-    pub async fn stop_all(&self) {
-        let all: Vec<WarmProcess> = self.lock().drain().map(|(_, w)| w).collect();
-        for warm in all {
-            let run_id = warm.run_id();
-            let _ = warm.process.stop().await;
-            run_marker::release_warm(run_id);
-            run_marker::kill_run(run_id, Duration::from_secs(10)).await;
-        }
+    fn stop(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.process.stop().await;
+        })
     }
 }
 
@@ -525,7 +269,7 @@ impl WarmPool {
 /// turn's [`run_marker::end_run`] spares it). A cancelled turn is interrupted and its
 /// process stopped; any failure stops it too.
 pub(crate) fn turn(
-    pool: Arc<WarmPool>,
+    pool: Arc<WarmPool<WarmProcess>>,
     conversation_id: Uuid,
     mut warm: WarmProcess,
     prompt: String,
@@ -547,7 +291,7 @@ pub(crate) fn turn(
             yield parser.finish(exit.code, &exit.stderr);
             return;
         }
-        let interrupt_wait = pool.config.interrupt_wait;
+        let interrupt_wait = pool.config().interrupt_wait;
         loop {
             let out = tokio::select! {
                 biased;
@@ -640,29 +384,5 @@ mod tests {
             home_only.transcript_path("abc"),
             Some(PathBuf::from("/home/dev/.claude/projects/-home-dev-capture-work-dir-x-y/abc.jsonl"))
         );
-    }
-
-    #[test]
-    fn a_transcript_changes_when_gone_replaced_or_shorter_not_when_it_grows() {
-        use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("parley-warm-transcript-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("s.jsonl");
-        std::fs::write(&path, "one\ntwo\n").expect("write");
-        let seen = Transcript::read(path.clone()).expect("stat");
-        assert_eq!(seen.changed(), None);
-        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| f.write_all(b"three\n")).expect("append");
-        assert_eq!(seen.changed(), None, "the CLI may append after its result");
-        std::fs::write(&path, "one\n").expect("truncate");
-        assert!(seen.changed().is_some_and(|why| why.contains("shorter")));
-        // A restored copy is a new file (another inode), even when it is longer.
-        let grown = Transcript::read(path.clone()).expect("stat");
-        let copy = dir.join("copy");
-        std::fs::write(&copy, "one\ntwo\nthree\nfour\n").expect("write");
-        std::fs::rename(&copy, &path).expect("rename");
-        assert!(grown.changed().is_some_and(|why| why.contains("inode")));
-        std::fs::remove_file(&path).expect("remove");
-        assert!(grown.changed().is_some_and(|why| why.contains("gone")));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
