@@ -66,13 +66,21 @@ impl MockOpenAi {
     /// # Panics
     /// When it cannot listen on loopback.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the mock on `addr` (e.g. `127.0.0.1:18081`).
+    ///
+    /// # Panics
+    /// When it cannot listen there.
+    pub async fn start_on(addr: &str) -> Self {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/responses", post(responses))
             .route("/v1/chat/completions", post(chat))
             .fallback(not_found)
             .with_state(Arc::clone(&state));
-        Self { server: Served::start("127.0.0.1:0", app, "the mock OpenAI API").await, state }
+        Self { server: Served::start(addr, app, "the mock OpenAI API").await, state }
     }
 
     /// The server's root URL (append `/v1` for a client's base URL).
