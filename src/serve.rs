@@ -451,18 +451,30 @@ struct AssistantArgs {
     /// Stream Claude's reply token by token (`--include-partial-messages`).
     #[arg(long, env = "PARLEY_CLAUDE_PARTIAL_MESSAGES", default_value_t = true, action = clap::ArgAction::Set)]
     claude_partial_messages: bool,
-    /// Most idle warm Claude processes (one live CLI per active conversation, reused for
-    /// its next message); the least recently used is killed first. 0 turns warm
-    /// processes off: every turn starts its own CLI.
+    /// Most warm Claude processes, idle or answering (one live CLI per active
+    /// conversation, reused for its next message); the least recently used idle one is
+    /// killed first. 0 turns warm processes off: every turn starts its own CLI.
     #[arg(long, env = "PARLEY_CLAUDE_WARM_PROCESSES", default_value_t = 32)]
     claude_warm_processes: usize,
     /// Seconds a warm Claude process may wait for its conversation's next message.
     #[arg(long, env = "PARLEY_CLAUDE_WARM_IDLE_SECS", default_value_t = 600)]
     claude_warm_idle_secs: u64,
-    /// Most resident memory of all idle warm Claude processes together, in MiB (from
-    /// /proc); over it the least recently used are killed. 0: no ceiling.
+    /// Most resident memory of all warm Claude processes together, in MiB (from /proc);
+    /// over it the least recently used idle ones are killed. 0: no ceiling.
     #[arg(long, env = "PARLEY_CLAUDE_WARM_MAX_RSS_MB", default_value_t = 8192)]
     claude_warm_max_rss_mb: u64,
+    /// Most warm Codex processes, idle or answering (one live `codex app-server` per
+    /// active conversation, reused for its next message); the least recently used idle
+    /// one is killed first. 0 turns warm processes off: every turn runs `codex exec`.
+    #[arg(long, env = "PARLEY_CODEX_WARM_PROCESSES", default_value_t = 32)]
+    codex_warm_processes: usize,
+    /// Seconds a warm Codex process may wait for its conversation's next message.
+    #[arg(long, env = "PARLEY_CODEX_WARM_IDLE_SECS", default_value_t = 600)]
+    codex_warm_idle_secs: u64,
+    /// Most resident memory of all warm Codex processes together, in MiB (from /proc);
+    /// over it the least recently used idle ones are killed. 0: no ceiling.
+    #[arg(long, env = "PARLEY_CODEX_WARM_MAX_RSS_MB", default_value_t = 8192)]
+    codex_warm_max_rss_mb: u64,
     /// The Codex CLI.
     #[arg(long, env = "PARLEY_CODEX_BIN", default_value = "codex")]
     codex_bin: PathBuf,
@@ -530,12 +542,7 @@ impl AssistantArgs {
             max_turns: self.claude_max_turns,
             partial_messages: self.claude_partial_messages,
             limits: self.limits(),
-            warm: WarmConfig {
-                max_processes: self.claude_warm_processes,
-                idle_timeout: Duration::from_secs(self.claude_warm_idle_secs.max(1)),
-                max_rss_bytes: self.claude_warm_max_rss_mb.saturating_mul(1024 * 1024),
-                ..WarmConfig::default()
-            },
+            warm: warm(self.claude_warm_processes, self.claude_warm_idle_secs, self.claude_warm_max_rss_mb),
             ..ClaudeConfig::default()
         }
     }
@@ -547,6 +554,7 @@ impl AssistantArgs {
             model: self.codex_model.clone(),
             sandbox: self.codex_sandbox.clone(),
             limits: self.limits(),
+            warm: warm(self.codex_warm_processes, self.codex_warm_idle_secs, self.codex_warm_max_rss_mb),
             ..CodexConfig::default()
         }
     }
@@ -571,6 +579,17 @@ impl AssistantArgs {
             total_timeout: self.total(),
             ..OpenAiChatConfig::default()
         }
+    }
+}
+
+/// Warm-process limits from the flags: a process count, idle seconds (at least 1) and a
+/// memory ceiling in MiB.
+fn warm(max_processes: usize, idle_secs: u64, max_rss_mb: u64) -> WarmConfig {
+    WarmConfig {
+        max_processes,
+        idle_timeout: Duration::from_secs(idle_secs.max(1)),
+        max_rss_bytes: max_rss_mb.saturating_mul(1024 * 1024),
+        ..WarmConfig::default()
     }
 }
 

@@ -788,10 +788,27 @@ async fn codex_resumes_its_thread_and_recovers_a_deleted_rollout() {
     if skip("codex") {
         return;
     }
-    let scratch = Scratch::new("codex");
+    codex_resumes_and_recovers(true).await;
+}
+
+#[tokio::test]
+async fn codex_exec_without_warm_processes_resumes_its_thread_and_recovers_a_deleted_rollout() {
+    if skip("codex") {
+        return;
+    }
+    codex_resumes_and_recovers(false).await;
+}
+
+/// A thread resumed turn after turn, then lost with Parley's copy and recovered from
+/// the history: through warm `codex app-server`s (`warm`), else `codex exec` per turn.
+async fn codex_resumes_and_recovers(warm: bool) {
+    let scratch = Scratch::new(if warm { "codex" } else { "codex-exec" });
     let openai = MockOpenAi::start().await;
     let db = TestDb::new().await;
-    let env = codex_env(&scratch, &openai);
+    let mut env = codex_env(&scratch, &openai);
+    if !warm {
+        env.push(("PARLEY_CODEX_WARM_PROCESSES", "0".into()));
+    }
     let parley = Parley::start(&scratch, &db, &env).await;
     let id = parley.conversation("codex", &scratch.path("work")).await;
 
@@ -807,9 +824,11 @@ async fn codex_resumes_its_thread_and_recovers_a_deleted_rollout() {
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && p.to_string_lossy().contains(&thread))
         .collect();
     assert!(!rollouts.is_empty(), "the stored ID names codex's rollout in {}", sessions_dir.display());
+    let live = codex_pids(&scratch, &scratch.path("work"));
+    assert_eq!(live.len(), usize::from(warm), "a warm app-server after the turn only when warm: {live:?}");
 
-    // Second message: `codex exec resume <thread>` — same thread, the request carries the
-    // first exchange from the rollout.
+    // Second message: the same thread (the warm `app-server` that loaded it, or `codex
+    // exec resume <thread>`): the request carries the first exchange.
     let turn = parley.turn(&id, "second question beta").await;
     assert_eq!(turn["status"], "completed", "{turn}");
     assert_eq!(parley.active_session(&id).await["assistant_session_id"], thread.as_str());
@@ -1479,6 +1498,25 @@ fn cmdline_of(pid: u32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
 }
 
+/// The pids of the test's `codex app-server` processes alive now that work in `cwd`
+/// (found by their `CODEX_HOME`): the ones Parley started, not the native binary that
+/// the npm package's node launcher starts under them.
+fn codex_pids(scratch: &Scratch, cwd: &Path) -> Vec<u32> {
+    let marker = format!("CODEX_HOME={}", scratch.path("codex-home").display());
+    let app_server = |cmdline: &str| cmdline.contains(" app-server");
+    processes_of(&marker, cwd)
+        .iter()
+        .filter(|p| p.split_once(": ").is_some_and(|(_, command)| app_server(command)))
+        .map(|p| pid_of(p))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == cwd))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("0");
+            !app_server(&cmdline_of(ppid.parse().unwrap_or(0)))
+        })
+        .collect()
+}
+
 /// The marker of the test's processes: its `CLAUDE_CONFIG_DIR`.
 fn claude_marker(scratch: &Scratch) -> String {
     format!("CLAUDE_CONFIG_DIR={}", scratch.path("claude-config").display())
@@ -1821,4 +1859,157 @@ async fn claude_turn_taken_by_another_replica_kills_the_holders_warm_process() {
     a.wait_turn(&slow).await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn codex_follow_up_is_answered_by_the_conversations_warm_app_server() {
+    if skip("codex") {
+        return;
+    }
+    let scratch = Scratch::new("codex-warm");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let mut env = codex_env(&scratch, &openai);
+    env.push(("PARLEY_METRICS_BIND", "127.0.0.1:0".into()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let cwd = scratch.path("work");
+    let id = parley.conversation("codex", &cwd).await;
+    // Started with the conversation, before its first message.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let [pid] = codex_pids(&scratch, &cwd)[..] {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no warm app-server for the new conversation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let first = parley.turn(&id, "first question alpha").await;
+    assert_eq!(first["status"], "completed", "{first}; log in {}", scratch.0.display());
+    assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+    let thread = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+    // The reply streamed as codex wrote it: several text events, not one at the end.
+    let texts = event_kinds(&db, &id).await.iter().filter(|k| *k == "text").count();
+    assert!(texts > 1, "text events of the first reply: {texts}");
+    let turn = parley.turn(&id, "SCN_TOOL second question beta").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let reply = parley.last_assistant_message(&id).await["content"].as_str().unwrap_or_default().to_owned();
+    assert!(reply.contains("hello-from-tool"), "the tool ran on the warm app-server: {reply}");
+    assert_eq!(codex_pids(&scratch, &cwd), vec![pid], "the same app-server answered the tool turn");
+    for question in ["third question gamma", "fourth question delta"] {
+        let turn = parley.turn(&id, question).await;
+        assert_eq!(turn["status"], "completed", "{turn}");
+        assert_eq!(parley.last_assistant_message(&id).await["content"], HELLO);
+        assert_eq!(codex_pids(&scratch, &cwd), vec![pid], "the same app-server answered {question:?}");
+    }
+    // One thread all along, and the fourth request carries the earlier exchanges.
+    let requests = openai.response_requests_for("fourth question delta");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let carried = input_text(&requests[0]);
+    assert!(carried.contains("first question alpha") && carried.contains("hello-from-tool"), "{carried}");
+    let sessions = parley.sessions(&id).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["assistant_session_id"], thread.as_str());
+    // Four runs served by one process, started once ahead of the first message.
+    let (reuses, scraped) = parley.metric("parley_assistant_processes_warm_reuses_total{assistant=\"codex\"}").await;
+    assert_eq!(reuses, Some(4.0), "{scraped}");
+    let (cold, scraped) = parley.metric("parley_assistant_processes_cold_starts_total{assistant=\"codex\"}").await;
+    assert_eq!(cold, Some(1.0), "{scraped}");
+    parley.stop().await;
+    assert!(alive(&[pid]).is_empty(), "the warm app-server outlived a graceful shutdown");
+}
+
+#[tokio::test]
+async fn codex_cancel_interrupts_the_warm_app_server_and_the_next_message_resumes_the_thread() {
+    if skip("codex") {
+        return;
+    }
+    let scratch = Scratch::new("codex-warm-cancel");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let mut env = codex_env(&scratch, &openai);
+    env.push(("RUST_LOG", "info,parley_assistant=debug".to_owned()));
+    let parley = Parley::start(&scratch, &db, &env).await;
+    let cwd = scratch.path("work");
+    let marker = format!("CODEX_HOME={}", scratch.path("codex-home").display());
+    let id = parley.conversation("codex", &cwd).await;
+    assert_eq!(parley.turn(&id, "hello first").await["status"], "completed");
+    let thread = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+    let warm = codex_pids(&scratch, &cwd);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+
+    let turn_id = parley.send(&id, "SCN_SLOW tell me a long story").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while openai.response_requests_for("SCN_SLOW").is_empty() {
+        assert!(Instant::now() < deadline, "the slow turn never reached the API");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(codex_pids(&scratch, &cwd), warm, "the warm app-server runs the slow turn");
+    let running = processes_of(&marker, &cwd);
+    cancel_and_expect_no_processes_left(&parley, &id, &turn_id, &marker, &cwd, &running).await;
+    let log = std::fs::read_to_string(scratch.path("parley.log")).unwrap();
+    assert!(log.contains("interrupted the warm codex process's turn"), "interrupted with turn/interrupt");
+
+    let turn = parley.turn(&id, "are you still there?").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    let now = codex_pids(&scratch, &cwd);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(!warm.contains(&now[0]), "a new app-server after the cancel");
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], thread.as_str(), "the same thread resumed");
+    let requests = openai.response_requests_for("are you still there?");
+    assert!(requests.iter().any(|b| input_text(b).contains("hello first")), "{requests:?}");
+    parley.stop().await;
+}
+
+#[tokio::test]
+async fn codex_warm_app_server_whose_rollout_was_deleted_is_replaced_restored_and_else_recovered() {
+    if skip("codex") {
+        return;
+    }
+    let scratch = Scratch::new("codex-warm-stale");
+    let openai = MockOpenAi::start().await;
+    let db = TestDb::new().await;
+    let parley = Parley::start(&scratch, &db, &codex_env(&scratch, &openai)).await;
+    let cwd = scratch.path("work");
+    let id = parley.conversation("codex", &cwd).await;
+    assert_eq!(parley.turn(&id, "first question alpha").await["status"], "completed");
+    assert_eq!(parley.turn(&id, "second question beta").await["status"], "completed");
+    let warm = codex_pids(&scratch, &cwd);
+    assert_eq!(warm.len(), 1, "one warm app-server: {warm:?}");
+    let thread = parley.active_session(&id).await["assistant_session_id"].as_str().unwrap().to_owned();
+
+    // The rollouts disappear while the app-server lives: Parley's kept copy is written
+    // back (a new file), the app-server holding the old one is replaced, and the same
+    // thread resumes from the restored file.
+    std::fs::remove_dir_all(scratch.path("codex-home/sessions")).unwrap();
+    let turn = parley.turn(&id, "third question gamma").await;
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert!(alive(&warm).is_empty(), "the app-server whose rollout was replaced was killed");
+    assert_eq!(parley.active_session(&id).await["assistant_session_id"], thread.as_str(), "the same thread, restored");
+    let kinds = event_kinds(&db, &id).await;
+    assert!(
+        kinds.contains(&"session_restored".to_owned()) && !kinds.contains(&"session_reset".to_owned()),
+        "restored, not reset: {kinds:?}"
+    );
+    let requests = openai.response_requests_for("third question gamma");
+    assert!(requests.iter().any(|b| input_text(b).contains("first question alpha")), "resumed: {requests:?}");
+    let warm = codex_pids(&scratch, &cwd);
+    assert_eq!(warm.len(), 1, "the restored thread's app-server is kept warm: {warm:?}");
+
+    // Now Parley's copy goes too: the warm app-server must not hide the lost thread.
+    std::fs::remove_dir_all(scratch.path("codex-home/sessions")).unwrap();
+    let kept = db.pool.get().await.unwrap().execute("delete from transcript", &[]).await.unwrap();
+    assert_eq!(kept, 1, "Parley kept the rollout");
+    let turn = parley.turn(&id, "fourth question delta").await;
+    assert_eq!(turn["status"], "completed", "answered in the same turn: {turn}");
+    assert!(turn["error"].is_null(), "{turn}");
+    assert!(alive(&warm).is_empty(), "the app-server that kept the lost thread in memory was killed");
+    let fresh = parley.active_session(&id).await["assistant_session_id"].clone();
+    assert!(fresh.is_string() && fresh != thread.as_str(), "a new thread: {fresh}");
+    let requests = openai.response_requests_for("fourth question delta");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let rebuilt = mock_openai::last_user_text(&requests[0]);
+    assert!(rebuilt.contains("first question alpha") && rebuilt.contains("third question gamma"), "{rebuilt}");
+    parley.stop().await;
 }

@@ -70,15 +70,15 @@ pub(crate) fn note_spawned(run_id: Uuid) {
     spawned().lock().unwrap_or_else(PoisonError::into_inner).insert(run_id);
 }
 
-/// The warm processes' runs ([`crate::claude::warm`]): a warm process carries a run ID
+/// The warm processes' runs ([`crate::warm`]): a warm process carries a run ID
 /// of its own, which outlives the turns it answers.
 #[derive(Debug, Default)]
 struct WarmRuns {
     /// Turn run → the warm run that served it, and whether the turn called a tool
     /// (until [`end_run`]).
     served: HashMap<Uuid, (Uuid, bool)>,
-    /// Warm run → its CLI's PID, while the process is kept for the next turn.
-    kept: HashMap<Uuid, i32>,
+    /// Warm run → its CLI, while the process is kept for the next turn.
+    kept: HashMap<Uuid, Kept>,
 }
 
 fn warm_runs() -> &'static Mutex<WarmRuns> {
@@ -102,10 +102,40 @@ pub fn warm_turn_used_tools(run_id: Uuid) {
     }
 }
 
+/// A kept warm process: what [`end_run`] of a turn it served spares.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// The CLI Parley started.
+    pid: i32,
+    /// When the CLI was ready for its first turn, in clock ticks since boot: the run's
+    /// processes started by then are the CLI's own (the npm launcher of `codex` starts
+    /// the native binary under it), not tools of a turn.
+    ready_ticks: Option<u64>,
+}
+
+impl Kept {
+    fn spares(&self, pid: i32) -> bool {
+        pid == self.pid || self.ready_ticks.is_some_and(|ready| start_ticks(pid).is_some_and(|s| s <= ready))
+    }
+}
+
 /// Records that the warm process `pid` of run `warm_run_id` is kept alive between
-/// turns: [`end_run`] of a turn it served spares it.
-pub fn keep_warm(warm_run_id: Uuid, pid: i32) {
-    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).kept.insert(warm_run_id, pid);
+/// turns: [`end_run`] of a turn it served spares it, and with `ready_ticks` (see
+/// [`now_ticks`]) also the run's processes that started before then.
+pub fn keep_warm(warm_run_id: Uuid, pid: i32, ready_ticks: Option<u64>) {
+    warm_runs().lock().unwrap_or_else(PoisonError::into_inner).kept.insert(warm_run_id, Kept { pid, ready_ticks });
+}
+
+/// Now, in the clock ticks since boot that field 22 of `/proc/PID/stat` counts (from
+/// `/proc/uptime` and `sysconf(_SC_CLK_TCK)`); `None` when unreadable.
+#[must_use]
+pub fn now_ticks() -> Option<u64> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let per_second = rustix::param::clock_ticks_per_second();
+    // Whole ticks: uptime's hundredths of a second never round into the next tick.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    Some((seconds * per_second as f64) as u64)
 }
 
 /// Records that the warm process of run `warm_run_id` is no longer kept: the next
@@ -169,14 +199,15 @@ async fn kill_matching(
     wait: Duration,
 ) -> usize {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
-    kill_matching_except(what, wanted, me, wait).await
+    kill_matching_except(what, wanted, move |pid| pid == me, wait).await
 }
 
-/// [`kill_matching`], sparing the process `spare` (a kept warm process, or this one).
+/// [`kill_matching`], sparing the processes `spare` accepts (a kept warm process, or
+/// this one).
 async fn kill_matching_except(
     what: String,
     wanted: impl Fn(&Markers) -> bool + Send + Sync + 'static,
-    spare: i32,
+    spare: impl Fn(i32) -> bool,
     wait: Duration,
 ) -> usize {
     let wanted = std::sync::Arc::new(wanted);
@@ -185,7 +216,7 @@ async fn kill_matching_except(
     loop {
         let w = std::sync::Arc::clone(&wanted);
         let found = tokio::task::spawn_blocking(move || find(&*w)).await.unwrap_or_default();
-        let found: Vec<(i32, OwnedFd)> = found.into_iter().filter(|(pid, _)| *pid != spare).collect();
+        let found: Vec<(i32, OwnedFd)> = found.into_iter().filter(|(pid, _)| !spare(*pid)).collect();
         if found.is_empty() {
             return killed.len();
         }
@@ -225,12 +256,13 @@ pub async fn kill_run(run_id: Uuid, wait: Duration) -> usize {
     killed
 }
 
-/// Kills the processes carrying run ID `run_id`, except the process `spare`.
-async fn kill_run_only(run_id: Uuid, spare: Option<i32>, wait: Duration) -> usize {
+/// Kills the processes carrying run ID `run_id`, except those of the kept warm process
+/// `spare`.
+async fn kill_run_only(run_id: Uuid, spare: Option<Kept>, wait: Duration) -> usize {
     let id = run_id.to_string();
     let me = i32::try_from(std::process::id()).unwrap_or(0);
-    let spare = spare.unwrap_or(me);
-    kill_matching_except(format!("run {run_id}"), move |m| m.run_id.as_deref() == Some(id.as_str()), spare, wait).await
+    let spared = move |pid: i32| pid == me || spare.is_some_and(|k| k.spares(pid));
+    kill_matching_except(format!("run {run_id}"), move |m| m.run_id.as_deref() == Some(id.as_str()), spared, wait).await
 }
 
 /// Kills every process of a run whose Parley process is no longer alive: what a

@@ -60,6 +60,12 @@ pub(crate) trait Warm: Send + 'static {
     fn run_id(&self) -> Uuid;
     /// When it last finished a turn (or started).
     fn last_used(&self) -> Instant;
+    /// When it was ready for its first turn, in clock ticks since boot
+    /// ([`run_marker::now_ticks`]), when the processes of its run started by then are
+    /// its own and must outlive a turn; `None`: only [`Self::pid`] is.
+    fn ready_ticks(&self) -> Option<u64> {
+        None
+    }
     /// Stops it and waits for its process to be gone.
     fn stop(self) -> BoxFuture<'static, ()>;
 }
@@ -260,7 +266,7 @@ impl<P: Warm> WarmPool<P> {
     /// limits (least recently used first).
     pub(crate) fn put(self: &Arc<Self>, conversation_id: Uuid, warm: P) {
         if let Some(pid) = warm.pid() {
-            run_marker::keep_warm(warm.run_id(), pid);
+            run_marker::keep_warm(warm.run_id(), pid, warm.ready_ticks());
         }
         let evicted = {
             let mut idle = self.lock();

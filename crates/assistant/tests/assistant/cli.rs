@@ -460,7 +460,7 @@ async fn ending_a_turn_spares_its_kept_warm_process_and_kills_its_tools() {
     // A turn without a tool call started nothing: its end scans nothing.
     let quiet = uuid::Uuid::new_v4();
     serve_with_warm(quiet, warm_run);
-    keep_warm(warm_run, cli_pid);
+    keep_warm(warm_run, cli_pid, None);
     assert_eq!(end_run(quiet, Duration::from_secs(5)).await, 0, "no tool call, no scan");
     assert!(pid_alive(cli_pid) && pid_alive(tool_pid));
 
@@ -478,4 +478,37 @@ async fn ending_a_turn_spares_its_kept_warm_process_and_kills_its_tools() {
     assert_eq!(end_run(next, Duration::from_secs(5)).await, 1, "the CLI no longer kept");
     let _ = cli.wait();
     assert!(!pid_alive(cli_pid), "a warm CLI that is not kept dies with the turn it served");
+}
+
+/// A kept warm process whose launcher started the real CLI under it (the npm `codex`):
+/// the run's processes that started before the CLI was ready are its own and outlive
+/// the turn; a tool started later does not.
+#[tokio::test]
+async fn ending_a_turn_spares_what_the_warm_process_started_before_it_was_ready() {
+    use parley_assistant::run_marker::{
+        RUN_ID_ENV, end_run, keep_warm, now_ticks, serve_with_warm, warm_turn_used_tools,
+    };
+    let warm_run = uuid::Uuid::new_v4();
+    let spawn =
+        || std::process::Command::new("sleep").arg("300").env(RUN_ID_ENV, warm_run.to_string()).spawn().expect("sleep");
+    let (launcher, cli) = (spawn(), spawn());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = now_ticks().expect("/proc/uptime");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut tool = spawn();
+    let pid = |c: &std::process::Child| i32::try_from(c.id()).expect("pid");
+    let (launcher_pid, cli_pid, tool_pid) = (pid(&launcher), pid(&cli), pid(&tool));
+
+    let turn = uuid::Uuid::new_v4();
+    serve_with_warm(turn, warm_run);
+    warm_turn_used_tools(turn);
+    keep_warm(warm_run, launcher_pid, Some(ready));
+    assert_eq!(end_run(turn, Duration::from_secs(5)).await, 1, "the tool alone");
+    let _ = tool.wait();
+    assert!(!pid_alive(tool_pid), "the tool started after the CLI was ready was killed");
+    assert!(pid_alive(launcher_pid) && pid_alive(cli_pid), "the launcher and the CLI it started live on");
+    for mut c in [launcher, cli] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -1,6 +1,8 @@
-//! The `codex` assistant: runs the Codex CLI once per turn.
+//! The `codex` assistant: the Codex CLI, as one warm `codex app-server` per active
+//! conversation ([`app_server`], `docs/architecture.md#warm-processes`), or once per turn
+//! as `codex exec` when warm processes are off ([`CodexConfig::warm`]).
 //!
-//! Command line (observed with codex-cli 0.169.0):
+//! `codex exec` command line (observed with codex-cli 0.169.0):
 //! `codex exec --json --skip-git-repo-check [--model M] [--sandbox S] [-c k=v…]
 //! [resume THREAD_ID] -`, the prompt on stdin (`-`), in the conversation's `cwd`, with
 //! the same process care as `claude` ([`crate::process`]) and `CODEX_HOME` configurable.
@@ -35,8 +37,12 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+pub mod app_server;
+
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::{Assistant, AssistantError, Chunk, RunRequest, RunSettings, Secret, SessionFile, Usage};
+use crate::warm::{Warm as _, WarmConfig, WarmPool};
+use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, SessionFile, Usage, WarmKey};
+use app_server::AppServer;
 
 /// Environment name prefixes the Codex CLI inherits from Parley's environment.
 pub const CODEX_ENV_PREFIXES: &[&str] = &["OPENAI_", "CODEX_"];
@@ -65,6 +71,10 @@ pub struct CodexConfig {
     pub pass_env: Vec<String>,
     /// Process limits.
     pub limits: ProcessLimits,
+    /// Warm processes: one live `codex app-server` per active conversation
+    /// (`docs/architecture.md#warm-processes`); [`WarmConfig::max_processes`] 0 runs
+    /// `codex exec` per turn instead.
+    pub warm: WarmConfig,
 }
 
 impl Default for CodexConfig {
@@ -78,6 +88,7 @@ impl Default for CodexConfig {
             api_key: None,
             pass_env: Vec::new(),
             limits: ProcessLimits::default(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -133,13 +144,50 @@ pub struct Codex {
     config: CodexConfig,
     /// Rollouts found by [`Assistant::session_file`], by thread ID (paths under the home).
     rollouts: Arc<Mutex<HashMap<String, PathBuf>>>,
+    /// Its warm processes; `None` when [`WarmConfig::max_processes`] is 0.
+    warm: Option<Arc<WarmPool<AppServer>>>,
 }
 
 impl Codex {
     /// A Codex assistant with these settings.
     #[must_use]
     pub fn new(config: CodexConfig) -> Self {
-        Self { config, rollouts: Arc::default() }
+        let warm = (config.warm.max_processes > 0).then(|| WarmPool::new("codex", config.warm.clone()));
+        Self { config, rollouts: Arc::default(), warm }
+    }
+
+    /// A run on the conversation's warm `app-server`: the idle one when it still fits,
+    /// else a new one (resuming the thread) that is kept after the turn.
+    fn run_warm(
+        &self,
+        pool: Arc<WarmPool<AppServer>>,
+        key: WarmKey,
+        request: RunRequest,
+    ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        let config = self.config.clone();
+        async_stream::stream! {
+            let busy = pool.run_started(key.conversation_id);
+            let fingerprint = app_server::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
+            let resume = request.resume.as_deref();
+            let server = match pool.take(key.conversation_id, |p| p.unfit(&key, &fingerprint, resume)) {
+                Some(server) => {
+                    crate::metrics::warm_reused("codex");
+                    debug!(conversation_id = %key.conversation_id, "reusing the warm codex process");
+                    server
+                }
+                None => match AppServer::start(&config, &request.settings, request.cwd.clone(), request.resume.clone()).await {
+                    Ok(server) => server,
+                    Err(e) => { yield Err(e); return; }
+                },
+            };
+            busy.serving(server.pid());
+            crate::run_marker::serve_with_warm(request.run_id, server.run_id());
+            let mut turn = std::pin::pin!(app_server::turn(pool, key.conversation_id, server, request.prompt, request.cancel, request.run_id));
+            while let Some(item) = turn.next().await {
+                yield item;
+            }
+        }
+        .boxed()
     }
 }
 
@@ -216,7 +264,41 @@ impl Assistant for Codex {
         Some(SessionFile { home, relative })
     }
 
-    fn run(&self, request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+    fn keeps_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
+        let Some(pool) = self.warm.clone() else { return Box::pin(std::future::ready(())) };
+        let config = self.config.clone();
+        let conversation_id = prewarm.conversation_id;
+        let start = async move { AppServer::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume).await };
+        Box::pin(pool.prewarm(conversation_id, start))
+    }
+
+    fn is_warm(&self, conversation_id: uuid::Uuid) -> bool {
+        self.warm.as_ref().is_some_and(|pool| pool.holds(conversation_id))
+    }
+
+    fn forget_warm(&self, conversation_id: uuid::Uuid) {
+        if let Some(pool) = &self.warm {
+            pool.forget(conversation_id);
+        }
+    }
+
+    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
+        let pool = self.warm.clone();
+        Box::pin(async move {
+            if let Some(pool) = pool {
+                pool.stop_all().await;
+            }
+        })
+    }
+
+    fn run(&self, mut request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
+        if let (Some(pool), Some(key)) = (self.warm.clone(), request.warm.take()) {
+            return self.run_warm(pool, key, request);
+        }
         let spec = ProcessSpec {
             program: self.config.binary.clone(),
             args: self.config.args(&request.settings, request.resume.as_deref()),
@@ -371,71 +453,66 @@ impl CodexStream {
                 .filter(|t| !t.is_empty())
                 .map(|t| vec![Chunk::Thinking { text: t.to_owned() }])
                 .unwrap_or_default(),
-            Some("command_execution") => {
-                let input = serde_json::json!({ "command": str_at(item, "command").unwrap_or_default() });
-                let mut chunks = self.tool_use(&id, "command_execution", input);
-                if completed {
+            Some("command_execution") => ToolItem {
+                name: "command_execution".into(),
+                input: serde_json::json!({ "command": str_at(item, "command").unwrap_or_default() }),
+                result: completed.then(|| {
                     let code = item.get("exit_code").and_then(Value::as_i64);
-                    chunks.push(Chunk::ToolResult {
-                        id,
-                        is_error: failed || code.is_some_and(|c| c != 0),
-                        output: str_at(item, "aggregated_output").unwrap_or_default().to_owned(),
-                    });
-                }
-                chunks
+                    (
+                        failed || code.is_some_and(|c| c != 0),
+                        str_at(item, "aggregated_output").unwrap_or_default().to_owned(),
+                    )
+                }),
             }
+            .chunks(&id, &mut self.started_tools),
             Some("file_change") => {
                 let changes = item.get("changes").cloned().unwrap_or(Value::Null);
-                let mut chunks = self.tool_use(&id, "file_change", serde_json::json!({ "changes": changes }));
-                if completed {
-                    let output = changes
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|c| {
-                                    format!("{} {}", str_at(c, "kind").unwrap_or("?"), str_at(c, "path").unwrap_or("?"))
-                                })
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        })
-                        .unwrap_or_default();
-                    chunks.push(Chunk::ToolResult { id, is_error: failed, output });
+                let summary = changes
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                format!("{} {}", str_at(c, "kind").unwrap_or("?"), str_at(c, "path").unwrap_or("?"))
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                ToolItem {
+                    name: "file_change".into(),
+                    input: serde_json::json!({ "changes": changes }),
+                    result: completed.then_some((failed, summary)),
                 }
-                chunks
+                .chunks(&id, &mut self.started_tools)
             }
             Some("mcp_tool_call") => {
-                let name =
-                    format!("{}.{}", str_at(item, "server").unwrap_or("mcp"), str_at(item, "tool").unwrap_or("tool"));
-                let mut chunks = self.tool_use(&id, &name, item.get("arguments").cloned().unwrap_or(Value::Null));
-                if completed {
-                    let error = item.get("error").filter(|e| !e.is_null());
-                    let output = match error {
-                        Some(e) => str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned),
-                        None => mcp_output(item.get("result").unwrap_or(&Value::Null)),
-                    };
-                    chunks.push(Chunk::ToolResult { id, is_error: failed || error.is_some(), output });
+                let error = item.get("error").filter(|e| !e.is_null());
+                ToolItem {
+                    name: format!(
+                        "{}.{}",
+                        str_at(item, "server").unwrap_or("mcp"),
+                        str_at(item, "tool").unwrap_or("tool")
+                    ),
+                    input: item.get("arguments").cloned().unwrap_or(Value::Null),
+                    result: completed.then(|| match error {
+                        Some(e) => (true, str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned)),
+                        None => (failed, mcp_output(item.get("result").unwrap_or(&Value::Null))),
+                    }),
                 }
-                chunks
+                .chunks(&id, &mut self.started_tools)
             }
-            Some("web_search") => {
-                let input = serde_json::json!({ "query": str_at(item, "query").unwrap_or_default() });
-                self.tool_use(&id, "web_search", input)
+            Some("web_search") => ToolItem {
+                name: "web_search".into(),
+                input: serde_json::json!({ "query": str_at(item, "query").unwrap_or_default() }),
+                result: None,
             }
+            .chunks(&id, &mut self.started_tools),
             Some("error") => {
                 warn!(message = ?str_at(item, "message"), "codex reported an error item");
                 Vec::new()
             }
             _ => Vec::new(),
         }
-    }
-
-    /// A `ToolUse` chunk the first time an item is seen.
-    fn tool_use(&mut self, id: &str, name: &str, input: Value) -> Vec<Chunk> {
-        if self.started_tools.iter().any(|t| t == id) {
-            return Vec::new();
-        }
-        self.started_tools.push(id.to_owned());
-        vec![Chunk::ToolUse { id: id.to_owned(), name: name.to_owned(), input }]
     }
 
     /// Decides the run's outcome once the process exited.
@@ -479,6 +556,32 @@ impl CodexStream {
                 stderr: if stderr.is_empty() { "no output".into() } else { stderr },
             }
         })
+    }
+}
+
+/// A tool call as both of codex's output formats describe it (`codex exec --json` items
+/// and app-server thread items): its name and input, and once it completed, whether it
+/// failed and its output.
+#[derive(Debug)]
+struct ToolItem {
+    name: String,
+    input: Value,
+    result: Option<(bool, String)>,
+}
+
+impl ToolItem {
+    /// A `ToolUse` chunk the first time item `id` is seen (`started` remembers them),
+    /// and its `ToolResult` once it completed.
+    fn chunks(self, id: &str, started: &mut Vec<String>) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        if !started.iter().any(|t| t == id) {
+            started.push(id.to_owned());
+            chunks.push(Chunk::ToolUse { id: id.to_owned(), name: self.name, input: self.input });
+        }
+        if let Some((is_error, output)) = self.result {
+            chunks.push(Chunk::ToolResult { id: id.to_owned(), is_error, output });
+        }
+        chunks
     }
 }
 
