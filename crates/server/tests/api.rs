@@ -27,6 +27,8 @@ mod paging;
 mod retention;
 #[path = "api/settings.rs"]
 mod settings;
+#[path = "api/warm.rs"]
+mod warm;
 
 struct TestApp {
     base: String,
@@ -68,6 +70,18 @@ impl TestApp {
         timeouts: parley_server::Timeouts,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::spawn_as(db, demo_config, access, timeouts, tweak, |demo| Arc::new(demo)).await
+    }
+
+    /// [`TestApp::spawn_full`] with the demo assistant registered as `wrap` makes it.
+    async fn spawn_as(
+        db: TestDb,
+        demo_config: DemoConfig,
+        access: parley_server::access::Access,
+        timeouts: parley_server::Timeouts,
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Demo) -> Arc<dyn parley_assistant::Assistant>,
+    ) -> Self {
         let demo = Demo::new(demo_config);
         let mut config = Config {
             worker_id: format!("test-{}", Uuid::new_v4()),
@@ -79,7 +93,7 @@ impl TestApp {
         tweak(&mut config);
         let settings = Settings {
             assistants: vec![
-                Arc::new(demo.clone()),
+                wrap(demo.clone()),
                 // Registered for their permission modes and names; no test runs them here.
                 Arc::new(parley_assistant::Claude::default()),
                 Arc::new(parley_assistant::Codex::default()),

@@ -147,6 +147,9 @@ impl Orchestrator {
         let backoff = crate::doubling_backoff(Duration::from_millis(100), Duration::from_secs(5));
         let mut delays = backoff.build();
         let warm = self.warm_claim();
+        // Woken for a new turn that the claim then left alone: it may be left to the
+        // replica holding its conversation's warm process, for the claim window.
+        let mut woken = false;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -170,9 +173,19 @@ impl Orchestrator {
                     self.run_turn(claimed, run_id, client).await;
                 }
                 Ok(None) => {
+                    // Look again once the window has passed rather than a poll later, so
+                    // that a turn whose holder is busy or dead waits the window alone
+                    // (`docs/architecture.md#warm-processes`).
+                    let idle_poll = self.config().idle_poll;
+                    let wait = if woken && !warm.window.is_zero() {
+                        (warm.window + Duration::from_millis(20)).min(idle_poll)
+                    } else {
+                        idle_poll
+                    };
+                    woken = false;
                     tokio::select! {
-                        () = &mut notified => {}
-                        () = tokio::time::sleep(self.config().idle_poll) => {}
+                        () = &mut notified => woken = true,
+                        () = tokio::time::sleep(wait) => {}
                         () = shutdown.cancelled() => return,
                     }
                 }
