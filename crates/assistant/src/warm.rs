@@ -268,6 +268,10 @@ impl<P: Warm> WarmPool<P> {
         if let Some(pid) = warm.pid() {
             run_marker::keep_warm(warm.run_id(), pid, warm.ready_ticks());
         }
+        // The run that used it is ending: it counts as idle from now on, not twice.
+        if let Some(in_use) = self.busy().get_mut(&conversation_id) {
+            in_use.pid = None;
+        }
         let evicted = {
             let mut idle = self.lock();
             let replaced = idle.insert(conversation_id, warm);
@@ -364,6 +368,59 @@ impl<P: Warm> WarmPool<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in process: nothing runs, only its bookkeeping.
+    #[derive(Debug)]
+    struct Fake(Instant);
+
+    impl Warm for Fake {
+        fn pid(&self) -> Option<i32> {
+            None
+        }
+
+        fn run_id(&self) -> Uuid {
+            Uuid::nil()
+        }
+
+        fn last_used(&self) -> Instant {
+            self.0
+        }
+
+        fn stop(self) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_answering_a_turn_count_towards_the_cap_and_only_idle_ones_are_evicted() {
+        let config = WarmConfig { max_processes: 2, max_rss_bytes: 0, ..WarmConfig::default() };
+        let pool = WarmPool::new("test", config);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let me = i32::try_from(std::process::id()).ok();
+
+        // a answers a turn, then is put back: it counts once, and is kept.
+        let busy_a = pool.run_started(a);
+        busy_a.serving(me);
+        pool.put(a, Fake(Instant::now()));
+        drop(busy_a);
+        assert!(pool.holds(a));
+        assert!(pool.has_room(), "one of two");
+
+        // b answers a turn: two live processes, no room for a third started ahead.
+        let busy_b = pool.run_started(b);
+        busy_b.serving(me);
+        assert!(!pool.has_room(), "b's process answering counts");
+        // c's turn ends while b's still runs: the least recently used idle one (a) goes,
+        // b's is never touched.
+        let busy_c = pool.run_started(c);
+        busy_c.serving(me);
+        pool.put(c, Fake(Instant::now()));
+        drop(busy_c);
+        assert!(!pool.holds(a), "a evicted: a, b (answering) and c were three");
+        assert!(pool.holds(c));
+        drop(busy_b);
+        assert!(pool.has_room());
+    }
 
     #[test]
     fn a_session_file_changes_when_gone_replaced_or_shorter_not_when_it_grows() {
