@@ -20,6 +20,7 @@ mod sse;
 pub mod warm;
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -342,10 +343,15 @@ pub trait Assistant: Send + Sync + 'static {
         None
     }
 
-    /// True when this adapter keeps warm processes between runs
+    /// This adapter's warm processes, when it keeps them between runs
     /// (`docs/architecture.md#warm-processes`).
+    fn warm(&self) -> Option<Arc<dyn warm::WarmProcesses>> {
+        None
+    }
+
+    /// True when this adapter keeps warm processes between runs.
     fn keeps_warm(&self) -> bool {
-        false
+        self.warm().is_some()
     }
 
     /// Starts a conversation's process before its next message arrives, when the adapter
@@ -359,18 +365,22 @@ pub trait Assistant: Send + Sync + 'static {
 
     /// True when the conversation has an idle warm process here.
     fn is_warm(&self, conversation_id: uuid::Uuid) -> bool {
-        let _ = conversation_id;
-        false
+        self.warm().is_some_and(|w| w.holds(conversation_id))
     }
 
     /// Kills the conversation's warm process, if any (another replica took its turn).
     fn forget_warm(&self, conversation_id: uuid::Uuid) {
-        let _ = conversation_id;
+        if let Some(w) = self.warm() {
+            w.forget(conversation_id);
+        }
     }
 
     /// Kills every warm process and waits for them to be gone (at shutdown).
     fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(std::future::ready(()))
+        match self.warm() {
+            Some(w) => Box::pin(async move { w.stop_all().await }),
+            None => Box::pin(std::future::ready(())),
+        }
     }
 }
 

@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 use uuid::Uuid;
 
-use crate::{AssistantError, run_marker};
+use crate::{AssistantError, Chunk, WarmKey, run_marker};
 
 /// Limits of the warm processes of one adapter.
 #[derive(Debug, Clone)]
@@ -133,6 +135,84 @@ impl SessionFileSeen {
     }
 }
 
+/// The controls of an adapter's warm processes that the worker uses, whatever the
+/// processes' type ([`crate::Assistant::warm`]).
+pub trait WarmProcesses: Send + Sync {
+    /// True when the conversation has an idle warm process.
+    fn holds(&self, conversation_id: Uuid) -> bool;
+    /// Kills the conversation's idle process, if any.
+    fn forget(&self, conversation_id: Uuid);
+    /// Kills every idle process and waits (up to 10 s each) for them to be gone.
+    fn stop_all(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<P: Warm> WarmProcesses for WarmPool<P> {
+    fn holds(&self, conversation_id: Uuid) -> bool {
+        self.lock().contains_key(&conversation_id)
+    }
+
+    fn forget(&self, conversation_id: Uuid) {
+        let gone = self.lock().remove(&conversation_id);
+        if gone.is_some() {
+            info!(%conversation_id, assistant = self.assistant, "killed the conversation's warm process");
+        }
+    }
+
+    fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<P> = self.lock().drain().map(|(_, w)| w).collect();
+            for warm in all {
+                let run_id = warm.run_id();
+                warm.stop().await;
+                run_marker::release_warm(run_id);
+                run_marker::kill_run(run_id, Duration::from_secs(10)).await;
+            }
+        })
+    }
+}
+
+/// A run on the conversation's warm process: the idle one when `unfit` finds nothing
+/// against it, else a new one from `start` (a cold start); then `turn` on it, which
+/// puts the process back into the pool when it may serve the next message.
+pub(crate) fn run<P, T, S>(
+    pool: Arc<WarmPool<P>>,
+    key: WarmKey,
+    run_id: Uuid,
+    unfit: impl FnOnce(&mut P) -> Option<String> + Send + 'static,
+    start: impl Future<Output = Result<P, AssistantError>> + Send + 'static,
+    turn: T,
+) -> BoxStream<'static, Result<Chunk, AssistantError>>
+where
+    P: Warm,
+    T: FnOnce(Arc<WarmPool<P>>, P) -> S + Send + 'static,
+    S: Stream<Item = Result<Chunk, AssistantError>> + Send + 'static,
+{
+    async_stream::stream! {
+        let busy = pool.run_started(key.conversation_id);
+        let process = match pool.take(key.conversation_id, unfit) {
+            Some(process) => {
+                crate::metrics::warm_reused(pool.assistant);
+                debug!(conversation_id = %key.conversation_id, assistant = pool.assistant, "reusing the warm process");
+                process
+            }
+            None => match start.await {
+                Ok(process) => process,
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            },
+        };
+        busy.serving(process.pid());
+        run_marker::serve_with_warm(run_id, process.run_id());
+        let mut turn = std::pin::pin!(turn(Arc::clone(&pool), process));
+        while let Some(item) = turn.next().await {
+            yield item;
+        }
+    }
+    .boxed()
+}
+
 /// Conversations with a run in progress: how many runs, and the process serving them.
 #[derive(Debug, Default)]
 struct InUse {
@@ -212,12 +292,6 @@ impl<P: Warm> WarmPool<P> {
         &self.config
     }
 
-    /// True when the conversation has an idle warm process.
-    #[must_use]
-    pub fn holds(&self, conversation_id: Uuid) -> bool {
-        self.lock().contains_key(&conversation_id)
-    }
-
     /// The conversation's idle process, when `unfit` finds nothing against it; a
     /// process it rejects (with the reason) is killed.
     pub(crate) fn take(&self, conversation_id: Uuid, unfit: impl FnOnce(&mut P) -> Option<String>) -> Option<P> {
@@ -251,14 +325,6 @@ impl<P: Warm> WarmPool<P> {
             Err(e) => {
                 warn!(error = %e, assistant = self.assistant, "could not start a warm process ahead of a message")
             }
-        }
-    }
-
-    /// Kills the conversation's idle process, if any.
-    pub fn forget(&self, conversation_id: Uuid) {
-        let gone = self.lock().remove(&conversation_id);
-        if gone.is_some() {
-            info!(%conversation_id, assistant = self.assistant, "killed the conversation's warm process");
         }
     }
 
@@ -350,18 +416,6 @@ impl<P: Warm> WarmPool<P> {
             }
             .instrument(tracing::info_span!(parent: None, "warm_pool", assistant = self.assistant)),
         );
-    }
-
-    /// Kills every idle process and waits (up to 10 s each) for their processes to be
-    /// gone.
-    pub async fn stop_all(&self) {
-        let all: Vec<P> = self.lock().drain().map(|(_, w)| w).collect();
-        for warm in all {
-            let run_id = warm.run_id();
-            warm.stop().await;
-            run_marker::release_warm(run_id);
-            run_marker::kill_run(run_id, Duration::from_secs(10)).await;
-        }
     }
 }
 

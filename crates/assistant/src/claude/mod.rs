@@ -34,13 +34,12 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tracing::{debug, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::warm::Warm as _;
 pub use crate::warm::WarmConfig;
-use crate::warm::WarmPool;
+use crate::warm::{WarmPool, WarmProcesses};
 use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, SessionFile, WarmKey};
 use std::sync::Arc;
 pub use stream::ClaudeStream;
@@ -279,33 +278,15 @@ impl Claude {
         request: RunRequest,
     ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let config = self.config.clone();
-        async_stream::stream! {
-            let busy = pool.run_started(key.conversation_id);
-            let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
-            let resume = request.resume.as_deref();
-            let process = match pool.take(key.conversation_id, |p| p.unfit(&key, &fingerprint, resume)) {
-                Some(process) => {
-                    crate::metrics::warm_reused("claude");
-                    debug!(conversation_id = %key.conversation_id, "reusing the warm claude process");
-                    process
-                }
-                None => {
-                    let assigned = (config.assign_session_id && request.resume.is_none())
-                        .then(|| Uuid::new_v4().to_string());
-                    match warm::WarmProcess::start(&config, &request.settings, request.cwd.clone(), request.resume.clone(), assigned).await {
-                        Ok(p) => p,
-                        Err(e) => { yield Err(e); return; }
-                    }
-                }
-            };
-            busy.serving(process.pid());
-            crate::run_marker::serve_with_warm(request.run_id, process.run_id());
-            let mut turn = std::pin::pin!(warm::turn(pool, key.conversation_id, process, request.prompt, request.cancel, request.run_id));
-            while let Some(item) = turn.next().await {
-                yield item;
-            }
-        }
-        .boxed()
+        let fingerprint = warm::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
+        let resume = request.resume.clone();
+        let unfit = move |p: &mut WarmProcess| p.unfit(&key, &fingerprint, resume.as_deref());
+        let assigned = (config.assign_session_id && request.resume.is_none()).then(|| Uuid::new_v4().to_string());
+        let (settings, cwd, resume) = (request.settings, request.cwd, request.resume);
+        let start = async move { WarmProcess::start(&config, &settings, cwd, resume, assigned).await };
+        let (prompt, cancel, run_id) = (request.prompt, request.cancel, request.run_id);
+        let turn = move |pool, process| warm::turn(pool, key.conversation_id, process, prompt, cancel, run_id);
+        crate::warm::run(pool, key, run_id, unfit, start, turn)
     }
 
     /// Its settings.
@@ -345,8 +326,8 @@ impl Assistant for Claude {
         Some(SessionFile { home: self.session_home()?, relative })
     }
 
-    fn keeps_warm(&self) -> bool {
-        self.warm.is_some()
+    fn warm(&self) -> Option<Arc<dyn WarmProcesses>> {
+        self.warm.clone().map(|pool| pool as Arc<dyn WarmProcesses>)
     }
 
     fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
@@ -354,29 +335,9 @@ impl Assistant for Claude {
         let config = self.config.clone();
         let conversation_id = prewarm.conversation_id;
         let assigned = (config.assign_session_id && prewarm.resume.is_none()).then(|| Uuid::new_v4().to_string());
-        let start = async move {
-            warm::WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await
-        };
+        let start =
+            async move { WarmProcess::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume, assigned).await };
         Box::pin(pool.prewarm(conversation_id, start))
-    }
-
-    fn is_warm(&self, conversation_id: Uuid) -> bool {
-        self.warm.as_ref().is_some_and(|pool| pool.holds(conversation_id))
-    }
-
-    fn forget_warm(&self, conversation_id: Uuid) {
-        if let Some(pool) = &self.warm {
-            pool.forget(conversation_id);
-        }
-    }
-
-    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
-        let pool = self.warm.clone();
-        Box::pin(async move {
-            if let Some(pool) = pool {
-                pool.stop_all().await;
-            }
-        })
     }
 
     fn run(&self, mut request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {

@@ -546,18 +546,8 @@ impl AppServerTurn {
             },
             Some("fileChange") => {
                 let changes = item.get("changes").cloned().unwrap_or(Value::Null);
-                let summary = changes
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| {
-                                let kind = c.get("kind").and_then(|k| str_at(k, "type")).unwrap_or("?");
-                                format!("{kind} {}", str_at(c, "path").unwrap_or("?"))
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default();
+                // `kind` is `{type: add | delete | update, move_path?}` here.
+                let summary = super::changes_summary(&changes, |c| c.get("kind").and_then(|k| str_at(k, "type")));
                 ToolItem {
                     name: "file_change".into(),
                     input: json!({ "changes": changes }),
@@ -750,6 +740,42 @@ mod tests {
         turns
     }
 
+    /// The captures the tests below replay (`tests/fixtures/codex-app-server-*.jsonl`).
+    const REPLAYED: &[&str] = &[
+        "codex-app-server-two-turns.jsonl",
+        "codex-app-server-resume-ok.jsonl",
+        "codex-app-server-interrupt.jsonl",
+        "codex-app-server-turn-failed.jsonl",
+        "codex-app-server-resume-missing.jsonl",
+        "codex-app-server-resume-corrupt-rollout.jsonl",
+        "codex-app-server-resume-empty-rollout.jsonl",
+        "codex-app-server-resume-not-a-uuid.jsonl",
+    ];
+
+    #[test]
+    fn every_app_server_capture_is_replayed() {
+        let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+        let mut found = 0;
+        for entry in std::fs::read_dir(&dir).expect("fixtures") {
+            let name = entry.expect("entry").file_name().into_string().expect("UTF-8");
+            if name.starts_with("codex-app-server-") && !name.ends_with(".stdin.jsonl") {
+                assert!(REPLAYED.contains(&name.as_str()), "{name} is replayed by no test");
+                found += 1;
+            }
+        }
+        assert_eq!(found, REPLAYED.len(), "a listed capture is missing");
+    }
+
+    #[test]
+    fn a_resumed_thread_answers_in_a_new_process() {
+        let turns = replay(REPLAYED[1]);
+        assert_eq!(turns.len(), 1);
+        assert_eq!(text(&turns[0].0), "Hello! How can I help you today?");
+        let Ok(Chunk::Completed { session_id, usage, .. }) = &turns[0].1 else { panic!("{:?}", turns[0].1) };
+        assert_eq!(session_id.as_deref(), Some("01a22d7e-e328-7293-bd83-e9659672c5d3"), "the thread resumed");
+        assert_eq!(usage.map(|u| u.input_tokens), Some(9380), "the thread's running total, across processes");
+    }
+
     fn text(chunks: &[Chunk]) -> String {
         chunks.iter().filter_map(|c| if let Chunk::Text { text } = c { Some(text.as_str()) } else { None }).collect()
     }
@@ -782,6 +808,29 @@ mod tests {
         assert!(text(chunks).starts_with("The command printed"), "{}", text(chunks));
         let Ok(Chunk::Completed { usage, .. }) = outcome else { panic!("{outcome:?}") };
         assert_eq!(usage.map(|u| u.input_tokens), Some(7035), "the thread's running total");
+    }
+
+    #[test]
+    fn a_file_change_is_a_tool_call_whose_output_lists_the_files() {
+        // Shaped after `FileUpdateChange` / `PatchChangeKind` of `codex app-server
+        // generate-json-schema` (0.169.0); no capture holds one.
+        let mut turn = AppServerTurn::new("t".into());
+        let item = json!({
+            "type": "fileChange", "id": "call_1", "status": "completed",
+            "changes": [
+                { "path": "notes.txt", "kind": { "type": "add" }, "diff": "+hello\n" },
+                { "path": "old.txt", "kind": { "type": "update", "move_path": "new.txt" }, "diff": "" },
+            ],
+        });
+        let chunks = turn.notification("item/completed", &json!({ "threadId": "t", "turnId": "u", "item": item }));
+        let [Chunk::ToolUse { name, .. }, Chunk::ToolResult { is_error, output, .. }] = &chunks[..] else {
+            panic!("{chunks:?}")
+        };
+        assert_eq!(name, "file_change");
+        assert!(!is_error);
+        assert_eq!(output, "add notes.txt\nupdate old.txt");
+        let other_thread = json!({ "threadId": "another", "turnId": "u", "item": item });
+        assert!(turn.notification("item/completed", &other_thread).is_empty(), "another thread's item");
     }
 
     #[test]

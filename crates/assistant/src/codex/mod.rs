@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 pub mod app_server;
 
 use crate::process::{CliProcess, Output, ProcessLimits, ProcessSpec, cli_env};
-use crate::warm::{Warm as _, WarmConfig, WarmPool};
+use crate::warm::{WarmConfig, WarmPool, WarmProcesses};
 use crate::{Assistant, AssistantError, Chunk, Prewarm, RunRequest, RunSettings, Secret, SessionFile, Usage, WarmKey};
 use app_server::AppServer;
 
@@ -165,29 +165,14 @@ impl Codex {
         request: RunRequest,
     ) -> BoxStream<'static, Result<Chunk, AssistantError>> {
         let config = self.config.clone();
-        async_stream::stream! {
-            let busy = pool.run_started(key.conversation_id);
-            let fingerprint = app_server::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
-            let resume = request.resume.as_deref();
-            let server = match pool.take(key.conversation_id, |p| p.unfit(&key, &fingerprint, resume)) {
-                Some(server) => {
-                    crate::metrics::warm_reused("codex");
-                    debug!(conversation_id = %key.conversation_id, "reusing the warm codex process");
-                    server
-                }
-                None => match AppServer::start(&config, &request.settings, request.cwd.clone(), request.resume.clone()).await {
-                    Ok(server) => server,
-                    Err(e) => { yield Err(e); return; }
-                },
-            };
-            busy.serving(server.pid());
-            crate::run_marker::serve_with_warm(request.run_id, server.run_id());
-            let mut turn = std::pin::pin!(app_server::turn(pool, key.conversation_id, server, request.prompt, request.cancel, request.run_id));
-            while let Some(item) = turn.next().await {
-                yield item;
-            }
-        }
-        .boxed()
+        let fingerprint = app_server::Fingerprint::of(&config, &request.settings, request.cwd.as_deref());
+        let resume = request.resume.clone();
+        let unfit = move |p: &mut AppServer| p.unfit(&key, &fingerprint, resume.as_deref());
+        let (settings, cwd, resume) = (request.settings, request.cwd, request.resume);
+        let start = async move { AppServer::start(&config, &settings, cwd, resume).await };
+        let (prompt, cancel, run_id) = (request.prompt, request.cancel, request.run_id);
+        let turn = move |pool, server| app_server::turn(pool, key.conversation_id, server, prompt, cancel, run_id);
+        crate::warm::run(pool, key, run_id, unfit, start, turn)
     }
 }
 
@@ -264,8 +249,8 @@ impl Assistant for Codex {
         Some(SessionFile { home, relative })
     }
 
-    fn keeps_warm(&self) -> bool {
-        self.warm.is_some()
+    fn warm(&self) -> Option<Arc<dyn WarmProcesses>> {
+        self.warm.clone().map(|pool| pool as Arc<dyn WarmProcesses>)
     }
 
     fn prewarm(&self, prewarm: Prewarm) -> futures::future::BoxFuture<'static, ()> {
@@ -274,25 +259,6 @@ impl Assistant for Codex {
         let conversation_id = prewarm.conversation_id;
         let start = async move { AppServer::start(&config, &prewarm.settings, prewarm.cwd, prewarm.resume).await };
         Box::pin(pool.prewarm(conversation_id, start))
-    }
-
-    fn is_warm(&self, conversation_id: uuid::Uuid) -> bool {
-        self.warm.as_ref().is_some_and(|pool| pool.holds(conversation_id))
-    }
-
-    fn forget_warm(&self, conversation_id: uuid::Uuid) {
-        if let Some(pool) = &self.warm {
-            pool.forget(conversation_id);
-        }
-    }
-
-    fn stop_warm(&self) -> futures::future::BoxFuture<'static, ()> {
-        let pool = self.warm.clone();
-        Box::pin(async move {
-            if let Some(pool) = pool {
-                pool.stop_all().await;
-            }
-        })
     }
 
     fn run(&self, mut request: RunRequest) -> BoxStream<'static, Result<Chunk, AssistantError>> {
@@ -467,17 +433,7 @@ impl CodexStream {
             .chunks(&id, &mut self.started_tools),
             Some("file_change") => {
                 let changes = item.get("changes").cloned().unwrap_or(Value::Null);
-                let summary = changes
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| {
-                                format!("{} {}", str_at(c, "kind").unwrap_or("?"), str_at(c, "path").unwrap_or("?"))
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default();
+                let summary = changes_summary(&changes, |c| str_at(c, "kind"));
                 ToolItem {
                     name: "file_change".into(),
                     input: serde_json::json!({ "changes": changes }),
@@ -557,6 +513,15 @@ impl CodexStream {
             }
         })
     }
+}
+
+/// One line `kind path` per changed file of a file change item, `kind` read from each
+/// change by `kind_of`.
+fn changes_summary(changes: &Value, kind_of: impl Fn(&Value) -> Option<&str>) -> String {
+    let Some(changes) = changes.as_array() else { return String::new() };
+    let lines: Vec<String> =
+        changes.iter().map(|c| format!("{} {}", kind_of(c).unwrap_or("?"), str_at(c, "path").unwrap_or("?"))).collect();
+    lines.join("\n")
 }
 
 /// A tool call as both of codex's output formats describe it (`codex exec --json` items
