@@ -554,21 +554,7 @@ impl AppServerTurn {
                     result: completed.then_some((failed, summary)),
                 }
             }
-            Some("mcpToolCall") => {
-                let error = item.get("error").filter(|e| !e.is_null());
-                ToolItem {
-                    name: format!(
-                        "{}.{}",
-                        str_at(item, "server").unwrap_or("mcp"),
-                        str_at(item, "tool").unwrap_or("tool")
-                    ),
-                    input: item.get("arguments").cloned().unwrap_or(Value::Null),
-                    result: completed.then(|| match error {
-                        Some(e) => (true, str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned)),
-                        None => (failed, super::mcp_output(item.get("result").unwrap_or(&Value::Null))),
-                    }),
-                }
-            }
+            Some("mcpToolCall") => super::mcp_tool_call(item, completed, failed),
             Some("dynamicToolCall") => ToolItem {
                 name: str_at(item, "tool").unwrap_or("tool").to_owned(),
                 input: item.get("arguments").cloned().unwrap_or(Value::Null),

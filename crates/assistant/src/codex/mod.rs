@@ -441,22 +441,7 @@ impl CodexStream {
                 }
                 .chunks(&id, &mut self.started_tools)
             }
-            Some("mcp_tool_call") => {
-                let error = item.get("error").filter(|e| !e.is_null());
-                ToolItem {
-                    name: format!(
-                        "{}.{}",
-                        str_at(item, "server").unwrap_or("mcp"),
-                        str_at(item, "tool").unwrap_or("tool")
-                    ),
-                    input: item.get("arguments").cloned().unwrap_or(Value::Null),
-                    result: completed.then(|| match error {
-                        Some(e) => (true, str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned)),
-                        None => (failed, mcp_output(item.get("result").unwrap_or(&Value::Null))),
-                    }),
-                }
-                .chunks(&id, &mut self.started_tools)
-            }
+            Some("mcp_tool_call") => mcp_tool_call(item, completed, failed).chunks(&id, &mut self.started_tools),
             Some("web_search") => ToolItem {
                 name: "web_search".into(),
                 input: serde_json::json!({ "query": str_at(item, "query").unwrap_or_default() }),
@@ -512,6 +497,20 @@ impl CodexStream {
                 stderr: if stderr.is_empty() { "no output".into() } else { stderr },
             }
         })
+    }
+}
+
+/// An MCP tool call item; its fields are named alike in both of codex's output formats
+/// (`server`, `tool`, `arguments`, `result.content`, `error.message`).
+fn mcp_tool_call(item: &Value, completed: bool, failed: bool) -> ToolItem {
+    let error = item.get("error").filter(|e| !e.is_null());
+    ToolItem {
+        name: format!("{}.{}", str_at(item, "server").unwrap_or("mcp"), str_at(item, "tool").unwrap_or("tool")),
+        input: item.get("arguments").cloned().unwrap_or(Value::Null),
+        result: completed.then(|| match error {
+            Some(e) => (true, str_at(e, "message").map_or_else(|| e.to_string(), str::to_owned)),
+            None => (failed, mcp_output(item.get("result").unwrap_or(&Value::Null))),
+        }),
     }
 }
 
