@@ -439,9 +439,10 @@ impl AppServerTurn {
         Self { thread_id, ..Self::default() }
     }
 
-    /// The turn's ID, once `turn/start` answered.
-    fn started(&mut self, result: &Value) {
+    /// Takes the turn's ID from `turn/start`'s answer; false when it has none.
+    fn started(&mut self, result: &Value) -> bool {
         self.turn_id = result.get("turn").and_then(|t| str_at(t, "id")).map(str::to_owned);
+        self.turn_id.is_some()
     }
 
     /// True once the turn's `turn/completed` was read.
@@ -633,6 +634,9 @@ pub(crate) fn turn(
             }
         };
         let interrupt_wait = pool.config().interrupt_wait;
+        // What arrives before `turn/start` answers is judged once the turn's ID is known:
+        // a late notification of an earlier turn must not count as this one's.
+        let mut early: Vec<(String, Value)> = Vec::new();
         while !parser.is_done() {
             let read = tokio::select! {
                 biased;
@@ -646,7 +650,21 @@ pub(crate) fn turn(
             };
             match read {
                 Ok(Some(Incoming::Response { id, result })) if id == start => match result {
-                    Ok(result) => parser.started(&result),
+                    Ok(result) => {
+                        if !parser.started(&result) {
+                            let _ = server.process.stop().await;
+                            yield Err(AssistantError::Protocol("codex app-server: turn/start answered no turn id".into()));
+                            return;
+                        }
+                        for (method, params) in std::mem::take(&mut early) {
+                            for chunk in parser.notification(&method, &params) {
+                                if matches!(chunk, Chunk::ToolUse { .. }) {
+                                    run_marker::warm_turn_used_tools(turn_run_id);
+                                }
+                                yield Ok(chunk);
+                            }
+                        }
+                    }
                     Err(e) => {
                         let message = str_at(&e, "message").unwrap_or("turn/start failed").to_owned();
                         let _ = server.process.stop().await;
@@ -654,6 +672,9 @@ pub(crate) fn turn(
                         return;
                     }
                 },
+                Ok(Some(Incoming::Notification { method, params })) if parser.turn_id.is_none() => {
+                    early.push((method, params));
+                }
                 Ok(Some(Incoming::Notification { method, params })) => {
                     for chunk in parser.notification(&method, &params) {
                         if matches!(chunk, Chunk::ToolUse { .. }) {
@@ -707,7 +728,7 @@ mod tests {
                     }
                     if result.get("turn").is_some() {
                         let mut p = AppServerTurn::new(thread.clone());
-                        p.started(&result);
+                        assert!(p.started(&result), "a turn id");
                         parser = Some(p);
                     }
                 }
