@@ -9,7 +9,9 @@
 //!
 //! `parley-bench scale` measures instead how each API operation's latency grows with the
 //! stored data (see [`scale`]); `parley-bench idle` only the server's memory per idle SSE
-//! stream and after they close (see [`idle`]).
+//! stream and after they close (see [`idle`]); `parley-bench claude-warm` and
+//! `parley-bench codex-warm` the follow-up latency of the real CLIs, cold and warm (see
+//! [`warm`]).
 
 #![forbid(unsafe_code)]
 
@@ -69,7 +71,11 @@ enum Mode {
     Idle(idle::IdleArgs),
     /// Follow-up latency of the real Claude CLI, cold and warm, against the mock
     /// Anthropic API, beside a bare warm CLI (`docs/performance.md`).
-    ClaudeWarm(warm::WarmArgs),
+    ClaudeWarm(warm::ClaudeWarmArgs),
+    /// Follow-up latency of the real Codex CLI, cold (`codex exec` per turn) and warm
+    /// (`codex app-server`), against the mock OpenAI Responses API, beside a bare warm
+    /// `codex app-server` (`docs/performance.md`).
+    CodexWarm(warm::CodexWarmArgs),
 }
 
 /// Options of the load benchmark.
@@ -204,10 +210,8 @@ async fn main() -> Result<()> {
             let admin = idle.database_url.clone().unwrap_or_else(default_admin_url);
             return idle::run(idle, &admin).await;
         }
-        Some(Mode::ClaudeWarm(warm)) => {
-            let admin = warm.admin_url();
-            return warm::run(warm, &admin).await;
-        }
+        Some(Mode::ClaudeWarm(warm)) => return warm::run_claude(warm).await,
+        Some(Mode::CodexWarm(warm)) => return warm::run_codex(warm).await,
         None => cli.load,
     };
     let nofile = server::raise_nofile().unwrap_or(0);
