@@ -39,6 +39,10 @@ struct TestApp {
     launched: parley_server::launch::Launched,
 }
 
+fn no_warm_processes() -> parley_assistant::WarmConfig {
+    parley_assistant::WarmConfig { max_processes: 0, ..parley_assistant::WarmConfig::default() }
+}
+
 fn fast_demo() -> DemoConfig {
     DemoConfig { chunk_delay: Duration::from_millis(5), slow_chunk_delay: Duration::from_millis(400) }
 }
@@ -94,9 +98,16 @@ impl TestApp {
         let settings = Settings {
             assistants: vec![
                 wrap(demo.clone()),
-                // Registered for their permission modes and names; no test runs them here.
-                Arc::new(parley_assistant::Claude::default()),
-                Arc::new(parley_assistant::Codex::default()),
+                // Registered for their permission modes and names; no test runs them here,
+                // and none starts their CLIs ahead of a message (no warm processes).
+                Arc::new(parley_assistant::Claude::new(parley_assistant::ClaudeConfig {
+                    warm: no_warm_processes(),
+                    ..parley_assistant::ClaudeConfig::default()
+                })),
+                Arc::new(parley_assistant::Codex::new(parley_assistant::CodexConfig {
+                    warm: no_warm_processes(),
+                    ..parley_assistant::CodexConfig::default()
+                })),
             ],
             access,
             body_limit: 64 * 1024,
