@@ -5,23 +5,16 @@
 //! is printed: how many messages it carried and the last user text, so you can see
 //! whether Parley resumed a session or rebuilt the history.
 
-use std::time::Duration;
-
-use parley_test_support::mock_anthropic::{MockAnthropic, last_user_text, message_text};
+use parley_test_support::mock_anthropic::{MockAnthropic, last_user_text, message_text, print_requests_until_ctrl_c};
 
 #[tokio::main]
 async fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18080".into());
     let mock = MockAnthropic::start_on(&addr).await;
     println!("mock Anthropic Messages API on {} (ctrl-c to stop)", mock.url());
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-        let requests = mock.requests();
-        for r in requests.iter().skip(seen) {
+    print_requests_until_ctrl_c(
+        || mock.requests(),
+        |r| {
             let messages = r.body["messages"].as_array().cloned().unwrap_or_default();
             let texts: Vec<String> = messages.iter().map(message_text).collect();
             println!(
@@ -35,7 +28,7 @@ async fn main() {
                 let shown: String = t[from..].chars().take(400).collect();
                 println!("  the prompt carries Parley's rebuilt history:\n  {}", shown.replace('\n', "\n  "));
             }
-        }
-        seen = requests.len();
-    }
+        },
+    )
+    .await;
 }

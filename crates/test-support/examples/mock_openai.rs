@@ -6,8 +6,7 @@
 //! request it answers is printed: its path, how many input items it carried and the last
 //! user text.
 
-use std::time::Duration;
-
+use parley_test_support::mock_anthropic::print_requests_until_ctrl_c;
 use parley_test_support::mock_openai::{MockOpenAi, last_user_text};
 
 #[tokio::main]
@@ -15,21 +14,16 @@ async fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18081".into());
     let mock = MockOpenAi::start_on(&addr).await;
     println!("mock OpenAI API on {} (ctrl-c to stop)", mock.url());
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-        let requests = mock.requests();
-        for r in requests.iter().skip(seen) {
+    print_requests_until_ctrl_c(
+        || mock.requests(),
+        |r| {
             let items = r.body["input"].as_array().or_else(|| r.body["messages"].as_array()).map_or(0, Vec::len);
             println!(
                 "POST {}: {items} input item(s); last user text: {:?}",
                 r.path,
                 last_user_text(&r.body).chars().take(300).collect::<String>()
             );
-        }
-        seen = requests.len();
-    }
+        },
+    )
+    .await;
 }

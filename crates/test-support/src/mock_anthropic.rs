@@ -52,6 +52,22 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// Until ctrl-c: every 200 ms, prints the requests that `requests` (all received so
+/// far, oldest first) holds beyond those already printed, each with `print`. For the
+/// mock servers' example binaries.
+pub async fn print_requests_until_ctrl_c(requests: impl Fn() -> Vec<Recorded>, mut print: impl FnMut(&Recorded)) {
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        let all = requests();
+        all.iter().skip(seen).for_each(&mut print);
+        seen = all.len();
+    }
+}
+
 #[derive(Debug, Default)]
 struct MockState {
     requests: Mutex<Vec<Recorded>>,
