@@ -619,6 +619,15 @@ impl Sampler {
     }
 }
 
+/// Waits until `done` holds, polling every 50 ms; fails with `what` after `limit`.
+async fn until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits up to `limit` for a snapshot that satisfies `done`; returns it.
 async fn wait_for(marker: &str, cwd: &Path, limit: Duration, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let deadline = Instant::now() + limit;
@@ -1664,11 +1673,10 @@ async fn claude_cancel_interrupts_the_warm_process_and_the_next_message_resumes_
     assert_eq!(warm.len(), 1, "{warm:?}");
 
     let turn_id = parley.send(&id, "SCN_SLOW tell me a long story").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while anthropic.message_requests_for("SCN_SLOW").is_empty() {
-        assert!(Instant::now() < deadline, "the slow turn never reached the API");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(Duration::from_secs(60), "the slow turn never reached the API", || {
+        !anthropic.message_requests_for("SCN_SLOW").is_empty()
+    })
+    .await;
     // The reply streams a word every 250 ms for about 30 s: cancel it midway.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(cli_pids(&marker, &cwd), warm, "the warm CLI runs the slow turn");
@@ -1828,11 +1836,10 @@ async fn claude_turn_taken_by_another_replica_kills_the_holders_warm_process() {
     // A's only worker is kept busy by a slow turn of conversation Y.
     let y = a.conversation("claude", &cwd_y).await;
     let slow = a.send(&y, "SCN_SLOW keep replica a busy").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while anthropic.message_requests_for("SCN_SLOW").is_empty() {
-        assert!(Instant::now() < deadline, "the slow turn never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(Duration::from_secs(60), "the slow turn never started", || {
+        !anthropic.message_requests_for("SCN_SLOW").is_empty()
+    })
+    .await;
 
     // Replica B takes X's next turn once A's window passed, and A drops its process.
     let b = Parley::start(&scratch, &db, &with("rep-b", "2")).await;
@@ -1939,11 +1946,10 @@ async fn codex_cancel_interrupts_the_warm_app_server_and_the_next_message_resume
     assert_eq!(warm.len(), 1, "{warm:?}");
 
     let turn_id = parley.send(&id, "SCN_SLOW tell me a long story").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while openai.response_requests_for("SCN_SLOW").is_empty() {
-        assert!(Instant::now() < deadline, "the slow turn never reached the API");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(Duration::from_secs(60), "the slow turn never reached the API", || {
+        !openai.response_requests_for("SCN_SLOW").is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(codex_pids(&scratch, &cwd), warm, "the warm app-server runs the slow turn");
     let running = processes_of(&marker, &cwd);

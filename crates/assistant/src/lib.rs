@@ -384,6 +384,15 @@ pub trait Assistant: Send + Sync + 'static {
     }
 }
 
+/// A CLI's home as the CLI gets it: `configured`, else the environment variable `var`
+/// of Parley's environment, else `$HOME/<dot_dir>`.
+fn cli_home(configured: Option<&Path>, var: &str, dot_dir: &str) -> Option<PathBuf> {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(var).map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(dot_dir)))
+}
+
 /// An assistant's own file of one session: its transcript (Claude Code) or rollout
 /// (Codex), append-only JSON lines that the CLI resumes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -308,11 +308,7 @@ impl Assistant for Claude {
     /// `CLAUDE_CONFIG_DIR` as the CLI gets it ([`ClaudeConfig::config_dir`], else
     /// Parley's environment), else `$HOME/.claude` (claude-code 2.1.329).
     fn session_home(&self) -> Option<PathBuf> {
-        self.config
-            .config_dir
-            .clone()
-            .or_else(|| std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from))
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".claude")))
+        crate::cli_home(self.config.config_dir.as_deref(), "CLAUDE_CONFIG_DIR", ".claude")
     }
 
     /// `projects/<project dir name>/<session ID>.jsonl` under [`Self::session_home`]: the

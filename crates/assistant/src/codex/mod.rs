@@ -219,11 +219,7 @@ impl Assistant for Codex {
     /// `CODEX_HOME` as the CLI gets it ([`CodexConfig::home`], else Parley's
     /// environment), else `$HOME/.codex` (codex-cli 0.169.0).
     fn session_home(&self) -> Option<PathBuf> {
-        self.config
-            .home
-            .clone()
-            .or_else(|| std::env::var_os("CODEX_HOME").map(PathBuf::from))
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".codex")))
+        crate::cli_home(self.config.home.as_deref(), "CODEX_HOME", ".codex")
     }
 
     /// The thread's rollout ([`find_rollout`]); a path found once is remembered while

@@ -65,6 +65,15 @@ async fn stored(client: &impl GenericClient, turn_id: Uuid) -> (String, i32, Opt
 }
 
 /// The text of the user message a turn answers.
+/// The worker recorded as holding the conversation's warm process.
+async fn warm_holder(client: &impl GenericClient, conversation_id: Uuid) -> Option<String> {
+    client
+        .query_one("select warm_worker_id from conversation where conversation_id = $1", &[&conversation_id])
+        .await
+        .expect("conversation")
+        .get(0)
+}
+
 async fn question_of(client: &impl GenericClient, turn_id: Uuid) -> String {
     client
         .query_one(
@@ -444,20 +453,10 @@ async fn a_warm_holder_gets_its_conversations_turns_first_and_a_taker_becomes_th
     let claimed = claim_warm(&client, "b", window).await.expect("b takes the turn after the window");
     assert_eq!((claimed.turn.turn_id, claimed.warm_holder.as_deref()), (third, Some("a")));
     complete(&client, third).await;
-    let holder: Option<String> = client
-        .query_one("select warm_worker_id from conversation where conversation_id = $1", &[&conversation_id])
-        .await
-        .expect("conversation")
-        .get(0);
-    assert_eq!(holder.as_deref(), Some("b"));
+    assert_eq!(warm_holder(&client, conversation_id).await.as_deref(), Some("b"));
 
     // A plain claim (no warm assistants) neither waits nor changes the holder.
     let fourth = enqueue(&client, conversation_id, "fourth").await;
     assert_eq!(claim(&client, "c", LEASE).await.map(|c| c.0), Some(fourth));
-    let holder: Option<String> = client
-        .query_one("select warm_worker_id from conversation where conversation_id = $1", &[&conversation_id])
-        .await
-        .expect("conversation")
-        .get(0);
-    assert_eq!(holder.as_deref(), Some("b"));
+    assert_eq!(warm_holder(&client, conversation_id).await.as_deref(), Some("b"));
 }
