@@ -342,7 +342,7 @@ impl<P: Warm> WarmPool<P> {
             let mut idle = self.lock();
             let replaced = idle.insert(conversation_id, warm);
             let mut evicted: Vec<P> = replaced.into_iter().collect();
-            evicted.extend(self.over_limits(&mut idle, Instant::now()));
+            evicted.extend(self.over_limits(&mut idle, Instant::now(), false));
             evicted
         };
         drop(evicted);
@@ -362,7 +362,11 @@ impl<P: Warm> WarmPool<P> {
 
     /// Removes what is past the idle timeout, over the count, or over the memory
     /// ceiling; processes serving runs count but stay.
-    fn over_limits(&self, idle: &mut HashMap<Uuid, P>, now: Instant) -> Vec<P> {
+    ///
+    /// Reading the memory costs a `/proc` read per live process, so the end of a turn
+    /// ([`Self::put`]) checks the count and the idle timeout only (`memory` false) and
+    /// the reaper checks the memory too, within one tick.
+    fn over_limits(&self, idle: &mut HashMap<Uuid, P>, now: Instant, memory: bool) -> Vec<P> {
         let config = &self.config;
         let mut out = Vec::new();
         let expired: Vec<Uuid> = idle
@@ -375,11 +379,12 @@ impl<P: Warm> WarmPool<P> {
             debug!(conversation_id = %k, assistant = self.assistant, "warm process idle too long");
         }
         let in_use = self.in_use();
+        let memory = memory && config.max_rss_bytes > 0;
+        let rss = |pid: Option<i32>| if memory { rss_of(pid) } else { 0 };
         let mut by_age: Vec<(Uuid, Instant, u64)> =
-            idle.iter().map(|(k, w)| (*k, w.last_used(), rss_of(w.pid()))).collect();
+            idle.iter().map(|(k, w)| (*k, w.last_used(), rss(w.pid()))).collect();
         by_age.sort_by_key(|(_, used, _)| *used);
-        let memory = config.max_rss_bytes > 0;
-        let in_use_rss: u64 = if memory { in_use.iter().map(|pid| rss_of(*pid)).sum() } else { 0 };
+        let in_use_rss: u64 = in_use.iter().map(|pid| rss(*pid)).sum();
         let mut total: u64 = in_use_rss + by_age.iter().map(|(_, _, rss)| rss).sum::<u64>();
         let mut count = by_age.len() + in_use.len();
         for (k, _, rss) in by_age {
@@ -409,7 +414,7 @@ impl<P: Warm> WarmPool<P> {
                     let Some(pool) = pool.upgrade() else { return };
                     let evicted = {
                         let mut idle = pool.lock();
-                        pool.over_limits(&mut idle, Instant::now())
+                        pool.over_limits(&mut idle, Instant::now(), true)
                     };
                     drop(evicted);
                 }
