@@ -562,10 +562,14 @@ fn snapshot(marker: &str, cwd: &Path) -> Snapshot {
 
 /// Whether the parent of `pid` runs `claude -p … stream-json` too.
 fn parent_is_a_cli(pid: u32) -> bool {
+    parent_runs(pid, "--output-format stream-json")
+}
+
+/// Whether the command line of the parent of `pid` contains `needle`.
+fn parent_runs(pid: u32, needle: &str) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("0");
-    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).replace('\0', " ").contains("--output-format stream-json")
+    cmdline_of(ppid.parse().unwrap_or(0)).contains(needle)
 }
 
 fn pid_of(process: &str) -> u32 {
@@ -1512,17 +1516,12 @@ fn cmdline_of(pid: u32) -> String {
 /// the npm package's node launcher starts under them.
 fn codex_pids(scratch: &Scratch, cwd: &Path) -> Vec<u32> {
     let marker = format!("CODEX_HOME={}", scratch.path("codex-home").display());
-    let app_server = |cmdline: &str| cmdline.contains(" app-server");
     processes_of(&marker, cwd)
         .iter()
-        .filter(|p| p.split_once(": ").is_some_and(|(_, command)| app_server(command)))
+        .filter(|p| p.split_once(": ").is_some_and(|(_, command)| command.contains(" app-server")))
         .map(|p| pid_of(p))
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == cwd))
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("0");
-            !app_server(&cmdline_of(ppid.parse().unwrap_or(0)))
-        })
+        .filter(|pid| !parent_runs(*pid, " app-server"))
         .collect()
 }
 
